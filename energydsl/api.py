@@ -1,0 +1,159 @@
+"""The public API: load a spec, train it, write and read run directories.
+
+The CLI is a thin layer over these functions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+
+from . import checkpoint
+from .compile import Program, compile_spec
+from .data import Dataset, load_data
+from .errors import RunError, SpecError
+from .model import EnergyModel
+from .parser import parse, parse_file, parse_source_call
+from .spec import Spec
+from .train import evaluate
+from .train import train as _train_loop
+
+
+def read_spec(spec: str | Path) -> Spec:
+    """A spec from a path, or from its source text (anything with a line break)."""
+    if isinstance(spec, Path) or ("\n" not in spec and spec.endswith(".energy")):
+        return parse_file(spec)
+    return parse(spec, "<spec>")
+
+
+def compile_program(
+    spec: str | Path | Spec,
+    set: Mapping[str, object] | None = None,
+    data: str | None = None,
+    data_info: tuple | None = None,
+) -> Program:
+    """Parse and check a spec without allocating anything (``energydsl check``)."""
+    parsed = spec if isinstance(spec, Spec) else read_spec(spec)
+    data_node = parse_source_call(data) if data is not None else None
+    return compile_spec(parsed, set, data_node, data_info)
+
+
+def load_dataset(program: Program) -> Dataset:
+    """The data a compiled spec names, relative to the spec's folder."""
+    base = Path(program.spec.path).parent if program.spec.path != "<spec>" else Path.cwd()
+    call = program.data
+    return load_data(call.name, call.args, dict(call.kwargs), base_dir=base)
+
+
+def load(
+    spec: str | Path,
+    set: Mapping[str, object] | None = None,
+    *,
+    data: str | Dataset | None = None,
+    device: str | torch.device | None = None,
+    seed: int | None = None,
+) -> EnergyModel:
+    """Compile a spec (a path or source text) into an initialised :class:`EnergyModel`.
+
+    ``set`` overrides named constants (``{"lam": 0.05}``); ``data`` replaces the
+    spec's data source, by name (``"patches(size=8)"``) or as a :class:`Dataset`.
+    The dataset is kept as ``model.dataset`` for :func:`train`.
+    """
+    if isinstance(data, Dataset):
+        program = compile_program(spec, set, data_info=(data.sample_shape, data.num_classes))
+        dataset = data
+    else:
+        program = compile_program(spec, set, data)
+        dataset = load_dataset(program)
+    model = EnergyModel(program, dataset.x_train, seed=seed)
+    model.dataset = dataset
+    model.overrides = {k: float(v) for k, v in (set or {}).items()}
+    model.data_text = data if isinstance(data, str) else None
+    return model.to(device) if device is not None else model
+
+
+def train(
+    model: EnergyModel,
+    data: Dataset | str | None = None,
+    *,
+    out: str | Path | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    seed: int | None = None,
+) -> list[dict]:
+    """Train through the spec's phases; with ``out``, write a run directory as it goes.
+
+    Returns one metrics dict per epoch.
+    """
+    dataset = _dataset_for(model, data)
+    writer = _RunWriter(Path(out), model) if out is not None else None
+
+    def each_epoch(metrics: dict) -> None:
+        if writer is not None:
+            writer.epoch(metrics)
+        if on_epoch is not None:
+            on_epoch(metrics)
+
+    history = _train_loop(model, dataset, on_epoch=each_epoch, seed=seed)
+    if writer is not None:
+        writer.finish(history, evaluate(model, dataset))
+    return history
+
+
+def _dataset_for(model: EnergyModel, data) -> Dataset:
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, str):
+        program = compile_program(model.program.spec, model.program.constants, data)
+        return load_dataset(program)
+    dataset = getattr(model, "dataset", None)
+    if dataset is None:
+        raise ValueError("no data: pass data=... or build the model with energydsl.load()")
+    return dataset
+
+
+class _RunWriter:
+    """Keeps a run directory current: model and metrics after every epoch."""
+
+    def __init__(self, directory: Path, model: EnergyModel):
+        self.directory = directory
+        self.model = model
+        overrides = getattr(model, "overrides", {})
+        self.source = checkpoint.resolved_source(model.program, overrides, getattr(model, "data_text", None))
+        self.lines: list[str] = []
+        directory.mkdir(parents=True, exist_ok=True)
+        checkpoint.save_model(directory, model, self.source)
+
+    def epoch(self, metrics: dict) -> None:
+        self.lines.append(json.dumps(metrics, sort_keys=True))
+        checkpoint.atomic_write(self.directory / checkpoint.METRICS_FILE, ("\n".join(self.lines) + "\n").encode())
+        checkpoint.save_model(self.directory, self.model, self.source)
+
+    def finish(self, history: list[dict], final: dict) -> None:
+        checkpoint.save_model(self.directory, self.model, self.source)
+        summary = {"spec": self.model.name, "epochs": len(history), **final}
+        summary["seconds"] = round(sum(m["seconds"] for m in history), 3)
+        checkpoint.atomic_write_json(self.directory / checkpoint.SUMMARY_FILE, summary)
+        if not history:
+            checkpoint.atomic_write(self.directory / checkpoint.METRICS_FILE, b"")
+
+
+def load_run(directory: str | Path, device: str | torch.device | None = None) -> EnergyModel:
+    """The trained model of a run directory, without its data and without retraining."""
+    directory = Path(directory)
+    meta = checkpoint.read_meta(directory)
+    source = meta.get("spec_source", "")
+    try:
+        spec = parse(source, str(directory / checkpoint.SPEC_FILE))
+        program = compile_spec(spec, data_info=(tuple(meta["sample_shape"]), meta["num_classes"]))
+    except SpecError as error:
+        raise RunError(f"{directory}: the saved spec does not compile: {error}") from None
+    model = EnergyModel(program, train_x=None)
+    tensors = checkpoint.load_tensors(directory, program, meta)
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            model.params[name].copy_(tensor)
+    return model.to(device) if device is not None else model
+

@@ -1,0 +1,156 @@
+"""``energydsl`` on the command line: a thin layer over :mod:`energydsl.api`.
+
+User mistakes print one clear message (for specs: ``file:line:col: message``,
+the source line and a caret) and exit 2; they never show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from . import __version__, api
+from .compile import Program
+from .errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every other user mistake
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _overrides(pairs: list[str]) -> dict[str, str]:
+    values = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise UserError(f"--set {pair}: expected NAME=VALUE, e.g. --set lam=0.05")
+        values[name.strip()] = value.strip()
+    return values
+
+
+def _device(name: str | None) -> torch.device | None:
+    if name is None:
+        return None
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def _format_epoch(metrics: dict, total: int) -> str:
+    parts = [f"epoch {metrics['epoch']}/{total} [{metrics['phase']}]", f"energy {metrics['energy']:.4g}"]
+    parts += [f"{key[5:]} {value:.4g}" for key, value in metrics.items() if key.startswith("term.")]
+    parts.append(f"L0 {metrics['l0']:.3g}")
+    for key in ("recon_error", "test_error"):
+        if key in metrics:
+            parts.append(f"{key} {metrics[key]:.4g}")
+    parts.append(f"({metrics['seconds']:.1f} s)")
+    return "  ".join(parts)
+
+
+def cmd_run(args) -> int:
+    overrides = _overrides(args.set)
+    model = api.load(args.spec, overrides, data=args.data, device=_device(args.device), seed=args.seed)
+    out = Path(args.out) if args.out else Path("runs") / model.name
+    total = sum(phase.epochs for phase in model.program.training.phases)
+
+    def report(metrics: dict) -> None:
+        if not args.quiet:
+            print(_format_epoch(metrics, total), flush=True)
+
+    api.train(model, out=out, on_epoch=report, seed=args.seed)
+    print(f"wrote {out}/ (model.safetensors, model.json, spec.energy, metrics.jsonl, summary.json)")
+    return 0
+
+
+def cmd_check(args) -> int:
+    status = 0
+    overrides = _overrides(args.set)
+    for path in args.specs:
+        try:
+            program = api.compile_program(path, overrides, args.data)
+        except UserError as error:
+            print(error.render(), file=sys.stderr)
+            status = EXIT_USER_ERROR
+            continue
+        print(describe(program) if not args.quiet else f"{path}: ok")
+    return status
+
+
+def describe(program: Program) -> str:
+    """A readable summary of a compiled spec."""
+    lines = [f"model {program.name}  ({program.spec.path})", f"  data      {program.data.text()}"]
+    lines.append(f"  input     {program.input.name}{list(program.input.shape)}"
+                 + (f"  normalize {program.normalize}" if program.normalize else ""))  # fmt: skip
+    if program.label:
+        lines.append(f"  label     {program.label.name}: {program.classes} classes")
+    lines.append(f"  latent    {program.latent.name}{list(program.latent.shape)}" + ("  >= 0" if program.nonneg else ""))
+    total = 0
+    for plan in program.params:
+        count = math.prod(plan.shape)
+        total += count
+        extras = [plan.learn] + [c.kind + (f" {c.compare} {c.bound:g}" if c.bound else "") for c in plan.constraints]
+        lines.append(f"  param     {plan.name}{list(plan.shape)}  {count:,} values  ({', '.join(extras)})")
+    lines.append(f"            {total:,} parameter values in all")
+    for term in program.terms:
+        lines.append(f"  term      {term.name}: {term.weight:g} * {term.term.name}"
+                     + ("" if term.term.smooth else "  (prox)"))  # fmt: skip
+    steps = " then ".join(m.kind if m.kind == "encoder" else f"{m.kind}(steps={m.steps}, tol={m.tol:g})"
+                          for m in program.methods)  # fmt: skip
+    lines.append(f"  infer     {program.latent.name} by {steps}")
+    training = program.training
+    lines.append(f"  train     {training.optimizer}(lr={training.lr:g}) batch {training.batch} seed {training.seed}")
+    for phase in training.phases:
+        lines.append(f"  phase     {phase.name}: {phase.epochs} epochs, terms {', '.join(phase.terms)}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="energydsl", description="Energy-based sparse models from .energy specs.")
+    parser.add_argument("--version", action="version", version=f"energydsl {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="train and evaluate a spec, write a run directory")
+    run.add_argument("spec", help="path of a .energy file")
+    run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a constant")
+    run.add_argument("--data", help="replace the spec's data source, e.g. 'patches(size=8)'")
+    run.add_argument("--out", help="run directory (default: runs/<model name>)")
+    run.add_argument("--seed", type=int, help="override the spec's seed")
+    run.add_argument("--device", help="cpu, cuda or cuda:N (default: cpu)")
+    run.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    run.set_defaults(handler=cmd_run)
+
+    check = commands.add_parser("check", help="validate specs and print what they compile to")
+    check.add_argument("specs", nargs="+", metavar="SPEC")
+    check.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    check.add_argument("--data")
+    check.add_argument("--quiet", action="store_true", help="one line per valid spec")
+    check.set_defaults(handler=cmd_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as error:
+        print(error.render(), file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,798 @@
+"""Spec → :class:`Program`: every semantic check, and the closures that compute.
+
+The program holds no tensors: it is what ``energydsl check`` validates and what
+:class:`~energydsl.model.EnergyModel` instantiates.  Checks run in declaration
+order, so a name is known from its declaration on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from . import spec as S
+from .constraints import DESCRIPTIONS, MATRIX_KINDS, NORM_KINDS, SQUARE_KINDS, Constraint, sort_constraints
+from .data import DataError, describe_source
+from .errors import Span, SpecError, did_you_mean, one_of
+from .expr import Closure, Env, ExprCompiler, Symbol, Value
+from .pools import FAMILY_BUILDERS, PoolFamily, blocks, family_from_list, pool_from_ranges, unknown_builder
+from .terms import TERMS, ProxTerm, Term
+
+INFER_METHODS = ("fista", "ista", "encoder")
+OPTIMIZERS = {"sgd": ("lr", "momentum", "weight_decay", "nesterov"), "adam": ("lr", "beta1", "beta2", "weight_decay")}
+DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3}
+LEARN_MODES = ("descent", "ascent", "fixed")
+NORMALIZATIONS = ("l2",)
+DEFAULT_STEPS, DEFAULT_TOL = 200, 1e-4
+
+
+# ---------------------------------------------------------------- the program
+
+
+@dataclass(frozen=True)
+class DataCall:
+    name: str
+    args: tuple = ()
+    kwargs: tuple[tuple[str, object], ...] = ()
+
+    def text(self) -> str:
+        items = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs]
+        return f"{self.name}({', '.join(items)})" if items else self.name
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    shape: tuple[int, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class ParamPlan:
+    name: str
+    shape: tuple[int, ...]
+    init: Closure  # Env (with "init:target" etc.) -> tensor or float
+    learn: str  # descent | ascent | fixed
+    lr: float | None  # explicit learning rate, else base lr * lr_scale
+    lr_scale: float
+    constraints: tuple[Constraint, ...]
+    masks: tuple[Closure, ...]  # one per "mask" constraint, same order
+    span: Span
+
+
+@dataclass(frozen=True)
+class BoundTerm:
+    """A term of the energy with its weight and compiled arguments."""
+
+    name: str
+    term: Term
+    weight: float
+    args: tuple[Closure, ...]
+    degree: float  # in the latent: 0 means constant in z
+    quadratic: bool
+    first_arg: str | None  # the first argument's name, when it is a plain name
+    span: Span
+
+    def energy(self, env: Env) -> torch.Tensor:
+        return self.weight * self.term.energy(*(arg(env) for arg in self.args))
+
+
+@dataclass(frozen=True)
+class Method:
+    kind: str  # fista | ista | encoder
+    steps: int = DEFAULT_STEPS
+    tol: float = DEFAULT_TOL
+    span: Span | None = None
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    epochs: int
+    terms: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Training:
+    optimizer: str
+    options: dict
+    lr: float
+    batch: int
+    seed: int
+    phases: tuple[Phase, ...]
+
+
+@dataclass
+class Program:
+    spec: S.Spec
+    name: str
+    constants: dict[str, float]
+    data: DataCall
+    sample_shape: tuple[int, ...]  # as the data gives it
+    input: Variable
+    normalize: str | None
+    label: Variable | None  # shape (classes,)
+    latent: Variable
+    nonneg: bool
+    params: list[ParamPlan]
+    pools: dict[str, PoolFamily]
+    lets: dict[str, Closure]
+    encoder: Closure | None
+    terms: list[BoundTerm]
+    methods: tuple[Method, ...]
+    training: Training
+    scope: dict[str, Symbol] = field(repr=False, default_factory=dict)
+
+    @property
+    def classes(self) -> int | None:
+        return self.label.shape[0] if self.label else None
+
+    @property
+    def reconstruction(self) -> BoundTerm | None:
+        """The first ``sqerr(x, ...)`` term: what 'reconstruction error' measures."""
+        for term in self.terms:
+            if term.term.name == "sqerr" and term.first_arg == self.input.name:
+                return term
+        return None
+
+    @property
+    def classifier(self) -> BoundTerm | None:
+        return next((t for t in self.terms if t.term.name == "xent"), None)
+
+
+def compile_spec(
+    spec: S.Spec,
+    overrides: Mapping[str, object] | None = None,
+    data: S.Call | None = None,
+    data_info: tuple[tuple[int, ...], int | None] | None = None,
+) -> Program:
+    """Check ``spec`` and compile it; ``data_info`` skips asking the data source."""
+    try:
+        return _Compiler(spec, dict(overrides or {}), data, data_info).run()
+    except SpecError as error:
+        raise error.located(spec.path, spec.source) from None
+
+
+# ---------------------------------------------------------------- the checker
+
+
+class _Compiler:
+    def __init__(self, spec: S.Spec, overrides: dict, data: S.Call | None, data_info):
+        self.spec = spec
+        self.overrides = overrides
+        self.data_node = data
+        self.data_info = data_info
+        self.scope: dict[str, Symbol] = {}
+        self.declared: dict[str, Span] = {}
+        self.consts = ExprCompiler(self.scope, "const")
+
+    def run(self) -> Program:
+        spec = self.spec
+        constants = self._constants()
+        data = self._data()
+        sample_shape, data_classes = self._data_info(data)
+        input_var, normalize = self._input(sample_shape)
+        label = self._label(data_classes)
+        latent, nonneg = self._latent()
+        params = [self._param(decl, input_var) for decl in spec.params]
+        model = ExprCompiler(self.scope, "model")
+        lets = {decl.name.name: self._let(decl, model) for decl in spec.lets}
+        pools = self._pools(latent)
+        encoder = self._encoder(latent, model)
+        terms = self._terms(model, latent, pools, label)
+        methods = self._infer(latent, encoder, terms)
+        training = self._training(terms)
+        return Program(
+            spec=spec,
+            name=spec.name.name if spec.name else _stem(spec.path),
+            constants=constants,
+            data=data,
+            sample_shape=sample_shape,
+            input=input_var,
+            normalize=normalize,
+            label=label,
+            latent=latent,
+            nonneg=nonneg,
+            params=params,
+            pools=pools,
+            lets=lets,
+            encoder=encoder,
+            terms=terms,
+            methods=methods,
+            training=training,
+            scope=self.scope,
+        )
+
+    # ------------------------------------------------------------ names
+
+    def _declare(self, ident: S.Ident, symbol: Symbol | None = None) -> None:
+        if ident.name in self.declared:
+            first = self.declared[ident.name]
+            raise SpecError(f"'{ident.name}' is already declared (line {first.line})", ident.span)
+        if ident.name in ("I", "eye", "zeros", "ones"):
+            raise SpecError(f"'{ident.name}' is a built-in name", ident.span, hint="choose another name")
+        self.declared[ident.name] = ident.span
+        if symbol is not None:
+            self.scope[ident.name] = symbol
+
+    # ------------------------------------------------------------ constants and data
+
+    def _constants(self) -> dict[str, float]:
+        names = [decl.name.name for decl in self.spec.consts]
+        for name in self.overrides:
+            if name not in names:
+                hint = did_you_mean(name, names) or (one_of(names) if names else "this spec has no constants")
+                raise SpecError(f"--set: unknown constant '{name}'", hint=hint)
+        values = {}
+        for decl in self.spec.consts:
+            name = decl.name.name
+            if name in self.overrides:
+                value = _override_value(name, self.overrides[name])
+            else:
+                value = self.consts.constant(decl.value)
+            values[name] = value
+            self._declare(decl.name, Symbol("const", Value((), const=value), lambda env, v=value: v))
+        return values
+
+    def _data(self) -> DataCall:
+        node = self.data_node or (self.spec.data.call if self.spec.data else None)
+        if node is None:
+            raise SpecError("no data: add a line such as 'data mnist', or pass --data", Span(
+                line=1, column=1, end_line=1, end_column=2))  # fmt: skip
+        args = tuple(self._data_argument(a) for a in node.args)
+        kwargs = tuple((kw.name, self._data_argument(kw.value)) for kw in node.kwargs)
+        self._data_span = node.span
+        return DataCall(node.func, args, kwargs)
+
+    def _data_argument(self, node: S.Expr):
+        if isinstance(node, S.String):
+            return node.value
+        if isinstance(node, S.Name) and node.id not in self.scope:
+            return node.id  # a bare word such as whiten = zca
+        value = self.consts.constant(node)
+        return int(value) if value == int(value) and abs(value) < 2**53 else value
+
+    def _data_info(self, data: DataCall):
+        if self.data_info is not None:
+            return tuple(self.data_info[0]), self.data_info[1]
+        base = _spec_dir(self.spec.path)
+        try:
+            return describe_source(data.name, data.args, dict(data.kwargs), base_dir=base)
+        except DataError as error:
+            raise SpecError(str(error), self._data_span) from None
+
+    # ------------------------------------------------------------ variables
+
+    def _only(self, decls, what: str, required: bool):
+        if len(decls) > 1:
+            raise SpecError(f"only one {what} variable is supported", decls[1].span)
+        if required and not decls:
+            raise SpecError(f"the spec declares no {what} variable", Span(line=1, column=1, end_line=1, end_column=2),
+                            hint=f"add a line such as '{what} {_EXAMPLES[what]}'")  # fmt: skip
+        return decls[0] if decls else None
+
+    def _shape(self, dims: tuple[S.Expr, ...]) -> tuple[int, ...]:
+        return tuple(self.consts.integer(d, "a size") for d in dims)
+
+    def _input(self, sample_shape) -> tuple[Variable, str | None]:
+        decl = self._only(self.spec.inputs, "input", True)
+        shape = sample_shape if decl.shape is None else self._shape(decl.shape)
+        if math.prod(shape) != math.prod(sample_shape):
+            dims = ", ".join(map(str, sample_shape))
+            raise SpecError(f"input '{decl.name.name}' has {math.prod(shape)} values per sample, but the data "
+                            f"gives samples of shape [{dims}]", decl.span)  # fmt: skip
+        normalize = None
+        if decl.normalize is not None:
+            normalize = decl.normalize.name
+            if normalize not in NORMALIZATIONS:
+                raise SpecError(f"unknown normalisation '{normalize}'", decl.normalize.span,
+                                hint=one_of(NORMALIZATIONS))  # fmt: skip
+        variable = Variable(decl.name.name, shape, decl.name.span)
+        self._declare(decl.name, Symbol("input", Value(shape, batched=True), lambda env, n=variable.name: env[n]))
+        return variable, normalize
+
+    def _label(self, data_classes: int | None) -> Variable | None:
+        decl = self._only(self.spec.labels, "label", False)
+        if decl is None:
+            return None
+        if data_classes is None:
+            raise SpecError(f"label '{decl.name.name}' is declared, but the data has no labels", decl.span)
+        classes = data_classes
+        if decl.classes is not None:
+            classes = self.consts.integer(decl.classes, "the number of classes", 2)
+            if classes < data_classes:
+                raise SpecError(f"{classes} classes declared, but the data has labels up to {data_classes - 1}",
+                                decl.classes.span)  # fmt: skip
+        variable = Variable(decl.name.name, (classes,), decl.name.span)
+        self._declare(decl.name, Symbol("label", Value((), batched=True), lambda env, n=variable.name: env[n]))
+        return variable
+
+    def _latent(self) -> tuple[Variable, bool]:
+        decl = self._only(self.spec.latents, "latent", True)
+        shape = self._shape(decl.shape)
+        if len(shape) != 1:
+            raise SpecError("the latent must be a vector, e.g. z[400]", decl.span)
+        nonneg = decl.lower_bound is not None
+        if nonneg and self.consts.constant(decl.lower_bound) != 0:
+            raise SpecError("a latent can only be bounded below by 0 ('>= 0')", decl.lower_bound.span)
+        variable = Variable(decl.name.name, shape, decl.name.span)
+        symbol = Symbol("latent", Value(shape, batched=True, degree=1), lambda env, n=variable.name: env[n])
+        self._declare(decl.name, symbol)
+        return variable, nonneg
+
+    # ------------------------------------------------------------ parameters
+
+    def _param(self, decl: S.ParamDecl, input_var: Variable) -> ParamPlan:
+        name = decl.name.name
+        shape = self._shape(decl.shape)
+        init_scope = {k: s for k, s in self.scope.items() if s.role in ("const", "param")}
+        unavailable = {k: "an initial value may use constants, earlier parameters and samples(x)"
+                       for k in self.scope if k not in init_scope}  # fmt: skip
+        later = [p.name.name for p in self.spec.params if p.name.name not in self.scope and p.name.name != name]
+        unavailable.update({k: "parameters are initialised in the order they are declared" for k in later})
+        unavailable[name] = "a parameter cannot be initialised from itself"
+        compiler = ExprCompiler(init_scope, "init", _initialisers(shape, input_var), unavailable)
+        init = self._init(decl, shape, compiler)
+        constraints, masks = self._constraints(decl, shape, compiler)
+        learn, lr = self._learn(decl)
+        lr_scale = 1.0 if decl.lr_scale is None else self.consts.positive(decl.lr_scale, "lr_scale")
+        self._declare(decl.name, Symbol("param", Value(shape), lambda env, n=name: env[n]))
+        return ParamPlan(name, shape, init, learn, lr, lr_scale, constraints, masks, decl.span)
+
+    def _init(self, decl: S.ParamDecl, shape, compiler: ExprCompiler) -> Closure:
+        if decl.init is None:
+            return _default_init(shape)
+        value, fn = compiler.compile(decl.init)
+        if value.shape not in ((), shape) or value.batched:
+            dims = ", ".join(map(str, shape))
+            raise SpecError(f"the initial value has shape {value.describe()}, but '{decl.name.name}' is [{dims}]",
+                            decl.init.span)  # fmt: skip
+        return fn
+
+    def _constraints(self, decl: S.ParamDecl, shape, compiler: ExprCompiler):
+        constraints, masks, seen = [], [], set()
+        for node in decl.constraints:
+            if node.kind not in DESCRIPTIONS:
+                raise SpecError(f"unknown constraint '{node.kind}'", node.kind_span,
+                                hint=did_you_mean(node.kind, DESCRIPTIONS) or one_of(DESCRIPTIONS))  # fmt: skip
+            if node.kind in seen:
+                raise SpecError(f"constraint '{node.kind}' is given twice", node.kind_span)
+            seen.add(node.kind)
+            self._check_constraint_shape(node, shape)
+            if node.kind == "mask":
+                masks.append(self._mask(node, shape, compiler))
+                constraints.append(Constraint("mask"))
+            elif node.kind in NORM_KINDS:
+                if node.compare is None:
+                    raise SpecError(f"'{node.kind}' needs a bound, e.g. '{node.kind} <= 1'", node.span)
+                bound = self.consts.positive(node.value, f"the bound of {node.kind}")
+                constraints.append(Constraint(node.kind, node.compare, bound))
+            else:
+                if node.compare is not None:
+                    raise SpecError(f"'{node.kind}' takes no bound", node.span)
+                constraints.append(Constraint(node.kind))
+        order = sort_constraints(constraints)
+        return tuple(order), tuple(masks)
+
+    @staticmethod
+    def _check_constraint_shape(node: S.ConstraintDecl, shape) -> None:
+        dims = ", ".join(map(str, shape))
+        if node.kind in MATRIX_KINDS and len(shape) != 2:
+            raise SpecError(f"'{node.kind}' needs a matrix, this parameter is [{dims}]", node.kind_span)
+        if node.kind in SQUARE_KINDS and shape[0] != shape[1]:
+            raise SpecError(f"'{node.kind}' needs a square matrix, this parameter is [{dims}]", node.kind_span)
+
+    @staticmethod
+    def _mask(node: S.ConstraintDecl, shape, compiler: ExprCompiler) -> Closure:
+        value, fn = compiler.compile(node.value)
+        if value.shape != shape:
+            dims = ", ".join(map(str, shape))
+            raise SpecError(f"the mask has shape {value.describe()}, the parameter [{dims}]", node.value.span)
+        return fn
+
+    def _learn(self, decl: S.ParamDecl) -> tuple[str, float | None]:
+        if decl.learn is None:
+            return "descent", None
+        mode = decl.learn.mode
+        if mode.name not in LEARN_MODES:
+            raise SpecError(f"unknown learning mode '{mode.name}'", mode.span,
+                            hint=did_you_mean(mode.name, LEARN_MODES) or one_of(LEARN_MODES))  # fmt: skip
+        options = _options(self.consts, decl.learn, ("lr",), f"learn {mode.name}")
+        if mode.name == "fixed" and options:
+            raise SpecError("a fixed parameter has no learning rate", decl.learn.span)
+        lr = options.get("lr")
+        if lr is not None and lr <= 0:
+            raise SpecError(f"lr must be positive, got {lr:g}", decl.learn.span)
+        return mode.name, lr
+
+    # ------------------------------------------------------------ model expressions
+
+    def _let(self, decl: S.LetDecl, model: ExprCompiler) -> Closure:
+        value, fn = model.compile(decl.value)
+        key = "let:" + decl.name.name
+
+        def cached(env: Env):
+            if key not in env.cache:
+                env.cache[key] = fn(env)
+            return env.cache[key]
+
+        self._declare(decl.name, Symbol("let", value, cached))
+        return cached
+
+    def _pools(self, latent: Variable) -> dict[str, PoolFamily]:
+        families: dict[str, PoolFamily] = {}
+        for decl in self.spec.pools:
+            if isinstance(decl, S.PoolDecl):
+                if decl.variable.name != latent.name:
+                    raise SpecError(f"pools group units of the latent '{latent.name}', not '{decl.variable.name}'",
+                                    decl.variable.span)  # fmt: skip
+                family = pool_from_ranges(decl, latent.shape[0], self.consts.integer)
+            else:
+                family = self._family(decl, latent, families)
+            families[decl.name.name] = family
+            self._declare(decl.name, Symbol("pools", Value(()), lambda env: None))
+        return families
+
+    def _family(self, decl: S.PoolsDecl, latent: Variable, families) -> PoolFamily:
+        node, name = decl.value, decl.name.name
+        if isinstance(node, S.ListExpr):
+            return family_from_list(name, node, families)
+        if not isinstance(node, S.Call) or node.func not in FAMILY_BUILDERS:
+            if isinstance(node, S.Call):
+                raise unknown_builder(node)
+            raise SpecError("expected a pool family such as blocks(z, 4) or [a, b]", node.span)
+        slots = self.consts.arguments(node, 2, ("of", "size"))
+        self.consts.required(node, slots, 2)
+        if not isinstance(slots[0], S.Name) or slots[0].id != latent.name:
+            raise SpecError(f"blocks() groups units of the latent: its first argument is '{latent.name}'",
+                            slots[0].span)  # fmt: skip
+        size = self.consts.integer(slots[1], "the block size")
+        return blocks(name, latent.shape[0], size)
+
+    def _encoder(self, latent: Variable, model: ExprCompiler) -> Closure | None:
+        decl = self._only(self.spec.encoders, "encoder", False)
+        if decl is None:
+            return None
+        if decl.target.name != latent.name:
+            raise SpecError(f"an encoder computes the latent '{latent.name}', not '{decl.target.name}'",
+                            decl.target.span)  # fmt: skip
+        latent_value = self.scope[latent.name].value
+        if isinstance(decl.value, S.Recurrent):
+            value, fn = model.recurrent(decl.value, latent.name, latent_value)
+        else:
+            without_latent = {k: s for k, s in self.scope.items() if k != latent.name}
+            value, fn = ExprCompiler(without_latent, "model").compile(decl.value)
+        if value.shape != latent.shape or not value.batched:
+            raise SpecError(f"the encoder gives {value.describe()}, but '{latent.name}' is "
+                            f"{latent_value.describe()}", decl.value.span)  # fmt: skip
+        return fn
+
+    # ------------------------------------------------------------ energy
+
+    def _terms(self, model: ExprCompiler, latent: Variable, pools, label) -> list[BoundTerm]:
+        if not self.spec.energy:
+            raise SpecError("the spec has no energy block", Span(line=1, column=1, end_line=1, end_column=2),
+                            hint="add 'energy' followed by terms such as 'recon : 0.5 * sqerr(x, W @ z)'")  # fmt: skip
+        terms, seen = [], {}
+        for decl in self.spec.energy:
+            if decl.name.name in seen:
+                raise SpecError(f"term '{decl.name.name}' is already defined (line {seen[decl.name.name]})",
+                                decl.name.span)  # fmt: skip
+            seen[decl.name.name] = decl.span.line
+            terms.append(self._term(decl, model, latent, pools, label))
+        return terms
+
+    def _term(self, decl: S.TermDecl, model: ExprCompiler, latent, pools, label) -> BoundTerm:
+        weight, call = self._split_weight(decl.value)
+        cls = TERMS[call.func]
+        slots = model.arguments(call, len(cls.arguments), cls.arguments)
+        model.required(call, slots, len(cls.arguments))
+        static, values, closures = {}, [], []
+        for kind, node in zip(cls.kinds, slots):
+            if kind == "pools":
+                static["pools"] = self._pool_argument(node, pools)
+            elif kind == "label":
+                closures.append(self._label_argument(node, label))
+                static["classes"] = label.shape[0]
+            else:
+                value, fn = model.compile(node)
+                values.append(value)
+                closures.append(fn)
+        term = cls(static)
+        term.check(values, call)
+        degree = max((v.degree for v in values), default=0)
+        first_arg = slots[0].id if isinstance(slots[0], S.Name) else None
+        if weight < 0:
+            raise SpecError(f"the weight of term '{decl.name.name}' is negative ({weight:g})", decl.value.span,
+                            hint="an energy term must have a weight >= 0")  # fmt: skip
+        return BoundTerm(decl.name.name, term, weight, tuple(closures), degree,
+                         term.is_quadratic(values), first_arg, decl.span)  # fmt: skip
+
+    def _split_weight(self, node: S.Expr) -> tuple[float, S.Call]:
+        """``lam * 0.5 * l1(z)`` → (0.5·lam, the l1 call)."""
+        factors: list[tuple[S.Expr, bool]] = []  # (factor, divides)
+
+        def flatten(n: S.Expr, divides: bool = False):
+            if isinstance(n, S.BinOp) and n.op == "*" and not divides:
+                flatten(n.left)
+                flatten(n.right)
+            elif isinstance(n, S.BinOp) and n.op == "/" and not divides:
+                flatten(n.left)
+                factors.append((n.right, True))
+            else:
+                factors.append((n, divides))
+
+        flatten(node)
+        calls = [f for f, divides in factors if isinstance(f, S.Call) and f.func in TERMS and not divides]
+        if len(calls) != 1:
+            raise self._not_a_term(node, calls)
+        weight = 1.0
+        for factor, divides in factors:
+            if factor is calls[0]:
+                continue
+            value = self.consts.constant(factor)
+            if divides and value == 0:
+                raise SpecError("division by zero", factor.span)
+            weight = weight / value if divides else weight * value
+        return weight, calls[0]
+
+    @staticmethod
+    def _not_a_term(node: S.Expr, calls) -> SpecError:
+        if len(calls) > 1:
+            return SpecError("a term holds one energy function; split it into two named terms", calls[1].span)
+        if isinstance(node, S.Call):
+            hint = did_you_mean(node.func, TERMS) or one_of(TERMS)
+            return SpecError(f"unknown energy term '{node.func}'", node.func_span, hint=hint)
+        return SpecError("a term is 'weight * function(...)' with a function from the registry", node.span,
+                         hint=one_of(TERMS))  # fmt: skip
+
+    def _pool_argument(self, node: S.Expr, pools) -> PoolFamily:
+        if not isinstance(node, S.Name) or node.id not in pools:
+            label = node.id if isinstance(node, S.Name) else None
+            hint = (did_you_mean(label, pools) if label else None) or (
+                one_of(pools) if pools else "declare one with 'pools P = blocks(z, 4)'"
+            )
+            raise SpecError("expected the name of a pool family", node.span, hint=hint)
+        return pools[node.id]
+
+    def _label_argument(self, node: S.Expr, label: Variable | None) -> Closure:
+        if label is None:
+            raise SpecError("this term needs a label, and the spec declares none", node.span,
+                            hint="add a line such as 'label y : 10 classes'")  # fmt: skip
+        if not isinstance(node, S.Name) or node.id != label.name:
+            raise SpecError(f"expected the label '{label.name}' here", node.span)
+        return lambda env, n=label.name: env[n]
+
+    # ------------------------------------------------------------ inference and training
+
+    def _infer(self, latent: Variable, encoder, terms: list[BoundTerm]) -> tuple[Method, ...]:
+        decl = self.spec.infer
+        if decl is None:
+            methods = (Method("encoder"),) if encoder else (Method("fista"),)
+        else:
+            if decl.target.name != latent.name:
+                raise SpecError(f"'{decl.target.name}' is not the latent", decl.target.span,
+                                hint=f"infer {latent.name} by ...")  # fmt: skip
+            methods = tuple(self._method(m, i) for i, m in enumerate(decl.methods))
+        if any(m.kind == "encoder" for m in methods) and encoder is None:
+            span = next(m.span for m in methods if m.kind == "encoder") if decl else None
+            raise SpecError("inference by encoder, but the spec declares no encoder", span,
+                            hint=f"add 'encoder {latent.name} = ...'")  # fmt: skip
+        if any(m.kind in ("fista", "ista") for m in methods):
+            _check_proximable(terms, latent, self.spec.infer)
+        return methods
+
+    def _method(self, node: S.MethodDecl, position: int) -> Method:
+        kind = node.name.name
+        if kind not in INFER_METHODS:
+            raise SpecError(f"unknown inference method '{kind}'", node.name.span,
+                            hint=did_you_mean(kind, INFER_METHODS) or one_of(INFER_METHODS))  # fmt: skip
+        if kind == "encoder":
+            if position > 0:
+                raise SpecError("the encoder can only start the inference", node.span,
+                                hint="write 'by encoder then fista(...)'")  # fmt: skip
+            if node.args or node.kwargs:
+                raise SpecError("the encoder takes no options", node.span)
+            return Method("encoder", span=node.span)
+        if position > 0 and position != 1:
+            raise SpecError("at most one refinement follows the encoder", node.span)
+        options = _options(self.consts, node, ("steps", "tol"), kind)
+        steps = options.get("steps", DEFAULT_STEPS)
+        if steps != int(steps) or steps < 1:
+            raise SpecError(f"steps must be a whole number >= 1, got {steps:g}", node.span)
+        tol = options.get("tol", DEFAULT_TOL)
+        if tol < 0:
+            raise SpecError(f"tol must be >= 0, got {tol:g}", node.span)
+        return Method(kind, int(steps), tol, node.span)
+
+    def _training(self, terms: list[BoundTerm]) -> Training:
+        decl = self.spec.train or S.TrainDecl(span=Span(line=1, column=1, end_line=1, end_column=2))
+        optimizer, options, lr = "adam", {}, DEFAULT_LR["adam"]
+        if decl.optimizer is not None:
+            optimizer, options, lr = self._optimizer(decl.optimizer)
+        batch = self.consts.integer(decl.batch, "the batch size") if decl.batch else 64
+        seed = self.consts.integer(decl.seed, "the seed", 0) if decl.seed else 0
+        all_terms = tuple(t.name for t in terms)
+        if decl.phases and decl.epochs is not None:
+            raise SpecError("with phases, give epochs per phase", decl.epochs.span)
+        if not decl.phases:
+            epochs = self.consts.integer(decl.epochs, "epochs", 0) if decl.epochs else 10
+            return Training(optimizer, options, lr, batch, seed, (Phase("train", epochs, all_terms),))
+        phases, names = [], set()
+        for phase in decl.phases:
+            if phase.name.name in names:
+                raise SpecError(f"phase '{phase.name.name}' is given twice", phase.name.span)
+            names.add(phase.name.name)
+            if phase.epochs is None:
+                raise SpecError(f"phase '{phase.name.name}' needs 'epochs N'", phase.span)
+            epochs = self.consts.integer(phase.epochs, "epochs", 0)
+            active = all_terms
+            if phase.terms is not None:
+                for ident in phase.terms:
+                    if ident.name not in all_terms:
+                        raise SpecError(f"phase '{phase.name.name}' names unknown term '{ident.name}'", ident.span,
+                                        hint=did_you_mean(ident.name, all_terms) or one_of(all_terms))  # fmt: skip
+                active = tuple(t for t in all_terms if t in {i.name for i in phase.terms})
+            phases.append(Phase(phase.name.name, epochs, active))
+        return Training(optimizer, options, lr, batch, seed, tuple(phases))
+
+    def _optimizer(self, node: S.Call):
+        if node.func not in OPTIMIZERS:
+            raise SpecError(f"unknown optimizer '{node.func}'", node.func_span,
+                            hint=did_you_mean(node.func, OPTIMIZERS) or one_of(OPTIMIZERS))  # fmt: skip
+        options = _options(self.consts, node, OPTIMIZERS[node.func], node.func)
+        lr = options.pop("lr", DEFAULT_LR[node.func])
+        if lr <= 0:
+            raise SpecError(f"lr must be positive, got {lr:g}", node.span)
+        for key, value in options.items():
+            if value < 0 or (key.startswith("beta") and value >= 1):
+                raise SpecError(f"{key} = {value:g} is out of range", node.span)
+        return node.func, options, lr
+
+
+# ---------------------------------------------------------------- helpers
+
+_EXAMPLES = {"input": "x[784]", "latent": "z[256]", "label": "y : 10 classes", "encoder": "z = relu(E @ x)"}
+
+
+def _stem(path: str) -> str:
+    from pathlib import Path
+
+    return Path(path).stem if path not in ("<spec>", "") else "model"
+
+
+def _spec_dir(path: str):
+    from pathlib import Path
+
+    return Path(path).parent if path not in ("<spec>", "") else Path.cwd()
+
+
+def _override_value(name: str, value) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SpecError(f"--set {name}: expected a number, got {value!r}") from None
+    if math.isnan(number) or math.isinf(number):
+        raise SpecError(f"--set {name}: expected a finite number, got {value!r}")
+    return number
+
+
+def _options(consts: ExprCompiler, node, allowed: tuple[str, ...], what: str) -> dict[str, float]:
+    """Keyword options such as ``fista(steps = 200, tol = 1e-4)``, all constants."""
+    if node.args:
+        raise SpecError(f"{what}: options are given by name, e.g. {what}({allowed[0]} = ...)", node.args[0].span)
+    options = {}
+    for kw in node.kwargs:
+        if kw.name not in allowed:
+            raise SpecError(f"{what} has no option '{kw.name}'", kw.span,
+                            hint=did_you_mean(kw.name, allowed) or one_of(allowed))  # fmt: skip
+        if kw.name in options:
+            raise SpecError(f"option '{kw.name}' is given twice", kw.span)
+        options[kw.name] = consts.constant(kw.value)
+    return options
+
+
+def _check_proximable(terms: list[BoundTerm], latent: Variable, decl: S.InferDecl | None) -> None:
+    """FISTA needs the exact prox of the sum of the nonsmooth terms in z."""
+    groups = []
+    for term in terms:
+        if term.term.smooth or term.degree == 0:
+            continue
+        if not (isinstance(term.term, ProxTerm) and term.first_arg == latent.name):
+            raise SpecError(f"term '{term.name}' is nonsmooth in '{latent.name}' and FISTA has no prox for it",
+                            term.span, hint=f"apply it to '{latent.name}' itself, or infer by encoder")  # fmt: skip
+        if term.term.name == "group_l2":
+            groups.append(term)
+    if len(groups) > 1:
+        raise SpecError("FISTA composes the prox of one group term only", groups[1].span)
+    for term in groups:
+        overlap = term.term.static["pools"].overlap()
+        if overlap:
+            unit, first, second = overlap
+            raise SpecError(f"pools {first} and {second} overlap (unit {unit}): the group prox is exact for "
+                            "disjoint pools only", term.span)  # fmt: skip
+
+
+def _default_init(shape: tuple[int, ...]) -> Closure:
+    """Vectors start at zero; matrices at N(0, 1/fan_in)."""
+    if len(shape) == 1:
+        return lambda env: env["reference"].new_zeros(shape)
+    std = 1 / math.sqrt(shape[-1])
+    return lambda env: torch.randn(shape, generator=env["generator"], dtype=env["reference"].dtype).to(
+        env["reference"].device
+    ) * std
+
+
+def _initialisers(shape: tuple[int, ...], input_var: Variable) -> dict:
+    """The functions and names that only an ``init`` expression may use."""
+
+    def target(compiler, node, make):
+        slots = compiler.arguments(node, 1)
+        argument = compiler.constant(slots[0]) if slots[0] is not None else 1.0
+        return Value(shape), lambda env: make(env) * argument
+
+    def generated(sampler):
+        def build(env):
+            cpu = sampler(shape, generator=env["generator"], dtype=env["reference"].dtype)
+            return cpu.to(env["reference"].device)
+
+        return build
+
+    def normal(compiler, node):
+        return target(compiler, node, generated(torch.randn))
+
+    def uniform(compiler, node):
+        return target(compiler, node, lambda env: generated(torch.rand)(env) * 2 - 1)
+
+    def samples(compiler, node):
+        slots = compiler.arguments(node, 1)
+        compiler.required(node, slots, 1)
+        if not isinstance(slots[0], S.Name) or slots[0].id != input_var.name:
+            raise SpecError(f"samples() draws from the input '{input_var.name}'", slots[0].span)
+        dim = math.prod(input_var.shape)
+        if len(shape) != 2 or dim not in shape:
+            raise SpecError(f"samples({input_var.name}) fills a matrix with {dim} rows or columns; "
+                            f"this one is {list(shape)}", node.span)  # fmt: skip
+        return Value(shape), lambda env: _draw_samples(env, shape, dim)
+
+    functions = {"normal": normal, "uniform": uniform, "samples": samples}
+    square = len(shape) == 2 and shape[0] == shape[1]
+
+    def identity(env):
+        return torch.eye(shape[0], dtype=env["reference"].dtype, device=env["reference"].device)
+
+    constant_names = {
+        "zeros": lambda env: env["reference"].new_zeros(shape),
+        "ones": lambda env: env["reference"].new_ones(shape),
+    }
+    for name, builder in constant_names.items():
+        functions[name] = _as_name_or_call(name, Value(shape), builder)
+    for name in ("I", "eye"):
+        functions[name] = _as_name_or_call(name, Value(shape), identity, square=square)
+    return functions
+
+
+def _as_name_or_call(name: str, value: Value, builder: Closure, square: bool = True):
+    def compile_call(compiler, node):
+        if node.args or node.kwargs:
+            raise SpecError(f"{name} takes no arguments: its shape is the parameter's", node.span)
+        if not square:
+            raise SpecError(f"{name} is the identity: the parameter must be square", node.span)
+        return value, builder
+
+    compile_call.as_name = True
+    return compile_call
+
+
+def _draw_samples(env: Env, shape, dim: int) -> torch.Tensor:
+    """Columns (or rows) of random training samples, each scaled to unit norm."""
+    data = env["train_x"].flatten(1)
+    count = shape[1] if shape[0] == dim else shape[0]
+    index = torch.randint(0, data.shape[0], (count,), generator=env["generator"])
+    chosen = data[index]
+    chosen = chosen / chosen.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    chosen = chosen.to(env["reference"])
+    return chosen.T.contiguous() if shape[0] == dim else chosen

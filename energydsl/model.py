@@ -1,0 +1,199 @@
+"""The compiled model: a :class:`torch.nn.Module` holding the spec's parameters.
+
+Every public method takes raw inputs ``x`` as the data gives them (a batch of
+samples); the preprocessing the spec declares (reshape, ℓ2-normalisation) is part
+of the model, so callers never repeat it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from .compile import BoundTerm, Program
+from .expr import Env
+from .infer import Problem, fista, make_prox
+
+
+class EnergyModel(nn.Module):
+    """A spec compiled to PyTorch: energy, inference, prediction, constraints.
+
+    ``model.params["W"]`` is the parameter named ``W`` in the spec.
+    """
+
+    def __init__(self, program: Program, train_x: torch.Tensor | None = None, seed: int | None = None):
+        super().__init__()
+        self.program = program
+        self.params = nn.ParameterDict()
+        self.masks: dict[str, list[torch.Tensor]] = {}
+        generator = torch.Generator().manual_seed(program.training.seed if seed is None else seed)
+        self._initialize(train_x, generator)
+
+    # ------------------------------------------------------------ construction
+
+    def _initialize(self, train_x: torch.Tensor | None, generator: torch.Generator) -> None:
+        """Evaluate every init expression, in declaration order, then project.
+
+        Without data (``train_x`` None, e.g. when loading a checkpoint) an
+        initialiser that draws samples cannot run; parameters are then zeros,
+        to be overwritten by the loaded values.
+        """
+        reference = torch.zeros(())
+        for plan in self.program.params:
+            env = self._init_env(reference, generator, train_x)
+            if train_x is None:
+                value = torch.zeros(plan.shape)
+            else:
+                value = torch.as_tensor(plan.init(env), dtype=reference.dtype).expand(plan.shape).clone()
+            self.params[plan.name] = nn.Parameter(value, requires_grad=plan.learn != "fixed")
+            self.masks[plan.name] = [torch.as_tensor(mask(env)).expand(plan.shape).clone() for mask in plan.masks]
+        self.project_()
+
+    def _init_env(self, reference, generator, train_x) -> Env:
+        tensors = {"reference": reference, "generator": generator, "train_x": train_x}
+        tensors.update({name: p.detach() for name, p in self.params.items()})
+        return Env(tensors)
+
+    def _apply(self, fn, recurse=True):
+        # keep the masks (plain tensors, not buffers) on the parameters' device
+        super()._apply(fn, recurse)
+        self.masks = {name: [fn(m) for m in masks] for name, masks in self.masks.items()}
+        return self
+
+    # ------------------------------------------------------------ basics
+
+    @property
+    def name(self) -> str:
+        return self.program.name
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.params.values())).device if self.params else torch.device("cpu")
+
+    @property
+    def term_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.program.terms)
+
+    def preprocess(self, x) -> torch.Tensor:
+        """Raw samples ``(B, ...)`` → what the spec's input variable holds."""
+        x = torch.as_tensor(x, dtype=torch.float32, device=self.device)
+        shape = self.program.input.shape
+        if x.dim() == 0 or x[0].numel() != math.prod(shape):
+            raise ValueError(f"expected a batch of samples with {math.prod(shape)} values each "
+                             f"(input '{self.program.input.name}' is {list(shape)}), got shape {list(x.shape)}")  # fmt: skip
+        x = x.reshape((x.shape[0],) + shape)
+        if self.program.normalize == "l2":
+            flat = x.flatten(1)
+            x = (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)).view_as(x)
+        return x
+
+    def _env(self, x: torch.Tensor, z: torch.Tensor | None, y: torch.Tensor | None, detach: bool = False) -> Env:
+        program = self.program
+        tensors = {name: (p.detach() if detach else p) for name, p in self.params.items()}
+        tensors.update({program.input.name: x, "batch_size": x.shape[0], "reference": x})
+        if z is not None:
+            tensors[program.latent.name] = z
+        if y is not None and program.label is not None:
+            tensors[program.label.name] = torch.as_tensor(y, device=x.device).long()
+        return Env(tensors)
+
+    def _active(self, names: Iterable[str] | None, labelled: bool) -> list[BoundTerm]:
+        chosen = self.program.terms if names is None else [t for t in self.program.terms if t.name in set(names)]
+        return [t for t in chosen if labelled or not t.term.needs_label]
+
+    # ------------------------------------------------------------ energy
+
+    def terms(self, x, z, y=None) -> dict[str, torch.Tensor]:
+        """Each term's weighted energy per sample; terms needing a label are left out without ``y``."""
+        env = self._env(self.preprocess(x), z, y)
+        return {t.name: t.energy(env) for t in self._active(None, y is not None)}
+
+    def energy(self, x, z, y=None) -> torch.Tensor:
+        """Total energy per sample, ``(B,)``."""
+        return torch.stack(list(self.terms(x, z, y).values())).sum(dim=0)
+
+    def _energy_of(self, xp, z, y, names, detach=False) -> torch.Tensor:
+        env = self._env(xp, z, y, detach)
+        return sum(t.energy(env) for t in self._active(names, y is not None))
+
+    # ------------------------------------------------------------ inference
+
+    def encode(self, x) -> torch.Tensor:
+        """The encoder's prediction of z (specs with an encoder)."""
+        if self.program.encoder is None:
+            raise ValueError(f"spec '{self.name}' declares no encoder")
+        xp = self.preprocess(x)
+        with torch.no_grad():
+            return self.program.encoder(self._env(xp, None, None))
+
+    @torch.no_grad()
+    def infer(self, x, y=None, *, steps: int | None = None, tol: float | None = None) -> torch.Tensor:
+        """z* for a batch of raw samples, by the spec's inference method.
+
+        ``steps`` and ``tol`` override those of the spec's FISTA/ISTA stage.
+        """
+        return self._infer(self.preprocess(x), y, None, steps=steps, tol=tol)
+
+    def _infer(self, xp, y=None, names=None, *, differentiable=False, steps=None, tol=None) -> torch.Tensor:
+        """Inference on preprocessed inputs, with the terms ``names`` active.
+
+        With ``differentiable`` (training a spec inferred by its encoder alone) the
+        code keeps its graph, so the loss reaches the encoder's parameters.
+        """
+        z = None
+        for method in self.program.methods:
+            if method.kind == "encoder":
+                with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+                    z = self.program.encoder(self._env(xp, None, None))
+            else:
+                start = z.detach() if z is not None else xp.new_zeros((xp.shape[0],) + self.program.latent.shape)
+                problem = self._problem(xp, y, names)
+                z = fista(problem, start, steps or method.steps, method.tol if tol is None else tol,
+                          accelerate=method.kind == "fista")  # fmt: skip
+        return z
+
+    def _problem(self, xp, y, names) -> Problem:
+        active = [t for t in self._active(names, y is not None) if t.degree > 0]
+        smooth = [t for t in active if t.term.smooth]
+        nonsmooth = [t for t in active if not t.term.smooth]
+
+        def smooth_energy(z):
+            env = self._env(xp, z, y, detach=True)
+            return sum((t.energy(env) for t in smooth), z.new_zeros(z.shape[0]))
+
+        return Problem(smooth_energy, make_prox(nonsmooth, self.program.nonneg), all(t.quadratic for t in smooth))
+
+    # ------------------------------------------------------------ classification
+
+    def logits(self, x) -> torch.Tensor:
+        """The classifier's logits (the first argument of the spec's xent term)."""
+        term = self._classifier()
+        xp = self.preprocess(x)
+        with torch.no_grad():
+            z = self._infer(xp)
+            return term.args[0](self._env(xp, z, None))
+
+    def predict(self, x) -> torch.Tensor:
+        """Predicted class per sample (specs with an xent term)."""
+        return self.logits(x).argmax(dim=1)
+
+    def _classifier(self) -> BoundTerm:
+        if self.program.classifier is None:
+            raise ValueError(f"spec '{self.name}' has no classifier term (xent)")
+        return self.program.classifier
+
+    # ------------------------------------------------------------ constraints
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Project every parameter onto its constraints, in place."""
+        for plan in self.program.params:
+            p = self.params[plan.name]
+            masks = iter(self.masks[plan.name])
+            for constraint in plan.constraints:
+                constraint.project(p, next(masks) if constraint.kind == "mask" else None)
+
+

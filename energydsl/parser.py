@@ -1,0 +1,443 @@
+"""Source text → :class:`~energydsl.spec.Spec`.
+
+Lark parses with the LALR grammar in ``grammar.lark``; a transformer only reshapes
+the tree into spec nodes carrying spans (it never raises: lark would wrap the error
+in a ``VisitError``).  Syntax errors become :class:`SpecError` with a message a
+person can act on, and statements that may appear once are checked here.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+
+from . import spec as S
+from .errors import Span, SpecError, did_you_mean
+
+STATEMENT_KEYWORDS = (
+    "model", "data", "const", "input", "label", "latent", "param", "let",
+    "pool", "pools", "encoder", "energy", "infer", "train",
+)  # fmt: skip
+OPERATORS = {"+", "-", "*", "/", "@", "**", ".T"}
+
+
+@lru_cache(maxsize=1)
+def _lark() -> Lark:
+    return Lark.open_from_package(
+        "energydsl",
+        "grammar.lark",
+        parser="lalr",
+        propagate_positions=True,
+        maybe_placeholders=True,
+        postlex=_AlwaysAcceptNames(),
+    )
+
+
+class _AlwaysAcceptNames:
+    """Let the contextual lexer see names in every state.
+
+    Without it, where only keywords are expected, ``paramm`` would lex as the
+    keyword ``param`` followed by the name ``m``.
+    """
+
+    always_accept = ("NAME",)
+
+    def process(self, stream):
+        return stream
+
+
+def parse(source: str, path: str = "<spec>") -> S.Spec:
+    """Parse spec text; raise :class:`SpecError` with a location on any slip."""
+    try:
+        tree = _lark().parse(source)
+    except UnexpectedInput as error:
+        raise _syntax_error(error, source, path) from None
+    statements = _ToSpec().transform(tree)
+    try:
+        return _assemble(statements, source, path)
+    except SpecError as error:
+        raise error.located(path, source) from None
+
+
+def parse_file(path: str | Path) -> S.Spec:
+    path = Path(path)
+    try:
+        source = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError("spec file not found", path=str(path)) from None
+    except UnicodeDecodeError as error:
+        raise SpecError(f"spec is not UTF-8 text (byte {error.start})", path=str(path)) from None
+    except OSError as error:
+        raise SpecError(f"cannot read spec: {error.strerror}", path=str(path)) from None
+    return parse(source, str(path))
+
+
+def parse_source_call(text: str, what: str = "--data") -> S.Call:
+    """Parse a data source given on the command line, e.g. ``patches(size=8)``."""
+    spec = parse(f"data {text}", what)
+    assert spec.data is not None
+    return spec.data.call
+
+
+# ---------------------------------------------------------------- tree → nodes
+
+
+def _span(meta) -> Span:
+    return Span(line=meta.line, column=meta.column, end_line=meta.end_line, end_column=meta.end_column)
+
+
+def _token_span(token: Token) -> Span:
+    return Span(line=token.line, column=token.column, end_line=token.end_line, end_column=token.end_column)
+
+
+def _ident(token: Token) -> S.Ident:
+    return S.Ident(span=_token_span(token), name=str(token))
+
+
+def _split_args(args) -> tuple[tuple, tuple]:
+    items = args or ()
+    positional = tuple(a for a in items if not isinstance(a, S.KeywordArg))
+    keywords = tuple(a for a in items if isinstance(a, S.KeywordArg))
+    return positional, keywords
+
+
+@v_args(meta=True)
+class _ToSpec(Transformer):
+    """Reshape the lark tree into spec nodes.  Never raises."""
+
+    # expressions
+    def number(self, meta, children):
+        (token,) = children
+        return S.Number(span=_token_span(token), value=float(token), text=str(token))
+
+    def string(self, meta, children):
+        (token,) = children
+        return S.String(span=_token_span(token), value=str(token)[1:-1])
+
+    def name(self, meta, children):
+        (token,) = children
+        return S.Name(span=_token_span(token), id=str(token))
+
+    def args(self, meta, children):
+        return tuple(children)
+
+    def kwarg(self, meta, children):
+        name, value = children
+        return S.KeywordArg(span=_span(meta), name=str(name), value=value)
+
+    def call(self, meta, children):
+        func, args = children
+        positional, keywords = _split_args(args)
+        return S.Call(span=_span(meta), func=str(func), func_span=_token_span(func), args=positional, kwargs=keywords)
+
+    def _binop(op):
+        def build(self, meta, children):
+            left, right = children
+            return S.BinOp(span=_span(meta), op=op, left=left, right=right)
+
+        return build
+
+    add, sub, mul = _binop("+"), _binop("-"), _binop("*")
+    div, matmul, pow = _binop("/"), _binop("@"), _binop("**")
+
+    def neg(self, meta, children):
+        return S.Neg(span=_span(meta), operand=children[0])
+
+    def transpose(self, meta, children):
+        return S.Transpose(span=_span(meta), operand=children[0])
+
+    def list(self, meta, children):
+        return S.ListExpr(span=_span(meta), items=tuple(children))
+
+    def recurrent(self, meta, children):
+        steps, body = children
+        return S.Recurrent(span=_span(meta), steps=steps, body=body)
+
+    # statements: (field, node) pairs, assembled by _assemble
+    def start(self, meta, children):
+        return children
+
+    def model_stmt(self, meta, children):
+        return "name", _ident(children[0])
+
+    def source(self, meta, children):
+        func, args = children
+        positional, keywords = _split_args(args)
+        return S.Call(span=_span(meta), func=str(func), func_span=_token_span(func), args=positional, kwargs=keywords)
+
+    def data_stmt(self, meta, children):
+        return "data", S.SourceDecl(span=_span(meta), call=children[0])
+
+    def const_stmt(self, meta, children):
+        name, value = children
+        return "consts", S.ConstDecl(span=_span(meta), name=_ident(name), value=value)
+
+    def shape(self, meta, children):
+        return tuple(children)
+
+    def input_option(self, meta, children):
+        return _ident(children[0])
+
+    def input_stmt(self, meta, children):
+        name, shape, *options = children
+        normalize = options[-1] if options else None
+        return "inputs", S.InputDecl(span=_span(meta), name=_ident(name), shape=shape, normalize=normalize)
+
+    def label_stmt(self, meta, children):
+        name, classes = children
+        return "labels", S.LabelDecl(span=_span(meta), name=_ident(name), classes=classes)
+
+    def latent_stmt(self, meta, children):
+        name, shape, lower_bound = children
+        return "latents", S.LatentDecl(span=_span(meta), name=_ident(name), shape=shape, lower_bound=lower_bound)
+
+    def init_option(self, meta, children):
+        return "init", children[0]
+
+    def constrain_option(self, meta, children):
+        return "constraints", tuple(children)
+
+    def lr_scale_option(self, meta, children):
+        return "lr_scale", children[0]
+
+    def learn_option(self, meta, children):
+        mode, args = children
+        positional, keywords = _split_args(args)
+        return "learn", S.LearnDecl(span=_span(meta), mode=_ident(mode), args=positional, kwargs=keywords)
+
+    def constraint(self, meta, children):
+        kind, compare, value = children
+        return S.ConstraintDecl(
+            span=_span(meta),
+            kind=str(kind),
+            kind_span=_token_span(kind),
+            compare=str(compare) if compare is not None else None,
+            value=value,
+        )
+
+    def mask_constraint(self, meta, children):
+        span = _span(meta)
+        kind_span = Span(line=span.line, column=span.column, end_line=span.line, end_column=span.column + 4)
+        return S.ConstraintDecl(span=span, kind="mask", kind_span=kind_span, value=children[0])
+
+    def param_stmt(self, meta, children):
+        name, shape, *options = children
+        return "params", (_ident(name), _span(meta), shape, options)
+
+    def let_stmt(self, meta, children):
+        name, value = children
+        return "lets", S.LetDecl(span=_span(meta), name=_ident(name), value=value)
+
+    def index(self, meta, children):
+        start, stop = children
+        return S.IndexRange(span=_span(meta), start=start, stop=stop)
+
+    def pool_stmt(self, meta, children):
+        name, variable, *indices = children
+        decl = S.PoolDecl(span=_span(meta), name=_ident(name), variable=_ident(variable), indices=tuple(indices))
+        return "pools", decl
+
+    def pools_stmt(self, meta, children):
+        name, value = children
+        return "pools", S.PoolsDecl(span=_span(meta), name=_ident(name), value=value)
+
+    def encoder_stmt(self, meta, children):
+        target, value = children
+        return "encoders", S.EncoderDecl(span=_span(meta), target=_ident(target), value=value)
+
+    def term(self, meta, children):
+        name, value = children
+        return S.TermDecl(span=_span(meta), name=_ident(name), value=value)
+
+    def energy_block(self, meta, children):
+        return "energy", (tuple(children), _span(meta))
+
+    def method(self, meta, children):
+        name, args = children
+        positional, keywords = _split_args(args)
+        return S.MethodDecl(span=_span(meta), name=_ident(name), args=positional, kwargs=keywords)
+
+    def encoder_method(self, meta, children):
+        (token,) = children
+        return S.MethodDecl(span=_token_span(token), name=_ident(token))
+
+    def infer_stmt(self, meta, children):
+        target, *methods = children
+        return "infer", S.InferDecl(span=_span(meta), target=_ident(target), methods=tuple(methods))
+
+    def optimizer_setting(self, meta, children):
+        func, args = children
+        positional, keywords = _split_args(args)
+        call = S.Call(span=_span(meta), func=str(func), func_span=_token_span(func), args=positional, kwargs=keywords)
+        return "optimizer", call
+
+    def batch_setting(self, meta, children):
+        return "batch", children[0]
+
+    def epochs_setting(self, meta, children):
+        return "epochs", children[0]
+
+    def seed_setting(self, meta, children):
+        return "seed", children[0]
+
+    def terms_setting(self, meta, children):
+        return "terms", tuple(_ident(t) for t in children)
+
+    def phase(self, meta, children):
+        name, *settings = children
+        return "phase", (_ident(name), _span(meta), settings)
+
+    def train_block(self, meta, children):
+        return "train", (_span(meta), children)
+
+
+# ---------------------------------------------------------------- assembly
+
+_REPEATABLE = {"consts", "inputs", "labels", "latents", "params", "lets", "pools", "encoders"}
+
+
+def _setting_span(value) -> Span:
+    return value[0].span if isinstance(value, tuple) else value.span
+
+
+def _once(fields: dict, key: str, value, span: Span, what: str) -> None:
+    if key in fields:
+        raise SpecError(f"{what} is given twice", span, hint="remove one of them")
+    fields[key] = value
+
+
+def _build_phase(name: S.Ident, span: Span, settings) -> S.PhaseDecl:
+    fields: dict = {}
+    for key, value in settings:
+        _once(fields, key, value, _setting_span(value), f"'{key}' of phase '{name.name}'")
+    return S.PhaseDecl(span=span, name=name, **fields)
+
+
+def _build_param(name: S.Ident, span: Span, shape, options) -> S.ParamDecl:
+    fields: dict = {}
+    for key, value in options:
+        if key == "constraints":
+            fields[key] = fields.get(key, ()) + value
+        else:
+            _once(fields, key, value, _setting_span(value), f"'{key}' of parameter '{name.name}'")
+    return S.ParamDecl(span=span, name=name, shape=shape, **fields)
+
+
+def _build_train(span: Span, settings) -> S.TrainDecl:
+    fields: dict = {"phases": ()}
+    for key, value in settings:
+        if key == "phase":
+            fields["phases"] += (_build_phase(*value),)
+        else:
+            _once(fields, key, value, _setting_span(value), f"training setting '{key}'")
+    return S.TrainDecl(span=span, **fields)
+
+
+def _assemble(statements, source: str, path: str) -> S.Spec:
+    fields: dict = {key: () for key in _REPEATABLE}
+    for key, node in statements:
+        if key == "params":
+            fields[key] += (_build_param(*node),)
+        elif key in _REPEATABLE:
+            fields[key] += (node,)
+        elif key == "energy":
+            terms, span = node
+            _once(fields, "energy", terms, span, "the 'energy' block")
+            fields["energy_span"] = span
+        elif key == "train":
+            _once(fields, "train", _build_train(*node), node[0], "the 'train' block")
+        else:
+            _once(fields, key, node, node.span, f"the '{key if key != 'name' else 'model'}' statement")
+    return S.Spec(path=path, source=source, **fields)
+
+
+# ---------------------------------------------------------------- syntax errors
+
+
+def _describe_terminal(name: str) -> str:
+    special = {"an expression": "an expression", "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "$END": "the end of the file"}
+    if name in special:
+        return special[name]
+    try:
+        pattern = _lark().get_terminal(name).pattern
+    except KeyError:
+        return name
+    return f"'{pattern.value}'"
+
+
+def _describe_expected(expected: set[str]) -> str:
+    if {"NAME", "NUMBER"} <= expected:
+        expected = (expected - {"NAME", "NUMBER", "STRING", "LPAR", "LSQB", "MINUS", "RECURRENT"}) | {"an expression"}
+    literals = {name: _describe_terminal(name) for name in expected}
+    statements = {n for n, d in literals.items() if d.strip("'") in STATEMENT_KEYWORDS}
+    operators = {n for n, d in literals.items() if d.strip("'") in OPERATORS}
+    words = sorted(d for n, d in literals.items() if n not in statements | operators)
+    if statements:
+        words.append("a statement")
+    if not words:
+        words = sorted(literals[n] for n in operators)
+    if len(words) > 6:
+        return "one of " + ", ".join(words[:6]) + ", ..."
+    return words[0] if len(words) == 1 else "one of " + ", ".join(words)
+
+
+def _describe_token(token: Token) -> str:
+    if token.type == "$END":
+        return "end of file"
+    if token.type == "NAME":
+        return f"name '{token}'"
+    if token.type == "NUMBER":
+        return f"number {token}"
+    return f"'{token}'"
+
+
+def _accepted_terminals(error: UnexpectedToken) -> set[str]:
+    """What the parser could take here (the lexer's own list also has NAME always)."""
+    if error.interactive_parser is None:
+        return set(error.expected)
+    return {name for name in error.interactive_parser.choices() if name.isupper() or name.startswith("__")}
+
+
+def _previous_token(source: str, pos: int) -> Token | None:
+    """The last token that ends before ``pos`` (for 'expected X after Y')."""
+    previous = None
+    try:
+        for token in _lark().lex(source):
+            if token.start_pos >= pos:
+                break
+            previous = token
+    except UnexpectedInput:
+        pass
+    return previous
+
+
+def _point(line: int, column: int, width: int = 1) -> Span:
+    return Span(line=line, column=column, end_line=line, end_column=column + width)
+
+
+def _syntax_error(error: UnexpectedInput, source: str, path: str) -> SpecError:
+    if isinstance(error, UnexpectedCharacters):
+        char = source[error.pos_in_stream]
+        message = "unterminated string" if char == '"' else f"unexpected character {char!r}"
+        return SpecError(message, _point(error.line, error.column), path=path, source=source)
+    assert isinstance(error, UnexpectedToken)
+    token = error.token
+    accepted = _accepted_terminals(error)
+    expected = _describe_expected(accepted)
+    statement_expected = any(_describe_terminal(n).strip("'") in STATEMENT_KEYWORDS for n in accepted)
+    if token.type == "NAME" and statement_expected:
+        hint = did_you_mean(str(token), STATEMENT_KEYWORDS)
+        span = _token_span(token)
+        return SpecError(f"unknown statement '{token}'", span, path=path, source=source, hint=hint or expected)
+    end = token.type == "$END"
+    start = len(source) if end else token.start_pos
+    previous = _previous_token(source, start)
+    if previous is not None and (end or previous.end_line < token.line):
+        # The statement stopped short: point just after its last token.
+        span = _point(previous.end_line, previous.end_column)
+        return SpecError(f"expected {expected} after '{previous}'", span, path=path, source=source)
+    span = _token_span(token) if not end else _point(1, 1)
+    return SpecError(f"unexpected {_describe_token(token)}; expected {expected}", span, path=path, source=source)
