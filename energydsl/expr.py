@@ -94,7 +94,7 @@ ELEMENTWISE: dict[str, tuple[Callable, bool]] = {
 SCALAR_MATH = {"relu": lambda a: max(a, 0.0), "tanh": math.tanh, "abs": abs, "exp": math.exp,
                "log": math.log, "sqrt": math.sqrt,
                "sigmoid": lambda a: 1 / (1 + math.exp(-a)), "softplus": lambda a: math.log1p(math.exp(a))}  # fmt: skip
-FUNCTIONS = sorted(ELEMENTWISE) + ["normalize", "shrink"]
+FUNCTIONS = sorted(ELEMENTWISE) + ["flatten", "normalize", "shrink"]
 
 
 class ExprCompiler:
@@ -275,6 +275,8 @@ class ExprCompiler:
             return self._elementwise(node)
         if node.func == "normalize":
             return self._normalize(node)
+        if node.func == "flatten":
+            return self._flatten(node)
         if node.func == "shrink":
             return self._shrink(node)
         known = FUNCTIONS + sorted(self.extra_functions)
@@ -326,6 +328,15 @@ class ExprCompiler:
                             node.span)  # fmt: skip
         degree = 0 if value.degree == 0 else INF
         return Value(value.shape, True, degree=degree), lambda env: _l2_normalize(fn(env))
+
+    def _flatten(self, node: S.Call):
+        slots = self.arguments(node, 1)
+        self.required(node, slots, 1)
+        value, fn = self.compile(slots[0])
+        if not value.batched:
+            raise SpecError("flatten() makes each sample a vector: it needs a per-sample value", node.span)
+        flat = Value((math.prod(value.shape),), True, degree=value.degree)
+        return flat, lambda env: fn(env).flatten(1)
 
     def _shrink(self, node: S.Call):
         slots = self.arguments(node, 2, ("value", "threshold"))

@@ -1,0 +1,57 @@
+"""Shared fixtures: small specs as source text, so tests need no files."""
+
+import pytest
+
+SPARSE_CODING = """
+model sc
+data synthetic(dim = 16, atoms = 24, count = 400, k = 2, seed = 3)
+const lam = 0.1
+input x[16]
+latent z[24]
+param W[16, 24] init samples(x) constrain col_norm == 1
+energy
+  recon  : 0.5 * sqerr(x, W @ z)
+  sparse : lam * l1(z)
+infer z by fista(steps = 300, tol = 1e-6)
+train
+  optimizer sgd(lr = 0.1, momentum = 0.9)
+  batch 50
+  epochs 2
+"""
+
+DRSAE_SMALL = """
+model drsae_small
+data mnist(count = 512)
+const lam = 0.01
+const T = 3
+const alpha = 0.5
+input x[784] normalize l2
+label y : 10 classes
+latent z[32] >= 0
+param D[784, 32] init samples(x) constrain col_norm <= 1
+param E[32, 784] init alpha * D.T constrain row_norm <= 1.25 / (T - 1)
+param S[32, 32] init I - alpha * D.T @ D
+param b[32] init 0.001
+param C[10, 32] init zeros constrain row_norm <= 5
+encoder z = recurrent(T) { relu(E @ x + S @ z - b) }
+energy
+  recon  : 0.5 * sqerr(x, D @ z)
+  sparse : lam * l1(z)
+  class  : xent(C @ normalize(z), y)
+infer z by encoder
+train
+  optimizer adam(lr = 1e-3)
+  batch 64
+  phase pretrain epochs 1 terms recon, sparse
+  phase finetune epochs 1
+"""
+
+
+@pytest.fixture
+def sparse_coding_source():
+    return SPARSE_CODING
+
+
+@pytest.fixture
+def drsae_source():
+    return DRSAE_SMALL

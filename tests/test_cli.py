@@ -1,0 +1,134 @@
+"""The command line and run directories, end to end on tiny specs."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import safetensors.torch
+import torch
+
+import energydsl
+from energydsl.cli import main
+
+
+@pytest.fixture
+def spec_file(tmp_path, drsae_source):
+    path = tmp_path / "drsae_small.energy"
+    path.write_text(drsae_source)
+    return path
+
+
+def test_run_writes_the_run_directory(spec_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(spec_file), "--out", str(out), "--set", "lam=0.02"]) == 0
+    assert {p.name for p in out.iterdir()} == {
+        "spec.energy", "model.safetensors", "model.json", "metrics.jsonl", "summary.json"
+    }  # fmt: skip
+    tensors = safetensors.torch.load_file(str(out / "model.safetensors"))
+    assert set(tensors) == {"D", "E", "S", "b", "C"}
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["phase"] for m in lines] == ["pretrain", "finetune"]
+    for key in ("energy", "term.recon", "term.sparse", "term.class", "l0", "recon_error", "test_error", "seconds"):
+        assert key in lines[-1]
+    # the resolved spec records the override, and the sidecar the constants
+    assert "const lam = 0.02" in (out / "spec.energy").read_text()
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["constants"]["lam"] == 0.02 and meta["num_classes"] == 10
+    assert "epoch 2/2 [finetune]" in capsys.readouterr().out
+
+
+def test_load_run_reproduces_the_test_error(spec_file, tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", str(spec_file), "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    model = energydsl.load_run(out)
+    data = energydsl.load(spec_file).dataset
+    error = (model.predict(data.x_test) != data.y_test).float().mean().item()
+    assert error == pytest.approx(summary["test_error"], abs=1e-6)
+
+
+def test_same_seed_gives_identical_parameters(spec_file, tmp_path):
+    for name in ("a", "b"):
+        assert main(["run", str(spec_file), "--out", str(tmp_path / name), "--seed", "5", "--quiet"]) == 0
+    a = safetensors.torch.load_file(str(tmp_path / "a" / "model.safetensors"))
+    b = safetensors.torch.load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_data_override_is_written_into_the_resolved_spec(tmp_path, sparse_coding_source):
+    spec = tmp_path / "sc.energy"
+    spec.write_text(sparse_coding_source)
+    out = tmp_path / "run"
+    data = "synthetic(dim = 16, atoms = 24, count = 100, seed = 4)"
+    assert main(["run", str(spec), "--out", str(out), "--data", data, "--quiet"]) == 0
+    assert f"data {data}" in (out / "spec.energy").read_text()
+    assert energydsl.load_run(out).params["W"].shape == (16, 24)
+
+
+def test_check_prints_a_summary(spec_file, capsys):
+    assert main(["check", str(spec_file)]) == 0
+    out = capsys.readouterr().out
+    assert "param     D[784, 32]  25,088 values  (descent, col_norm <= 1)" in out
+    assert "phase     pretrain: 1 epochs, terms recon, sparse" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "missing.energy"], "missing.energy: spec file not found"),
+        (["run", "{spec}", "--set", "lam"], "--set lam: expected NAME=VALUE"),
+        (["run", "{spec}", "--set", "lamda=1"], "--set: unknown constant 'lamda' (did you mean 'lam'?)"),
+        (["run", "{spec}", "--set", "lam=abc"], "--set lam: expected a number, got 'abc'"),
+        (["run", "{spec}", "--data", "mnistt"], "did you mean 'mnist'"),
+        (["run", "{spec}", "--data", "mnist(count = -3)"], "count"),
+        (["run", "{spec}", "--data", "file(\"nope.npz\")"], "nope.npz"),
+        (["run", "{spec}", "--device", "tpu9"], "--device tpu9: expected cpu, cuda or cuda:N"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_clear_line(spec_file, capsys, argv, message):
+    argv = [a.replace("{spec}", str(spec_file)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where CUDA is missing")
+def test_cuda_missing_is_a_clear_error(spec_file, capsys):
+    assert main(["run", str(spec_file), "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_bad_flags_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "error:" in err
+
+
+def test_load_run_errors_are_clear(tmp_path):
+    with pytest.raises(energydsl.RunError, match="no such run directory"):
+        energydsl.load_run(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(energydsl.RunError, match="model.json is missing"):
+        energydsl.load_run(tmp_path / "empty")
+
+
+def test_checkpoint_refuses_tensors_of_another_spec(spec_file, tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", str(spec_file), "--out", str(out), "--quiet", "--set", "T=2"]) == 0
+    tensors = safetensors.torch.load_file(str(out / "model.safetensors"))
+    tensors["D"] = torch.zeros(784, 31)
+    (out / "model.safetensors").write_bytes(safetensors.torch.save(tensors))
+    with pytest.raises(energydsl.RunError, match="parameter D has shape"):
+        energydsl.load_run(out)
+
+
+def test_console_script_entry_point(spec_file):
+    result = subprocess.run(
+        [sys.executable, "-m", "energydsl.cli", "check", "--quiet", str(spec_file)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith(": ok")
