@@ -23,8 +23,8 @@ from .train import train as _train_loop
 
 
 def read_spec(spec: str | Path) -> Spec:
-    """A spec from a path, or from its source text (anything with a line break)."""
-    if isinstance(spec, Path) or ("\n" not in spec and spec.endswith(".energy")):
+    """A spec from a path, or from its source text (any string with a line break)."""
+    if isinstance(spec, Path) or "\n" not in spec:
         return parse_file(spec)
     return parse(spec, "<spec>")
 

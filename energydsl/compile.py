@@ -17,11 +17,18 @@ from . import spec as S
 from .constraints import DESCRIPTIONS, MATRIX_KINDS, NORM_KINDS, SQUARE_KINDS, Constraint, sort_constraints
 from .data import DataError, describe_source
 from .errors import Span, SpecError, did_you_mean, one_of
-from .expr import Closure, Env, ExprCompiler, Symbol, Value
+from .expr import FUNCTIONS, Closure, Env, ExprCompiler, Symbol, Value
+from . import structures as st
 from .pools import FAMILY_BUILDERS, PoolFamily, blocks, family_from_list, pool_from_ranges, unknown_builder
-from .terms import TERMS, ProxTerm, Term
+from .terms import TERMS, Term, inhibition
 
 INFER_METHODS = ("fista", "ista", "encoder")
+STRUCTURES = {
+    "grid": ("rows", "cols"),
+    "torus": ("rows", "cols"),
+    "chain": ("length",),
+    "tree": ("branching", "depth", "edges", "file", "root"),
+}
 OPTIMIZERS = {"sgd": ("lr", "momentum", "weight_decay", "nesterov"), "adam": ("lr", "beta1", "beta2", "weight_decay")}
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3}
 LEARN_MODES = ("descent", "ascent", "fixed")
@@ -118,6 +125,7 @@ class Program:
     latent: Variable
     nonneg: bool
     params: list[ParamPlan]
+    structures: dict[str, st.Structure]
     pools: dict[str, PoolFamily]
     lets: dict[str, Closure]
     encoder: Closure | None
@@ -154,6 +162,8 @@ def compile_spec(
         return _Compiler(spec, dict(overrides or {}), data, data_info).run()
     except SpecError as error:
         raise error.located(spec.path, spec.source) from None
+    except RecursionError:
+        raise SpecError("an expression is nested too deeply", path=spec.path) from None
 
 
 # ---------------------------------------------------------------- the checker
@@ -177,8 +187,10 @@ class _Compiler:
         input_var, normalize = self._input(sample_shape)
         label = self._label(data_classes)
         latent, nonneg = self._latent()
+        self.structures = {decl.name.name: self._structure(decl, latent) for decl in spec.graphs}
         params = [self._param(decl, input_var) for decl in spec.params]
-        model = ExprCompiler(self.scope, "model")
+        later_lets = {d.name.name: "lets are computed in the order they are declared" for d in spec.lets}
+        model = ExprCompiler(self.scope, "model", unavailable=later_lets)
         lets = {decl.name.name: self._let(decl, model) for decl in spec.lets}
         pools = self._pools(latent)
         encoder = self._encoder(latent, model)
@@ -197,6 +209,7 @@ class _Compiler:
             latent=latent,
             nonneg=nonneg,
             params=params,
+            structures=self.structures,
             pools=pools,
             lets=lets,
             encoder=encoder,
@@ -240,8 +253,12 @@ class _Compiler:
     def _data(self) -> DataCall:
         node = self.data_node or (self.spec.data.call if self.spec.data else None)
         if node is None:
-            raise SpecError("no data: add a line such as 'data mnist', or pass --data", Span(
-                line=1, column=1, end_line=1, end_column=2))  # fmt: skip
+            raise SpecError("no data: add a line such as 'data mnist', or pass --data")
+        seen = set()
+        for kw in node.kwargs:
+            if kw.name in seen:
+                raise SpecError(f"argument '{kw.name}' is given twice", kw.span)
+            seen.add(kw.name)
         args = tuple(self._data_argument(a) for a in node.args)
         kwargs = tuple((kw.name, self._data_argument(kw.value)) for kw in node.kwargs)
         self._data_span = node.span
@@ -267,11 +284,12 @@ class _Compiler:
     # ------------------------------------------------------------ variables
 
     def _only(self, decls, what: str, required: bool):
+        noun = what if what == "encoder" else f"{what} variable"
         if len(decls) > 1:
-            raise SpecError(f"only one {what} variable is supported", decls[1].span)
+            raise SpecError(f"only one {noun} is supported (the first is at line {decls[0].span.line})",
+                            decls[1].span)  # fmt: skip
         if required and not decls:
-            raise SpecError(f"the spec declares no {what} variable", Span(line=1, column=1, end_line=1, end_column=2),
-                            hint=f"add a line such as '{what} {_EXAMPLES[what]}'")  # fmt: skip
+            raise SpecError(f"the spec declares no {noun}", hint=f"add a line such as '{what} {_EXAMPLES[what]}'")
         return decls[0] if decls else None
 
     def _shape(self, dims: tuple[S.Expr, ...]) -> tuple[int, ...]:
@@ -282,8 +300,10 @@ class _Compiler:
         shape = sample_shape if decl.shape is None else self._shape(decl.shape)
         if math.prod(shape) != math.prod(sample_shape):
             dims = ", ".join(map(str, sample_shape))
+            span = _join(decl.shape[0].span, decl.shape[-1].span)
             raise SpecError(f"input '{decl.name.name}' has {math.prod(shape)} values per sample, but the data "
-                            f"gives samples of shape [{dims}]", decl.span)  # fmt: skip
+                            f"gives samples of shape [{dims}]", span,
+                            hint=f"write 'input {decl.name.name}' to take the shape from the data")  # fmt: skip
         normalize = None
         if decl.normalize is not None:
             normalize = decl.normalize.name
@@ -323,6 +343,71 @@ class _Compiler:
         self._declare(decl.name, symbol)
         return variable, nonneg
 
+    # ------------------------------------------------------------ structures
+
+    def _structure(self, decl: S.GraphDecl, latent: Variable) -> st.Structure:
+        node, name = decl.value, decl.name.name
+        if not isinstance(node, S.Call) or node.func not in STRUCTURES:
+            func = node.func if isinstance(node, S.Call) else None
+            hint = (did_you_mean(func, STRUCTURES) if func else None) or one_of(STRUCTURES)
+            span = node.func_span if isinstance(node, S.Call) else node.span
+            raise SpecError(f"unknown structure '{func}'" if func else "expected a structure", span, hint=hint)
+        slots = self.consts.arguments(node, len(STRUCTURES[node.func]), STRUCTURES[node.func])
+        try:
+            structure = self._build_structure(name, node, slots)
+        except st.StructureError as error:
+            raise SpecError(str(error), decl.value.span) from None
+        if structure.size != latent.shape[0]:
+            raise SpecError(f"{node.func}(...) has {structure.size} units, but the latent '{latent.name}' has "
+                            f"{latent.shape[0]}", decl.value.span)  # fmt: skip
+        self._declare(decl.name, Symbol("graph", Value(()), lambda env: None))
+        return structure
+
+    def _build_structure(self, name: str, node: S.Call, slots) -> st.Structure:
+        integer = self.consts.integer
+        if node.func in ("grid", "torus"):
+            self.consts.required(node, slots, 2)
+            builder = st.grid if node.func == "grid" else st.torus
+            return builder(name, integer(slots[0], "the number of rows"), integer(slots[1], "the number of columns"))
+        if node.func == "chain":
+            self.consts.required(node, slots, 1)
+            return st.chain(name, integer(slots[0], "the length"))
+        branching, depth, edges, path, root = slots
+        root = 0 if root is None else integer(root, "the root", 0)
+        given = [n for n in (branching, edges, path) if n is not None]
+        if len(given) != 1 or (branching is None) != (depth is None):
+            raise SpecError("tree() takes either branching and depth, or edges = [[parent, child], ...], "
+                            "or file = \"tree.gml\"", node.span)  # fmt: skip
+        if branching is not None:
+            return st.balanced_tree(name, integer(branching, "the branching"), integer(depth, "the depth", 0))
+        if edges is not None:
+            return st.tree_from_edges(name, self._edges(edges), root)
+        if not isinstance(path, S.String):
+            raise SpecError('file = expects a path in quotes, e.g. file = "tree.gml"', path.span)
+        return st.tree_from_file(name, _spec_dir(self.spec.path) / path.value, root)
+
+    def _edges(self, node: S.Expr) -> list[tuple[int, int]]:
+        if not isinstance(node, S.ListExpr):
+            raise SpecError("edges = expects a list of [parent, child] pairs", node.span)
+        edges = []
+        for item in node.items:
+            if not isinstance(item, S.ListExpr) or len(item.items) != 2:
+                raise SpecError("each edge is a pair [parent, child]", item.span)
+            edges.append(tuple(self.consts.integer(n, "a node", 0) for n in item.items))
+        return edges
+
+    def structure_argument(self, node: S.Expr | None, what: str, kinds=("grid", "torus", "chain", "tree")):
+        """The structure named by ``node`` (a pool family or matrix argument)."""
+        if not isinstance(node, S.Name) or node.id not in self.structures:
+            label = node.id if isinstance(node, S.Name) else None
+            hint = (did_you_mean(label, self.structures) if label else None) or (
+                one_of(self.structures) if self.structures else "declare one with 'graph T = tree(2, 5)'")
+            raise SpecError(f"{what} needs the name of a structure", node.span if node else None, hint=hint)
+        structure = self.structures[node.id]
+        if structure.kind not in kinds:
+            raise SpecError(f"{what} needs a {' or '.join(kinds)}, '{node.id}' is a {structure.kind}", node.span)
+        return structure
+
     # ------------------------------------------------------------ parameters
 
     def _param(self, decl: S.ParamDecl, input_var: Variable) -> ParamPlan:
@@ -334,13 +419,37 @@ class _Compiler:
         later = [p.name.name for p in self.spec.params if p.name.name not in self.scope and p.name.name != name]
         unavailable.update({k: "parameters are initialised in the order they are declared" for k in later})
         unavailable[name] = "a parameter cannot be initialised from itself"
-        compiler = ExprCompiler(init_scope, "init", _initialisers(shape, input_var), unavailable)
+        initialisers = {**_initialisers(shape, input_var), **self._matrix_builders(shape)}
+        compiler = ExprCompiler(init_scope, "init", initialisers, unavailable)
         init = self._init(decl, shape, compiler)
         constraints, masks = self._constraints(decl, shape, compiler)
         learn, lr = self._learn(decl)
         lr_scale = 1.0 if decl.lr_scale is None else self.consts.positive(decl.lr_scale, "lr_scale")
         self._declare(decl.name, Symbol("param", Value(shape), lambda env, n=name: env[n]))
         return ParamPlan(name, shape, init, learn, lr, lr_scale, constraints, masks, decl.span)
+
+    def _matrix_builders(self, shape) -> dict:
+        """``tree_inhibition(T)``, ``grid_inhibition(G, radius)``: matrices from structures."""
+
+        def matrix(compiler, node, array):
+            tensor = torch.from_numpy(array)
+            return Value(tuple(tensor.shape)), lambda env: tensor.to(env["reference"])
+
+        def tree_inhibition(compiler, node):
+            (slot,) = compiler.arguments(node, 1, ("tree",))
+            return matrix(compiler, node, st.tree_inhibition(self.structure_argument(slot, node.func, ("tree",))))
+
+        def grid_inhibition(compiler, node):
+            slot, radius, sigma = compiler.arguments(node, 3, ("map", "radius", "sigma"))
+            structure = self.structure_argument(slot, node.func)
+            if (radius is None) == (sigma is None):
+                raise SpecError("grid_inhibition() takes radius = r (0 within r steps, 1 beyond) or sigma = s "
+                                "(smooth)", node.span)  # fmt: skip
+            radius = compiler.constant(radius) if radius is not None else None
+            sigma = compiler.positive(sigma, "sigma") if sigma is not None else None
+            return matrix(compiler, node, st.grid_inhibition(structure, radius, sigma))
+
+        return {"tree_inhibition": tree_inhibition, "grid_inhibition": grid_inhibition}
 
     def _init(self, decl: S.ParamDecl, shape, compiler: ExprCompiler) -> Closure:
         if decl.init is None:
@@ -400,12 +509,12 @@ class _Compiler:
         if mode.name not in LEARN_MODES:
             raise SpecError(f"unknown learning mode '{mode.name}'", mode.span,
                             hint=did_you_mean(mode.name, LEARN_MODES) or one_of(LEARN_MODES))  # fmt: skip
-        options = _options(self.consts, decl.learn, ("lr",), f"learn {mode.name}")
+        options, spans = _options(self.consts, decl.learn, ("lr",), f"learn {mode.name}")
         if mode.name == "fixed" and options:
-            raise SpecError("a fixed parameter has no learning rate", decl.learn.span)
+            raise SpecError("a fixed parameter has no learning rate", spans["lr"])
         lr = options.get("lr")
         if lr is not None and lr <= 0:
-            raise SpecError(f"lr must be positive, got {lr:g}", decl.learn.span)
+            raise SpecError(f"lr must be positive, got {lr:g}", spans["lr"])
         return mode.name, lr
 
     # ------------------------------------------------------------ model expressions
@@ -444,13 +553,35 @@ class _Compiler:
             if isinstance(node, S.Call):
                 raise unknown_builder(node)
             raise SpecError("expected a pool family such as blocks(z, 4) or [a, b]", node.span)
-        slots = self.consts.arguments(node, 2, ("of", "size"))
-        self.consts.required(node, slots, 2)
-        if not isinstance(slots[0], S.Name) or slots[0].id != latent.name:
-            raise SpecError(f"blocks() groups units of the latent: its first argument is '{latent.name}'",
-                            slots[0].span)  # fmt: skip
-        size = self.consts.integer(slots[1], "the block size")
-        return blocks(name, latent.shape[0], size)
+        slots = self.consts.arguments(node, len(FAMILY_BUILDERS[node.func]), FAMILY_BUILDERS[node.func])
+        self.consts.required(node, slots, 2 if node.func != "subtrees" else 1)
+        if node.func == "blocks":
+            if not isinstance(slots[0], S.Name) or slots[0].id != latent.name:
+                raise SpecError(f"blocks() groups units of the latent: its first argument is '{latent.name}'",
+                                slots[0].span)  # fmt: skip
+            return blocks(name, latent.shape[0], self.consts.integer(slots[1], "the block size"))
+        return self._structured_family(name, node, slots)
+
+    def _structured_family(self, name: str, node: S.Call, slots) -> PoolFamily:
+        weights = None
+        if node.func == "windows":
+            structure = self.structure_argument(slots[0], "windows()", ("grid", "torus"))
+            size = self.consts.integer(slots[1], "the window size")
+            stride = self.consts.integer(slots[2], "the stride") if slots[2] is not None else 1
+            if size > min(structure.shape):
+                raise SpecError(f"windows of {size}x{size} do not fit a {structure.shape[0]}x{structure.shape[1]} map",
+                                slots[1].span)  # fmt: skip
+            sigma = self.consts.positive(slots[3], "sigma") if slots[3] is not None else None
+            members, weights = st.windows(structure, size, stride, sigma)
+        elif node.func == "neighborhoods":
+            structure = self.structure_argument(slots[0], "neighborhoods()")
+            members = st.neighborhoods(structure, self.consts.integer(slots[1], "the radius", 0))
+        else:
+            structure = self.structure_argument(slots[0], "subtrees()", ("tree",))
+            members = st.subtrees(structure)
+        names = tuple(f"{name}[{i}]" for i in range(len(members)))
+        weights = tuple(weights) if weights is not None else None
+        return PoolFamily(name, structure.size, names, tuple(members), weights)
 
     def _encoder(self, latent: Variable, model: ExprCompiler) -> Closure | None:
         decl = self._only(self.spec.encoders, "encoder", False)
@@ -464,7 +595,8 @@ class _Compiler:
             value, fn = model.recurrent(decl.value, latent.name, latent_value)
         else:
             without_latent = {k: s for k, s in self.scope.items() if k != latent.name}
-            value, fn = ExprCompiler(without_latent, "model").compile(decl.value)
+            reason = f"a plain encoder cannot read the latent it computes; write recurrent(T) {{ ... }} to iterate"
+            value, fn = ExprCompiler(without_latent, "model", unavailable={latent.name: reason}).compile(decl.value)
         if value.shape != latent.shape or not value.batched:
             raise SpecError(f"the encoder gives {value.describe()}, but '{latent.name}' is "
                             f"{latent_value.describe()}", decl.value.span)  # fmt: skip
@@ -474,7 +606,7 @@ class _Compiler:
 
     def _terms(self, model: ExprCompiler, latent: Variable, pools, label) -> list[BoundTerm]:
         if not self.spec.energy:
-            raise SpecError("the spec has no energy block", Span(line=1, column=1, end_line=1, end_column=2),
+            raise SpecError("the spec has no energy block",
                             hint="add 'energy' followed by terms such as 'recon : 0.5 * sqerr(x, W @ z)'")  # fmt: skip
         terms, seen = [], {}
         for decl in self.spec.energy:
@@ -494,6 +626,8 @@ class _Compiler:
         for kind, node in zip(cls.kinds, slots):
             if kind == "pools":
                 static["pools"] = self._pool_argument(node, pools)
+            elif kind == "structure":
+                static["structure"] = self.structure_argument(node, f"{call.func}()", ("tree",))
             elif kind == "label":
                 closures.append(self._label_argument(node, label))
                 static["classes"] = label.shape[0]
@@ -528,7 +662,7 @@ class _Compiler:
         flatten(node)
         calls = [f for f, divides in factors if isinstance(f, S.Call) and f.func in TERMS and not divides]
         if len(calls) != 1:
-            raise self._not_a_term(node, calls)
+            raise self._not_a_term(node, calls, factors)
         weight = 1.0
         for factor, divides in factors:
             if factor is calls[0]:
@@ -540,12 +674,15 @@ class _Compiler:
         return weight, calls[0]
 
     @staticmethod
-    def _not_a_term(node: S.Expr, calls) -> SpecError:
+    def _not_a_term(node: S.Expr, calls, factors) -> SpecError:
         if len(calls) > 1:
             return SpecError("a term holds one energy function; split it into two named terms", calls[1].span)
-        if isinstance(node, S.Call):
-            hint = did_you_mean(node.func, TERMS) or one_of(TERMS)
-            return SpecError(f"unknown energy term '{node.func}'", node.func_span, hint=hint)
+        if isinstance(node, S.Neg):
+            return SpecError("a term's weight must be >= 0", node.span, hint="an energy term cannot be negated")
+        for factor, _ in factors:
+            if isinstance(factor, S.Call) and factor.func not in TERMS and factor.func not in FUNCTIONS:
+                hint = did_you_mean(factor.func, TERMS) or one_of(TERMS)
+                return SpecError(f"unknown energy term '{factor.func}'", factor.func_span, hint=hint)
         return SpecError("a term is 'weight * function(...)' with a function from the registry", node.span,
                          hint=one_of(TERMS))  # fmt: skip
 
@@ -582,7 +719,7 @@ class _Compiler:
             raise SpecError("inference by encoder, but the spec declares no encoder", span,
                             hint=f"add 'encoder {latent.name} = ...'")  # fmt: skip
         if any(m.kind in ("fista", "ista") for m in methods):
-            _check_proximable(terms, latent, self.spec.infer)
+            _check_proximable(terms, latent, methods)
         return methods
 
     def _method(self, node: S.MethodDecl, position: int) -> Method:
@@ -594,18 +731,17 @@ class _Compiler:
             if position > 0:
                 raise SpecError("the encoder can only start the inference", node.span,
                                 hint="write 'by encoder then fista(...)'")  # fmt: skip
-            if node.args or node.kwargs:
-                raise SpecError("the encoder takes no options", node.span)
             return Method("encoder", span=node.span)
-        if position > 0 and position != 1:
-            raise SpecError("at most one refinement follows the encoder", node.span)
-        options = _options(self.consts, node, ("steps", "tol"), kind)
+        if position > 0 and (position != 1 or self.spec.infer.methods[0].name.name != "encoder"):
+            raise SpecError("only the encoder can be followed by 'then'", node.span,
+                            hint="write 'by fista(...)' or 'by encoder then fista(...)'")  # fmt: skip
+        options, spans = _options(self.consts, node, ("steps", "tol"), kind)
         steps = options.get("steps", DEFAULT_STEPS)
         if steps != int(steps) or steps < 1:
-            raise SpecError(f"steps must be a whole number >= 1, got {steps:g}", node.span)
+            raise SpecError(f"steps must be a whole number >= 1, got {steps:g}", spans["steps"])
         tol = options.get("tol", DEFAULT_TOL)
         if tol < 0:
-            raise SpecError(f"tol must be >= 0, got {tol:g}", node.span)
+            raise SpecError(f"tol must be >= 0, got {tol:g}", spans["tol"])
         return Method(kind, int(steps), tol, node.span)
 
     def _training(self, terms: list[BoundTerm]) -> Training:
@@ -643,13 +779,16 @@ class _Compiler:
         if node.func not in OPTIMIZERS:
             raise SpecError(f"unknown optimizer '{node.func}'", node.func_span,
                             hint=did_you_mean(node.func, OPTIMIZERS) or one_of(OPTIMIZERS))  # fmt: skip
-        options = _options(self.consts, node, OPTIMIZERS[node.func], node.func)
+        options, spans = _options(self.consts, node, OPTIMIZERS[node.func], node.func)
         lr = options.pop("lr", DEFAULT_LR[node.func])
         if lr <= 0:
-            raise SpecError(f"lr must be positive, got {lr:g}", node.span)
+            raise SpecError(f"lr must be positive, got {lr:g}", spans["lr"])
         for key, value in options.items():
-            if value < 0 or (key.startswith("beta") and value >= 1):
-                raise SpecError(f"{key} = {value:g} is out of range", node.span)
+            if value < 0 or (key in ("beta1", "beta2", "momentum") and value >= 1):
+                limit = "in [0, 1)" if key in ("beta1", "beta2", "momentum") else ">= 0"
+                raise SpecError(f"{key} must be {limit}, got {value:g}", spans[key])
+        if "nesterov" in options:
+            options["nesterov"] = bool(options["nesterov"])
         return node.func, options, lr
 
 
@@ -680,11 +819,14 @@ def _override_value(name: str, value) -> float:
     return number
 
 
-def _options(consts: ExprCompiler, node, allowed: tuple[str, ...], what: str) -> dict[str, float]:
-    """Keyword options such as ``fista(steps = 200, tol = 1e-4)``, all constants."""
+def _options(consts: ExprCompiler, node, allowed: tuple[str, ...], what: str):
+    """Keyword options such as ``fista(steps = 200, tol = 1e-4)``, all constants.
+
+    Returns the values and, for messages, where each was written.
+    """
     if node.args:
         raise SpecError(f"{what}: options are given by name, e.g. {what}({allowed[0]} = ...)", node.args[0].span)
-    options = {}
+    options, spans = {}, {}
     for kw in node.kwargs:
         if kw.name not in allowed:
             raise SpecError(f"{what} has no option '{kw.name}'", kw.span,
@@ -692,28 +834,30 @@ def _options(consts: ExprCompiler, node, allowed: tuple[str, ...], what: str) ->
         if kw.name in options:
             raise SpecError(f"option '{kw.name}' is given twice", kw.span)
         options[kw.name] = consts.constant(kw.value)
-    return options
+        spans[kw.name] = kw.span
+    return options, spans
 
 
-def _check_proximable(terms: list[BoundTerm], latent: Variable, decl: S.InferDecl | None) -> None:
+def _join(first: Span, last: Span) -> Span:
+    return Span(line=first.line, column=first.column, end_line=last.end_line, end_column=last.end_column)
+
+
+def _check_proximable(terms: list[BoundTerm], latent: Variable, methods) -> None:
     """FISTA needs the exact prox of the sum of the nonsmooth terms in z."""
     groups = []
     for term in terms:
         if term.term.smooth or term.degree == 0:
             continue
-        if not (isinstance(term.term, ProxTerm) and term.first_arg == latent.name):
+        if term.first_arg != latent.name:
             raise SpecError(f"term '{term.name}' is nonsmooth in '{latent.name}' and FISTA has no prox for it",
                             term.span, hint=f"apply it to '{latent.name}' itself, or infer by encoder")  # fmt: skip
-        if term.term.name == "group_l2":
+        if not isinstance(term.term, (inhibition,)) and term.term.name not in ("l1",):
             groups.append(term)
+        if isinstance(term.term, inhibition) and any(m.kind == "fista" for m in methods):
+            raise SpecError("inhibition makes the energy nonconvex, where FISTA's momentum can climb",
+                            term.span, hint="infer by ista(...), whose steps always decrease the energy")  # fmt: skip
     if len(groups) > 1:
         raise SpecError("FISTA composes the prox of one group term only", groups[1].span)
-    for term in groups:
-        overlap = term.term.static["pools"].overlap()
-        if overlap:
-            unit, first, second = overlap
-            raise SpecError(f"pools {first} and {second} overlap (unit {unit}): the group prox is exact for "
-                            "disjoint pools only", term.span)  # fmt: skip
 
 
 def _default_init(shape: tuple[int, ...]) -> Closure:

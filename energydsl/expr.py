@@ -167,6 +167,9 @@ class ExprCompiler:
             raise SpecError(
                 f"'{node.id}' is a label: it can only be the second argument of xent(...)", node.span
             )
+        if symbol.role == "graph":
+            raise SpecError(f"'{node.id}' is a structure: use it in a pool family, a matrix or a tree term",
+                            node.span)  # fmt: skip
         if symbol.role == "pools":
             raise SpecError(f"'{node.id}' is a pool family: it can only be an argument of a group term", node.span)
         return symbol.value, symbol.read
@@ -217,6 +220,8 @@ class ExprCompiler:
             raise SpecError("division by zero", node.span) from None
         except OverflowError:
             raise SpecError("number too large", node.span) from None
+        if isinstance(result, complex):
+            raise SpecError(f"({a:g}) ** {b:g} has no real value", node.span)
         return Value((), const=float(result)), lambda env: result
 
     def _matmul(self, node, left: Value, left_fn, right: Value, right_fn):
@@ -224,7 +229,10 @@ class ExprCompiler:
             raise SpecError(
                 f"the left side of '@' must be a parameter matrix, this is {self._kind(left)}", node.left.span
             )
-        if len(right.shape) not in (1, 2) or (right.batched and len(right.shape) != 1):
+        if right.batched and len(right.shape) != 1:
+            raise SpecError(f"a per-sample value on the right of '@' must be a vector, this is {right.describe()}",
+                            node.right.span, hint="declare the input flat, e.g. x[784], or use flatten(x)")  # fmt: skip
+        if len(right.shape) not in (1, 2):
             raise SpecError(f"the right side of '@' must be a vector or a matrix, this is {self._kind(right)}",
                             node.right.span)  # fmt: skip
         if left.shape[1] != right.shape[0]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .compile import BoundTerm
+from .terms import GroupTerm, SeparableTerm
 
 # Power iteration is exact for the top eigenvalue only in the limit; the step
 # 1/(SAFETY·L) keeps FISTA stable when the estimate falls a little short.
@@ -26,27 +27,40 @@ class Problem:
     """One batch of composite problems min_z smooth(z) + nonsmooth(z)."""
 
     smooth: Callable[[torch.Tensor], torch.Tensor]  # (B, m) -> (B,)
-    prox: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (v, step (B, 1)) -> (B, m)
+    # (v, step (B, 1), point the gradient was taken at) -> z
+    prox: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     quadratic: bool  # smooth part at most quadratic: constant step, no line search
+    curvature: float = 0.0  # added to the smooth part's L (majorise-minimise terms)
 
 
-def make_prox(terms: Sequence[BoundTerm], nonneg: bool):
-    """The exact prox of Σ weightᵢ·termᵢ (+ the indicator of z ≥ 0).
+def make_prox(parts: Sequence[tuple[BoundTerm, tuple]], nonneg: bool):
+    """The exact prox of Σ weightᵢ·termᵢ (+ the indicator of z ≥ 0), and its extra curvature.
 
-    Composed in the order non-negativity → l1 → group norms, which is exact for
-    disjoint groups (the l1 and z ≥ 0 are separable, and the group norm is applied
-    to their result: Jenatton et al. 2011, the leaves-to-root rule).
+    ``parts`` pairs each nonsmooth term with the values of its arguments after the
+    first (e.g. the matrix S of an inhibition term).  Non-negativity is applied
+    first (exact for these absolute norms); the separable terms (l1, inhibition)
+    add up to one per-unit threshold; a group term then takes that threshold into
+    its own exact prox.
     """
-    ordered = sorted(terms, key=lambda t: t.term.prox_order)
+    separable = [(t, args) for t, args in parts if isinstance(t.term, SeparableTerm)]
+    groups = [(t, args) for t, args in parts if isinstance(t.term, GroupTerm)]
+    group = groups[0][0] if groups else None
 
-    def prox(v: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    def prox(v: torch.Tensor, step: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         if nonneg:
             v = v.clamp(min=0)
-        for term in ordered:
-            v = term.term.prox(v, step * term.weight)
-        return v
+        l1 = None
+        for term, args in separable:
+            threshold = step * term.weight * term.term.threshold(at, *args)
+            l1 = threshold if l1 is None else l1 + threshold
+        if group is not None:
+            return group.term.prox(v, step * group.weight, l1)
+        if l1 is None:
+            return v
+        return torch.sign(v) * torch.clamp(v.abs() - l1, min=0)
 
-    return prox
+    curvature = sum(t.weight * t.term.curvature(*args) for t, args in separable)
+    return prox, float(curvature)
 
 
 def smooth_and_grad(problem: Problem, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,15 +153,16 @@ def fista(problem: Problem, z0: torch.Tensor, steps: int, tol: float, accelerate
     affine = affine_gradient(problem, z) if problem.quadratic else None
     if affine is not None:
         H, c = affine
-        L = largest_eigenvalue(H).clamp_min(1e-12).expand(z.shape[0], 1)
+        L = largest_eigenvalue(H).expand(z.shape[0], 1)
     else:
-        L = lipschitz(problem, z).clamp_min(1e-12) * SAFETY
+        L = lipschitz(problem, z) * SAFETY
+    L = (L + problem.curvature).clamp_min(1e-12)
     for k in range(steps):
         if affine is not None:
             grad = torch.addmm(c, y, H)
         else:
             f_y, grad = smooth_and_grad(problem, y)
-        z_next = problem.prox(y - grad / L, 1 / L)
+        z_next = problem.prox(y - grad / L, 1 / L, y)
         if not problem.quadratic:
             z_next, L = _backtrack(problem, y, f_y, grad, z_next, L)
         if accelerate:
@@ -176,5 +191,5 @@ def _backtrack(problem, y, f_y, grad, z_next, L):
         if bool(ok.all()):
             break
         L = torch.where(ok.unsqueeze(1), L, 2 * L)
-        z_next = problem.prox(y - grad / L, 1 / L)
+        z_next = problem.prox(y - grad / L, 1 / L, y)
     return z_next, L

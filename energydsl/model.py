@@ -164,7 +164,10 @@ class EnergyModel(nn.Module):
             env = self._env(xp, z, y, detach=True)
             return sum((t.energy(env) for t in smooth), z.new_zeros(z.shape[0]))
 
-        return Problem(smooth_energy, make_prox(nonsmooth, self.program.nonneg), all(t.quadratic for t in smooth))
+        fixed = self._env(xp, None, y, detach=True)  # the nonsmooth terms' other arguments (S)
+        parts = [(t, tuple(arg(fixed) for arg in t.args[1:])) for t in nonsmooth]
+        prox, curvature = make_prox(parts, self.program.nonneg)
+        return Problem(smooth_energy, prox, all(t.quadratic for t in smooth), curvature)
 
     # ------------------------------------------------------------ classification
 

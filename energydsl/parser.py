@@ -18,7 +18,7 @@ from . import spec as S
 from .errors import Span, SpecError, did_you_mean
 
 STATEMENT_KEYWORDS = (
-    "model", "data", "const", "input", "label", "latent", "param", "let",
+    "model", "data", "const", "input", "label", "latent", "param", "graph", "let",
     "pool", "pools", "encoder", "energy", "infer", "train",
 )  # fmt: skip
 OPERATORS = {"+", "-", "*", "/", "@", "**", ".T"}
@@ -53,13 +53,14 @@ def parse(source: str, path: str = "<spec>") -> S.Spec:
     """Parse spec text; raise :class:`SpecError` with a location on any slip."""
     try:
         tree = _lark().parse(source)
+        statements = _ToSpec().transform(tree)
+        return _assemble(statements, source, path)
     except UnexpectedInput as error:
         raise _syntax_error(error, source, path) from None
-    statements = _ToSpec().transform(tree)
-    try:
-        return _assemble(statements, source, path)
     except SpecError as error:
         raise error.located(path, source) from None
+    except RecursionError:
+        raise SpecError("the spec is nested too deeply to read", path=path, source=source) from None
 
 
 def parse_file(path: str | Path) -> S.Spec:
@@ -68,6 +69,8 @@ def parse_file(path: str | Path) -> S.Spec:
         source = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError("spec file not found", path=str(path)) from None
+    except IsADirectoryError:
+        raise SpecError("is a directory, not a spec file", path=str(path)) from None
     except UnicodeDecodeError as error:
         raise SpecError(f"spec is not UTF-8 text (byte {error.start})", path=str(path)) from None
     except OSError as error:
@@ -179,12 +182,11 @@ class _ToSpec(Transformer):
         return tuple(children)
 
     def input_option(self, meta, children):
-        return _ident(children[0])
+        return "normalize", _ident(children[0])
 
     def input_stmt(self, meta, children):
         name, shape, *options = children
-        normalize = options[-1] if options else None
-        return "inputs", S.InputDecl(span=_span(meta), name=_ident(name), shape=shape, normalize=normalize)
+        return "inputs", (_ident(name), _span(meta), shape, options)
 
     def label_stmt(self, meta, children):
         name, classes = children
@@ -226,6 +228,10 @@ class _ToSpec(Transformer):
     def param_stmt(self, meta, children):
         name, shape, *options = children
         return "params", (_ident(name), _span(meta), shape, options)
+
+    def graph_stmt(self, meta, children):
+        name, value = children
+        return "graphs", S.GraphDecl(span=_span(meta), name=_ident(name), value=value)
 
     def let_stmt(self, meta, children):
         name, value = children
@@ -296,7 +302,7 @@ class _ToSpec(Transformer):
 
 # ---------------------------------------------------------------- assembly
 
-_REPEATABLE = {"consts", "inputs", "labels", "latents", "params", "lets", "pools", "encoders"}
+_REPEATABLE = {"consts", "inputs", "labels", "latents", "params", "graphs", "lets", "pools", "encoders"}
 
 
 def _setting_span(value) -> Span:
@@ -326,6 +332,13 @@ def _build_param(name: S.Ident, span: Span, shape, options) -> S.ParamDecl:
     return S.ParamDecl(span=span, name=name, shape=shape, **fields)
 
 
+def _build_input(name: S.Ident, span: Span, shape, options) -> S.InputDecl:
+    fields: dict = {}
+    for key, value in options:
+        _once(fields, key, value, value.span, f"'{key}' of input '{name.name}'")
+    return S.InputDecl(span=span, name=name, shape=shape, **fields)
+
+
 def _build_train(span: Span, settings) -> S.TrainDecl:
     fields: dict = {"phases": ()}
     for key, value in settings:
@@ -341,6 +354,8 @@ def _assemble(statements, source: str, path: str) -> S.Spec:
     for key, node in statements:
         if key == "params":
             fields[key] += (_build_param(*node),)
+        elif key == "inputs":
+            fields[key] += (_build_input(*node),)
         elif key in _REPEATABLE:
             fields[key] += (node,)
         elif key == "energy":
@@ -358,7 +373,7 @@ def _assemble(statements, source: str, path: str) -> S.Spec:
 
 
 def _describe_terminal(name: str) -> str:
-    special = {"an expression": "an expression", "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "$END": "the end of the file"}
+    special = {"an expression": "an expression", "COMPARE": "'<=' or '=='", "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "$END": "the end of the file"}
     if name in special:
         return special[name]
     try:
@@ -368,11 +383,23 @@ def _describe_terminal(name: str) -> str:
     return f"'{pattern.value}'"
 
 
+# Keywords that continue a block, by the kind of word the user meant to write.
+BLOCK_WORDS = {
+    "parameter option": ("init", "constrain", "lr_scale", "learn"),
+    "training setting": ("optimizer", "batch", "epochs", "seed", "phase"),
+    "phase setting": ("epochs", "terms"),
+    "input option": ("normalize",),
+}
+
+
 def _describe_expected(expected: set[str]) -> str:
+    expected = {name for name in expected if not name.startswith("__")}  # lark's internal rules
     if {"NAME", "NUMBER"} <= expected:
         expected = (expected - {"NAME", "NUMBER", "STRING", "LPAR", "LSQB", "MINUS", "RECURRENT"}) | {"an expression"}
+    if expected == {"NAME", "ENCODER"}:
+        return "an inference method (fista, ista or encoder)"
     literals = {name: _describe_terminal(name) for name in expected}
-    statements = {n for n, d in literals.items() if d.strip("'") in STATEMENT_KEYWORDS}
+    statements = {n for n, d in literals.items() if d.strip("'") in STATEMENT_KEYWORDS} if "MODEL" in expected else set()
     operators = {n for n, d in literals.items() if d.strip("'") in OPERATORS}
     words = sorted(d for n, d in literals.items() if n not in statements | operators)
     if statements:
@@ -418,6 +445,24 @@ def _point(line: int, column: int, width: int = 1) -> Span:
     return Span(line=line, column=column, end_line=line, end_column=column + width)
 
 
+def _unknown_word(token: Token, accepted: set[str], source: str, path: str) -> SpecError:
+    """A name where a keyword was expected: a misspelt statement, option or setting."""
+    keywords = {_describe_terminal(n).strip("'") for n in accepted}
+    kind, words = "statement", list(STATEMENT_KEYWORDS)
+    for block_kind, block_words in BLOCK_WORDS.items():
+        if set(block_words) <= keywords:
+            kind, words = block_kind, list(block_words)
+            break
+    hint = did_you_mean(str(token), words + list(STATEMENT_KEYWORDS))
+    if hint is not None and hint.split("'")[1] in STATEMENT_KEYWORDS:
+        kind = "statement"  # a misspelt statement right after a block
+    if hint is None and kind == "parameter option" and str(token) in ("lr", "rate", "learning_rate"):
+        hint = "a parameter's learning rate is set by 'learn descent(lr = ...)' or 'lr_scale'"
+    if hint is None:
+        hint = "expected " + ", ".join(f"'{w}'" for w in words) + (" or a statement" if kind != "statement" else "")
+    return SpecError(f"unknown {kind} '{token}'", _token_span(token), path=path, source=source, hint=hint)
+
+
 def _syntax_error(error: UnexpectedInput, source: str, path: str) -> SpecError:
     if isinstance(error, UnexpectedCharacters):
         char = source[error.pos_in_stream]
@@ -427,17 +472,16 @@ def _syntax_error(error: UnexpectedInput, source: str, path: str) -> SpecError:
     token = error.token
     accepted = _accepted_terminals(error)
     expected = _describe_expected(accepted)
-    statement_expected = any(_describe_terminal(n).strip("'") in STATEMENT_KEYWORDS for n in accepted)
-    if token.type == "NAME" and statement_expected:
-        hint = did_you_mean(str(token), STATEMENT_KEYWORDS)
-        span = _token_span(token)
-        return SpecError(f"unknown statement '{token}'", span, path=path, source=source, hint=hint or expected)
+    if token.type == "NAME" and "MODEL" in accepted:
+        return _unknown_word(token, accepted, source, path)
     end = token.type == "$END"
     start = len(source) if end else token.start_pos
     previous = _previous_token(source, start)
     if previous is not None and (end or previous.end_line < token.line):
         # The statement stopped short: point just after its last token.
         span = _point(previous.end_line, previous.end_column)
+        if previous.type == "ENERGY":
+            expected = "a term such as 'recon : 0.5 * sqerr(x, W @ z)'"
         return SpecError(f"expected {expected} after '{previous}'", span, path=path, source=source)
     span = _token_span(token) if not end else _point(1, 1)
     return SpecError(f"unexpected {_describe_token(token)}; expected {expected}", span, path=path, source=source)

@@ -144,6 +144,13 @@ class ParamDecl(Node):
     learn: LearnDecl | None = None
 
 
+class GraphDecl(Node):
+    """``graph M = torus(16, 16)``: a structure over the latent units."""
+
+    name: Ident
+    value: Expr
+
+
 class LetDecl(Node):
     name: Ident
     value: Expr
@@ -218,6 +225,7 @@ class Spec(BaseModel):
     labels: tuple[LabelDecl, ...] = ()
     latents: tuple[LatentDecl, ...] = ()
     params: tuple[ParamDecl, ...] = ()
+    graphs: tuple[GraphDecl, ...] = ()
     lets: tuple[LetDecl, ...] = ()
     pools: tuple[PoolDecl | PoolsDecl, ...] = ()
     encoders: tuple[EncoderDecl, ...] = ()

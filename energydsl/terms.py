@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from .errors import SpecError
 from .expr import Value
-from .pools import PoolFamily
+from .pools import GroupNorms, PoolFamily
+from .structures import subtrees
 
 TERMS: dict[str, type[Term]] = {}
 
@@ -58,20 +59,50 @@ class Term(ABC):
         """The term's value for each sample, ``(B,)``."""
 
 
-class ProxTerm(Term):
-    """A nonsmooth term with an exact prox when its argument is the latent itself.
+class SeparableTerm(Term):
+    """A nonsmooth term that acts as a per-unit l1 threshold inside FISTA's prox.
 
-    ``prox_order`` fixes the order of composition inside FISTA's prox step
-    (non-negativity first, then l1, then group norms): composing in this order is
-    the exact prox of the sum for disjoint groups.
+    The prox step soft-thresholds unit i by τ·weight·threshold(z)ᵢ, where z is the
+    point the gradient was taken at.  For l1 the threshold is 1 everywhere; for
+    lateral inhibition it depends on z, and ``curvature`` is what the step size
+    must add so that each step still decreases the energy (a majorise-minimise
+    step).
     """
 
     smooth = False
-    prox_order: ClassVar[int]
 
     @abstractmethod
-    def prox(self, v: torch.Tensor, tau: torch.Tensor | float) -> torch.Tensor:
-        """argmin_u ½‖u − v‖² + τ·term(u), per sample (τ a scalar or ``(B, 1)``)."""
+    def threshold(self, z: torch.Tensor, *args: torch.Tensor) -> torch.Tensor | float:
+        """Per-unit l1 weight at the current point, a scalar or ``(B, m)``."""
+
+    def curvature(self, *args: torch.Tensor) -> float:
+        return 0.0
+
+
+class GroupTerm(Term):
+    """A sum of pool norms, with an exact prox through :class:`GroupNorms`."""
+
+    smooth = False
+
+    def __init__(self, static):
+        super().__init__(static)
+        self.norms = GroupNorms(self.family())
+
+    def family(self) -> PoolFamily:
+        return self.static["pools"]
+
+    def check(self, values, node):
+        family = self.family()
+        if not values[0].batched or values[0].shape != (family.size,):
+            raise SpecError(f"{self.name}() pools index {family.size} units, "
+                            f"but the value is {values[0].describe()}", node.span)  # fmt: skip
+
+    def energy(self, v):
+        return self.norms.norms(v).sum(dim=1)
+
+    def prox(self, v, tau, l1=None):
+        """argmin_u ½‖u − v‖² + τ·term(u) + Σᵢ l1ᵢ|uᵢ|."""
+        return self.norms.prox(v, tau, l1)
 
 
 @register
@@ -102,7 +133,7 @@ class sqerr(Term):
 
 
 @register
-class l1(ProxTerm):
+class l1(SeparableTerm):
     """The l1 norm ‖v‖₁ = Σᵢ |vᵢ|.
 
     prox_{τ‖·‖₁}(v) = sign(v) · max(|v| − τ, 0)  (soft-thresholding).
@@ -111,7 +142,6 @@ class l1(ProxTerm):
     name = "l1"
     arguments = ("v",)
     kinds = ("value",)
-    prox_order = 1
 
     def check(self, values, node):
         if not values[0].batched:
@@ -120,51 +150,74 @@ class l1(ProxTerm):
     def energy(self, v):
         return _per_sample_sum(v.abs())
 
-    def prox(self, v, tau):
-        return torch.sign(v) * torch.clamp(v.abs() - tau, min=0)
+    def threshold(self, z):
+        return 1.0
 
 
 @register
-class group_l2(ProxTerm):
-    """Group sparsity Σⱼ ‖v_{Pⱼ}‖₂ over the pools of a family P.
+class group_l2(GroupTerm):
+    """Group sparsity Σⱼ ‖v_{Pⱼ}‖₂ over the pools of a family P (weighted: sqrt(Σ wᵢvᵢ²)).
 
-    For disjoint pools the prox shrinks each pool as a block:
-    prox(v)_{Pⱼ} = v_{Pⱼ} · max(0, 1 − τ / ‖v_{Pⱼ}‖₂); units in no pool are unchanged.
+    Disjoint or nested pools: prox by block soft-thresholds, innermost pools first,
+    v_{Pⱼ} ← v_{Pⱼ}·max(0, 1 − τ/‖v_{Pⱼ}‖₂) — exact (Jenatton et al. 2011).
+    Overlapping or weighted pools: the exact prox by its dual (see GroupNorms).
     """
 
     name = "group_l2"
     arguments = ("v", "pools")
     kinds = ("value", "pools")
-    prox_order = 2
 
-    def __init__(self, static):
-        super().__init__(static)
-        family: PoolFamily = static["pools"]
-        index = family.group_index()
-        self.groups = len(family.members)
-        # units in no pool go to an extra, discarded group
-        self.index = torch.where(index < 0, torch.tensor(self.groups), index)
+
+@register
+class tree_group(GroupTerm):
+    """Tree-structured sparsity: Σ over the nodes of T of ‖v_{subtree(node)}‖₂.
+
+    A unit can be active only if its ancestors are; the prox composes the group
+    soft-thresholds from the leaves to the root (Jenatton et al. 2011).
+    """
+
+    name = "tree_group"
+    arguments = ("v", "tree")
+    kinds = ("value", "structure")
+
+    def family(self) -> PoolFamily:
+        tree = self.static["structure"]
+        members = tuple(subtrees(tree))
+        return PoolFamily(tree.name, tree.size, tuple(f"{tree.name}[{i}]" for i in range(tree.size)), members)
+
+
+@register
+class inhibition(SeparableTerm):
+    """Lateral inhibition |v|ᵀ S |v| = Σᵢⱼ Sᵢⱼ|vᵢ||vⱼ| (Gregor, Szlam & LeCun 2011).
+
+    With the other units fixed, unit i sees an l1 penalty of weight ((S + Sᵀ)|v|)ᵢ,
+    so the exact coordinate step is a soft-threshold at λ + 2β(S|v|)ᵢ for a
+    symmetric S.  ISTA takes this step for all units at once, with the step size
+    reduced by 2β·λ_max(S) so that the energy still decreases.
+    """
+
+    name = "inhibition"
+    arguments = ("v", "S")
+    kinds = ("value", "value")
 
     def check(self, values, node):
-        family: PoolFamily = self.static["pools"]
-        if not values[0].batched or values[0].shape != (family.size,):
-            raise SpecError(f"group_l2() pools index {family.size} units, "
-                            f"but the value is {values[0].describe()}", node.span)  # fmt: skip
+        v, S = values
+        m = v.shape[0] if len(v.shape) == 1 else None
+        if not v.batched or m is None:
+            raise SpecError(f"inhibition() needs a per-sample vector, got {v.describe()}", node.span)
+        if S.batched or S.shape != (m, m) or S.degree != 0:
+            raise SpecError(f"inhibition() needs a fixed or learned [{m}, {m}] matrix, got {S.describe()}", node.span)
 
-    def _norms(self, v):
-        index = self.index.to(v.device)
-        squares = v.new_zeros(v.shape[0], self.groups + 1).index_add_(1, index, v * v)
-        return squares[:, : self.groups].sqrt(), index
+    def energy(self, v, S):
+        a = v.abs()
+        return ((a @ S) * a).sum(dim=1)
 
-    def energy(self, v):
-        norms, _ = self._norms(v)
-        return norms.sum(dim=1)
+    def threshold(self, z, S):
+        return z.abs() @ (S + S.T)
 
-    def prox(self, v, tau):
-        norms, index = self._norms(v)
-        scale = torch.clamp(1 - tau / norms.clamp_min(1e-30), min=0)
-        scale = torch.cat([scale, scale.new_ones(v.shape[0], 1)], dim=1)  # units in no pool
-        return v * scale[:, index]
+    def curvature(self, S):
+        symmetric = (S + S.T) / 2
+        return 2 * max(torch.linalg.eigvalsh(symmetric.double())[-1].item(), 0.0)
 
 
 @register
