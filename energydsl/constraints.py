@@ -1,10 +1,12 @@
 """Parameter constraints and their projections.
 
 After every learning step each parameter is projected onto its constraints, in a
-fixed order: structural mask, non-negativity, symmetry, zero diagonal, then the
-norm bounds.  The first four commute with each other (for a symmetric mask), and
-rescaling by a norm bound keeps all of them, so for ``S ≥ 0, symmetric,
-zero_diag, mask M, norm ≤ c`` the composition is the exact projection.  Column
+fixed order: structural mask, symmetry, non-negativity, zero diagonal, then the
+norm bounds.  Symmetrising first and clipping after is the exact projection onto
+symmetric non-negative matrices (clipping keeps symmetry); the mask (when
+symmetric) and the zero diagonal commute with both, and rescaling by a norm bound
+keeps all of them, so for ``S ≥ 0, symmetric, zero_diag, mask M, norm ≤ c`` the
+composition is the exact projection.  Column
 and row bounds on the same matrix are applied one after the other (columns, then
 rows) and are then only approximately both satisfied.
 """
@@ -16,12 +18,12 @@ from typing import Callable
 
 import torch
 
-ORDER = ("mask", "nonneg", "symmetric", "zero_diag", "col_norm", "row_norm", "norm")
+ORDER = ("mask", "symmetric", "nonneg", "zero_diag", "col_norm", "row_norm", "norm")
 NORM_KINDS = ("col_norm", "row_norm", "norm")
 SQUARE_KINDS = ("symmetric", "zero_diag")
 MATRIX_KINDS = ("col_norm", "row_norm", "symmetric", "zero_diag")
 DESCRIPTIONS = {
-    "mask": "mask M: entries where M is 0 stay 0 (M is an expression of the parameter's shape)",
+    "mask": "mask M: entries where M is 0 stay 0, the others are free (M has the parameter's shape)",
     "nonneg": "every entry ≥ 0",
     "symmetric": "P = Pᵀ (square matrices)",
     "zero_diag": "zero diagonal (square matrices)",

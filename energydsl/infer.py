@@ -18,7 +18,7 @@ from .terms import GroupTerm, SeparableTerm
 
 # Power iteration is exact for the top eigenvalue only in the limit; the step
 # 1/(SAFETY·L) keeps FISTA stable when the estimate falls a little short.
-POWER_ITERATIONS = 30
+POWER_ITERATIONS = 100
 SAFETY = 1.05
 
 
@@ -54,7 +54,8 @@ def make_prox(parts: Sequence[tuple[BoundTerm, tuple]], nonneg: bool):
             threshold = step * term.weight * term.term.threshold(at, *args)
             l1 = threshold if l1 is None else l1 + threshold
         if group is not None:
-            return group.term.prox(v, step * group.weight, l1)
+            v = group.term.prox(v, step * group.weight, l1)
+            return v.clamp(min=0) if nonneg else v  # removes the dual solver's rounding below 0
         if l1 is None:
             return v
         return torch.sign(v) * torch.clamp(v.abs() - l1, min=0)
@@ -187,7 +188,7 @@ def _backtrack(problem, y, f_y, grad, z_next, L):
         bound = f_y + (grad * d).sum(dim=1) + 0.5 * L.squeeze(1) * (d * d).sum(dim=1)
         with torch.no_grad():
             f_next = problem.smooth(z_next)
-        ok = f_next <= bound + 1e-7 * f_y.abs().clamp_min(1)
+        ok = f_next <= bound + 8 * torch.finfo(f_y.dtype).eps * f_y.abs().clamp_min(1)  # rounding slack
         if bool(ok.all()):
             break
         L = torch.where(ok.unsqueeze(1), L, 2 * L)

@@ -49,7 +49,8 @@ class EnergyModel(nn.Module):
             else:
                 value = torch.as_tensor(plan.init(env), dtype=reference.dtype).expand(plan.shape).clone()
             self.params[plan.name] = nn.Parameter(value, requires_grad=plan.learn != "fixed")
-            self.masks[plan.name] = [torch.as_tensor(mask(env)).expand(plan.shape).clone() for mask in plan.masks]
+            self.masks[plan.name] = [(torch.as_tensor(mask(env)) != 0).to(value.dtype).expand(plan.shape).clone()
+                                     for mask in plan.masks]  # fmt: skip
         self.project_()
 
     def _init_env(self, reference, generator, train_x) -> Env:
@@ -74,12 +75,16 @@ class EnergyModel(nn.Module):
         return next(iter(self.params.values())).device if self.params else torch.device("cpu")
 
     @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.params.values())).dtype if self.params else torch.float32
+
+    @property
     def term_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.program.terms)
 
     def preprocess(self, x) -> torch.Tensor:
         """Raw samples ``(B, ...)`` → what the spec's input variable holds."""
-        x = torch.as_tensor(x, dtype=torch.float32, device=self.device)
+        x = torch.as_tensor(x, dtype=self.dtype, device=self.device)
         shape = self.program.input.shape
         if x.dim() == 0 or x[0].numel() != math.prod(shape):
             raise ValueError(f"expected a batch of samples with {math.prod(shape)} values each "

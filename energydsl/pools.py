@@ -72,32 +72,38 @@ class GroupNorms:
     """Σⱼ λⱼ‖aⱼ ⊙ v_{Pⱼ}‖₂ over a pool family, batched: the energy and the exact prox.
 
     The prox may also absorb a separable l1 part with per-unit thresholds (which
-    is how l1 and lateral inhibition enter): for a laminar, unweighted family it
+    is how l1 and lateral inhibition enter).  For a laminar, unweighted family it
     is soft-thresholding followed by the level-by-level block shrinks; otherwise
     it solves the dual problem
 
-        min_ξ ½‖v − Aᵀξ‖²  subject to ‖ξⱼ‖ ≤ τλⱼ for every pool (and unit),
+        min_ξ ½‖v − Aᵀξ − ξₛ‖²  subject to ‖ξⱼ‖ ≤ τλⱼ per pool and |ξₛᵢ| ≤ l1ᵢ per unit,
 
     by accelerated projected gradient, warm-started from the previous call, until
-    the duality gap is below ``gap_tol`` relative to the primal value.
+    the duality gap is below ``gap_tol``·½‖v‖² (which bounds ‖u − u*‖² by
+    ``gap_tol``·‖v‖², since the primal is 1-strongly convex).
 
-    Memberships are dense matrices (a pool family over a few thousand units is
-    small), so every step is a matrix product rather than a scatter.
+    Pools are laid out as a ``(pools, largest pool)`` table padded with a dummy
+    unit, so pool norms are reshapes and Aᵀξ is one gather: no scatter per step.
     """
 
-    def __init__(self, family: PoolFamily, gap_tol: float | None = None, max_iter: int = 1000):
+    def __init__(self, family: PoolFamily, gap_tol: float | None = None, max_iter: int | None = None):
         self.family = family
-        self.size = family.size
+        self.size = m = family.size
         self.count = len(family.members)
-        units = [u for m in family.members for u in m]
-        groups = [j for j, m in enumerate(family.members) for _ in m]
-        weights = [w for ws in family.weights for w in ws] if family.weights else [1.0] * len(units)
-        rows = torch.arange(len(units))
-        # A: memberships × units, holding a = sqrt(w); G: memberships × pools, one-hot
-        self.A = torch.zeros(len(units), self.size, dtype=torch.float64)
-        self.A[rows, units] = torch.tensor(weights, dtype=torch.float64).sqrt()
-        self.G = torch.zeros(len(units), self.count, dtype=torch.float64)
-        self.G[rows, groups] = 1
+        width = max(len(pool) for pool in family.members)
+        units = torch.full((self.count, width), m, dtype=torch.long)  # m: the dummy unit
+        scale = torch.zeros(self.count, width, dtype=torch.float64)  # a = sqrt(w), 0 on padding
+        for j, pool in enumerate(family.members):
+            units[j, : len(pool)] = torch.tensor(pool)
+            weights = family.weights[j] if family.weights else [1.0] * len(pool)
+            scale[j, : len(pool)] = torch.tensor(weights, dtype=torch.float64).sqrt()
+        self.width = width
+        self.unit_of = units.flatten()
+        self.scale = scale.flatten()
+        self.inverse = _inverse_index(self.unit_of, m)  # (m, most pools per unit) → slots
+        # ‖A‖² = the largest Σ a² over one unit's pools (AᵀA is diagonal)
+        squares = torch.zeros(m + 1, dtype=torch.float64).index_add_(0, self.unit_of, self.scale**2)
+        self.lipschitz = float(squares[:m].max())
         levels = family.laminar_levels() if family.weights is None else None
         self.levels = None if levels is None else [self._level_matrix(lv) for lv in levels]
         self.gap_tol = gap_tol
@@ -112,51 +118,101 @@ class GroupNorms:
             matrix[list(self.family.members[pool]), column] = 1
         return matrix
 
-    def _on(self, v: torch.Tensor, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    def _on(self, v: torch.Tensor, name: str):
         key = (name, v.dtype, v.device)
         if key not in self._cache:
-            self._cache[key] = tensor.to(v)
+            tensor = getattr(self, name) if not name.startswith("level") else self.levels[int(name[5:])]
+            self._cache[key] = tensor.to(v.device) if tensor.dtype == torch.long else tensor.to(v)
         return self._cache[key]
+
+    def _slots(self, u: torch.Tensor) -> torch.Tensor:
+        """Aᵤ: each pool slot's weighted unit value, ``(B, pools·width)``."""
+        padded = torch.cat([u, u.new_zeros(u.shape[0], 1)], dim=1)
+        return padded[:, self._on(u, "unit_of")] * self._on(u, "scale")
+
+    def _units(self, xi: torch.Tensor) -> torch.Tensor:
+        """Aᵀξ: each unit's weighted sum over its pool slots, ``(B, m)``."""
+        padded = torch.cat([xi * self._on(xi, "scale"), xi.new_zeros(xi.shape[0], 1)], dim=1)
+        return padded[:, self._on(xi, "inverse")].sum(dim=-1)
+
+    def _pool_norms(self, slots: torch.Tensor) -> torch.Tensor:
+        return (slots * slots).view(slots.shape[0], self.count, self.width).sum(-1).sqrt()
 
     def norms(self, v: torch.Tensor) -> torch.Tensor:
         """‖aⱼ ⊙ v_{Pⱼ}‖ per sample and pool, ``(B, G)``."""
-        values = v @ self._on(v, "A", self.A).T
-        return ((values * values) @ self._on(v, "G", self.G)).sqrt()
+        return self._pool_norms(self._slots(v))
 
     def prox(self, v: torch.Tensor, tau, l1: torch.Tensor | float | None = None) -> torch.Tensor:
         """argmin_u ½‖u − v‖² + τ Σⱼ‖aⱼ ⊙ u_{Pⱼ}‖ + Σᵢ l1ᵢ|uᵢ|."""
         if self.levels is not None:
             if l1 is not None:
                 v = torch.sign(v) * torch.clamp(v.abs() - l1, min=0)
-            for number, level in enumerate(self.levels):
-                v = block_shrink(v, self._on(v, f"level{number}", level), tau)
+            for number in range(len(self.levels)):
+                v = block_shrink(v, self._on(v, f"level{number}"), tau)
             return v
         return self._dual_prox(v, tau, l1)
 
     def _dual_prox(self, v, tau, l1):
-        A, G = self._on(v, "A", self.A), self._on(v, "G", self.G)
-        if l1 is not None:  # each unit's l1 is a pool of its own, with weight 1
-            A = torch.cat([A, torch.eye(self.size, dtype=v.dtype, device=v.device)])
-            G = torch.block_diag(G, torch.eye(self.size, dtype=v.dtype, device=v.device))
-        bound = v.new_zeros(v.shape[0], G.shape[1])
-        bound[:, : self.count] = tau
-        if l1 is not None:
-            bound[:, self.count :] = l1
-        lipschitz = (A * A).sum(0).max()  # AᵀA is diagonal: Σ over a unit's memberships of a²
-        xi = self._dual if self._dual is not None and self._dual.shape == (v.shape[0], A.shape[0]) else None
-        xi = v.new_zeros(v.shape[0], A.shape[0]) if xi is None else xi.to(v)
-        previous, t = xi, 1.0
-        tol = self.gap_tol if self.gap_tol is not None else (1e-10 if v.dtype == torch.float64 else 1e-5)
-        for k in range(self.max_iter):
-            u = v - xi @ A
-            step = _project_balls(xi + (u @ A.T) / lipschitz, G, bound)
+        """The dual solve, in float64 whatever the model's dtype: float32 cannot
+        resolve the duality gap finely enough to stop early."""
+        result = v.double()
+        batch = v.shape[0]
+        bound = torch.as_tensor(tau, dtype=torch.float64, device=v.device).expand(batch, 1)
+        unit_bound = None if l1 is None else torch.as_tensor(l1, dtype=torch.float64, device=v.device)
+        unit_bound = None if unit_bound is None else unit_bound.expand_as(result)
+        lipschitz = self.lipschitz + (1.0 if l1 is not None else 0.0)
+        xi, xs = self._start(result, l1 is not None)
+        previous, t = (xi, xs), 1.0
+        tol = self.gap_tol if self.gap_tol is not None else (1e-14 if v.dtype == torch.float64 else 1e-7)
+        for k in range(self.max_iter or 5000):
+            u = result - self._units(xi) - xs
+            step_xi = self._project(xi + self._slots(u) / lipschitz, bound)
+            step_xs = xs
+            if unit_bound is not None:
+                step_xs = torch.maximum(torch.minimum(xs + u / lipschitz, unit_bound), -unit_bound)
             t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
-            xi, previous = step + (t - 1) / t_next * (step - previous), step
-            t = t_next
-            if k % 10 == 9 and _gap_small(v - previous @ A, v, A, G, bound, tol):
+            momentum = (t - 1) / t_next
+            xi = step_xi + momentum * (step_xi - previous[0])
+            xs = step_xs + momentum * (step_xs - previous[1])
+            previous, t = (step_xi, step_xs), t_next
+            if k % 10 == 9 and self._gap_small(result, *previous, bound, unit_bound, tol):
                 break
         self._dual = previous
-        return v - previous @ A
+        return (result - self._units(previous[0]) - previous[1]).to(v.dtype)
+
+    def _start(self, v, with_l1: bool):
+        """The previous call's dual point (a warm start), if it fits this call."""
+        memberships = (v.shape[0], self.unit_of.shape[0])
+        if self._dual is not None and self._dual[0].shape == memberships and self._dual[0].device == v.device:
+            xs = self._dual[1] if with_l1 else torch.zeros_like(v)
+            return self._dual[0], xs
+        return v.new_zeros(memberships), torch.zeros_like(v)
+
+    def _project(self, xi, bound):
+        """Each pool's block of ξ onto the ball of radius ``bound``."""
+        blocks = xi.view(xi.shape[0], self.count, self.width)
+        norms = blocks.norm(dim=-1, keepdim=True)
+        return (blocks * torch.clamp(bound.unsqueeze(-1) / norms.clamp_min(1e-30), max=1)).view_as(xi)
+
+    def _gap_small(self, v, xi, xs, bound, unit_bound, tol) -> bool:
+        """Duality gap ≤ tol·½‖v‖² for every sample."""
+        u = v - self._units(xi) - xs
+        primal = 0.5 * ((u - v) ** 2).sum(1) + (bound * self.norms(u)).sum(1)
+        if unit_bound is not None:
+            primal = primal + (unit_bound * u.abs()).sum(1)
+        dual = 0.5 * (v * v).sum(1) - 0.5 * (u * u).sum(1)
+        return bool(((primal - dual) <= tol * 0.5 * (v * v).sum(1)).all())
+
+
+def _inverse_index(unit_of: torch.Tensor, m: int) -> torch.Tensor:
+    """For each unit, the slots holding it, padded with the index of an empty slot."""
+    empty = unit_of.shape[0]
+    slots = [[] for _ in range(m)]
+    for slot, unit in enumerate(unit_of.tolist()):
+        if unit < m:
+            slots[unit].append(slot)
+    width = max(1, max(len(s) for s in slots))
+    return torch.tensor([s + [empty] * (width - len(s)) for s in slots], dtype=torch.long)
 
 
 def block_shrink(v: torch.Tensor, membership: torch.Tensor, tau) -> torch.Tensor:
@@ -169,22 +225,6 @@ def block_shrink(v: torch.Tensor, membership: torch.Tensor, tau) -> torch.Tensor
     scale = torch.clamp(1 - tau / norms.clamp_min(1e-30), min=0)
     outside = 1 - membership.sum(1)
     return v * (scale @ membership.T + outside)
-
-
-def _project_balls(xi, G, bound):
-    """Project each pool's block of ξ onto the ball of radius ``bound``."""
-    norms = ((xi * xi) @ G).sqrt()
-    scale = torch.clamp(bound / norms.clamp_min(1e-30), max=1)
-    return xi * (scale @ G.T)
-
-
-def _gap_small(u, v, A, G, bound, tol) -> bool:
-    """Duality gap of the prox problem, relative to the primal value, for every sample."""
-    values = u @ A.T
-    norms = ((values * values) @ G).sqrt()
-    primal = 0.5 * ((u - v) ** 2).sum(1) + (bound * norms).sum(1)
-    dual = 0.5 * (v * v).sum(1) - 0.5 * (u * u).sum(1)
-    return bool(((primal - dual) <= tol * primal.abs().clamp_min(1e-30)).all())
 
 
 def pool_from_ranges(decl: S.PoolDecl, size: int, integer) -> PoolFamily:
