@@ -1,6 +1,7 @@
 """Shared fixtures: small specs as source text, so tests need no files."""
 
 import pytest
+import torch
 
 SPARSE_CODING = """
 model sc
@@ -55,3 +56,14 @@ def sparse_coding_source():
 @pytest.fixture
 def drsae_source():
     return DRSAE_SMALL
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """The tests solve small problems: with several intra-op threads on a busy
+    2-core machine every tiny matrix product waits for the scheduler (measured
+    100x slower), so the suite runs single-threaded."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

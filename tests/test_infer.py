@@ -23,14 +23,6 @@ BATCH = 12
 GAP = 1e-4  # relative objective gap allowed per sample
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small problems: with several intra-op threads on a busy 2-core machine every tiny
-    matrix product waits for the scheduler (100× slower), so run single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 LASSO_SPEC = """
 model lasso

@@ -14,14 +14,6 @@ from energydsl.data import Dataset
 RECOVERY_SPEC = Path(__file__).parent / "specs" / "ok" / "synthetic_recovery.energy"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small problems: with several intra-op threads on a busy 2-core machine every tiny
-    matrix product waits for the scheduler (100× slower), so run single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def matched_fraction(learned: torch.Tensor, true: torch.Tensor, threshold: float = 0.95) -> float:

@@ -31,17 +31,6 @@ SOLVER = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The dual prox is thousands of tiny matrix products; with several intra-op
-    threads on a busy 2-core machine each one waits for the scheduler (~100×
-    slower), so these tests run single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------- helpers
 
 

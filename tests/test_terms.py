@@ -29,14 +29,6 @@ DTYPES = [torch.float32, torch.float64]
 TOL = {torch.float32: 2e-5, torch.float64: 1e-6}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small problems: with several intra-op threads on a busy 2-core machine every tiny
-    matrix product waits for the scheduler (100× slower), so run single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 PROX_SPEC = """
 model proxes
