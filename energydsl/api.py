@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint
+from .analysis import structure_metrics
 from .compile import Program, compile_spec
 from .data import Dataset, load_data
 from .errors import RunError, SpecError
@@ -20,6 +21,7 @@ from .parser import parse, parse_file, parse_source_call
 from .spec import Spec
 from .train import evaluate
 from .train import train as _train_loop
+from .viz import write_pictures
 
 
 def read_spec(spec: str | Path) -> Spec:
@@ -98,7 +100,9 @@ def train(
 
     history = _train_loop(model, dataset, on_epoch=each_epoch, seed=seed)
     if writer is not None:
-        writer.finish(history, evaluate(model, dataset))
+        test_x = dataset.x_test if dataset.x_test.shape[0] else dataset.x_train
+        final = {**evaluate(model, dataset), **structure_metrics(model, test_x)}
+        writer.finish(history, final)
     return history
 
 
@@ -138,6 +142,7 @@ class _RunWriter:
         checkpoint.atomic_write_json(self.directory / checkpoint.SUMMARY_FILE, summary)
         if not history:
             checkpoint.atomic_write(self.directory / checkpoint.METRICS_FILE, b"")
+        write_pictures(self.model, self.directory)
 
 
 def load_run(directory: str | Path, device: str | torch.device | None = None) -> EnergyModel:

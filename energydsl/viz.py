@@ -1,0 +1,146 @@
+"""Pictures of a trained model, written as PNG into its run directory.
+
+- ``filters.png``: the decoder's columns as image tiles, laid out on the spec's map
+  (grid, torus) or tree when it has one, else in a square-ish grid;
+- ``<S>.png``: every square matrix that an inhibition term uses, as a heat map.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .analysis import decoder_name  # noqa: E402
+from .structures import Structure  # noqa: E402
+
+
+def write_pictures(model, directory: Path) -> list[Path]:
+    """Every picture that applies to this model; returns the files written."""
+    written = []
+    decoder = decoder_name(model)
+    if decoder is not None:
+        layout = _layout_structure(model)
+        path = directory / "filters.png"
+        filters_png(model.params[decoder].detach().cpu().numpy(), path, model.program.input.shape, layout)
+        written.append(path)
+    for name in _inhibition_matrices(model):
+        path = directory / f"{name}.png"
+        matrix_png(model.params[name].detach().cpu().numpy(), path, title=f"{name} (inhibition)")
+        written.append(path)
+    return written
+
+
+def _layout_structure(model) -> Structure | None:
+    units = model.program.latent.shape[0]
+    for structure in model.program.structures.values():
+        if structure.size == units:
+            return structure
+    return None
+
+
+def _inhibition_matrices(model) -> list[str]:
+    names = []
+    for term in model.program.terms:
+        if term.term.name == "inhibition":
+            decl = next(t for t in model.program.spec.energy if t.name.name == term.name)
+            call = _find_call(decl.value, "inhibition")
+            if call is not None and len(call.args) > 1 and getattr(call.args[1], "id", None) in model.params:
+                names.append(call.args[1].id)
+    return names
+
+
+def _find_call(node, func):
+    if getattr(node, "func", None) == func:
+        return node
+    for child in (getattr(node, f, None) for f in ("left", "right", "operand")):
+        if child is not None and (found := _find_call(child, func)) is not None:
+            return found
+    return None
+
+
+def _tile_shape(input_shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """How one column reads as an image: [C, H, W] or a square number of values."""
+    if len(input_shape) == 3 and input_shape[0] == 1:
+        return input_shape[1], input_shape[2]
+    if len(input_shape) == 2:
+        return input_shape
+    side = math.isqrt(math.prod(input_shape))
+    return (side, side) if side * side == math.prod(input_shape) else None
+
+
+def _tiles(decoder: np.ndarray, shape) -> list[np.ndarray]:
+    """Each column as an image scaled to [-1, 1] by its own largest value."""
+    tiles = []
+    for column in decoder.T:
+        scale = np.abs(column).max() or 1.0
+        tiles.append((column / scale).reshape(shape))
+    return tiles
+
+
+def filters_png(decoder: np.ndarray, path: Path, input_shape, layout: Structure | None = None) -> None:
+    """Decoder columns as tiles: on the map, along the tree, or in a square-ish grid."""
+    shape = _tile_shape(tuple(input_shape))
+    if shape is None:  # not an image: show the matrix itself
+        matrix_png(decoder, path, title="decoder")
+        return
+    tiles = _tiles(decoder, shape)
+    if layout is not None and layout.kind == "tree":
+        _tree_figure(tiles, layout, path)
+        return
+    if layout is not None and layout.shape is not None:
+        rows, cols = layout.shape
+    else:
+        cols = math.ceil(math.sqrt(len(tiles)))
+        rows = math.ceil(len(tiles) / cols)
+    h, w = shape
+    canvas = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1), np.nan)
+    for unit, tile in enumerate(tiles):
+        r, c = divmod(unit, cols)
+        canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = tile
+    figure, axes = plt.subplots(figsize=(min(16, 0.4 * cols + 1), min(16, 0.4 * rows + 1)))
+    axes.imshow(canvas, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+    axes.set_axis_off()
+    title = f"decoder columns on the {layout.kind} {layout.name}" if layout is not None else "decoder columns"
+    axes.set_title(title)
+    _save(figure, path)
+
+
+def _tree_figure(tiles, tree: Structure, path: Path) -> None:
+    positions = tree.positions()
+    xs = [p[0] for p in positions.values()]
+    depth = int(tree.depths.max())
+    figure, axes = plt.subplots(figsize=(min(24, 0.45 * (max(xs) + 2)), 1.2 * (depth + 1) + 0.5))
+    for parent, child in ((int(tree.parents[i]), i) for i in range(tree.size) if tree.parents[i] >= 0):
+        (x0, y0), (x1, y1) = positions[parent], positions[child]
+        axes.plot([x0, x1], [y0, y1], color="0.7", linewidth=0.8, zorder=0)
+    for unit, tile in enumerate(tiles):
+        x, y = positions[unit]
+        axes.imshow(tile, cmap="gray", vmin=-1, vmax=1, extent=(x - 0.45, x + 0.45, y - 0.4, y + 0.4), zorder=1)
+    axes.set_xlim(min(xs) - 1, max(xs) + 1)
+    axes.set_ylim(-depth - 0.6, 0.6)
+    axes.set_axis_off()
+    axes.set_title(f"decoder columns on the tree {tree.name}")
+    _save(figure, path)
+
+
+def matrix_png(matrix: np.ndarray, path: Path, title: str) -> None:
+    figure, axes = plt.subplots(figsize=(6, 5))
+    image = axes.imshow(matrix, cmap="viridis", interpolation="nearest")
+    figure.colorbar(image, ax=axes)
+    axes.set_title(title)
+    _save(figure, path)
+
+
+def _save(figure, path: Path) -> None:
+    """Write through a temporary file, so a run directory never holds half a picture."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    figure.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
+    plt.close(figure)
+    tmp.replace(path)
