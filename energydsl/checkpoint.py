@@ -26,7 +26,7 @@ import torch
 
 from . import __version__
 from .compile import Program
-from .errors import RunError
+from .errors import RunError, Span
 
 SPEC_FILE = "spec.energy"
 MODEL_FILE = "model.safetensors"
@@ -58,29 +58,33 @@ def atomic_write_json(path: Path, obj) -> None:
 def resolved_source(program: Program, overrides: dict[str, float], data_text: str | None) -> str:
     """The spec's text with overridden constants and the data source written in."""
     spec = program.spec
-    edits = []  # (start offset, end offset, replacement)
-    for decl in spec.consts:
-        if decl.name.name in overrides:
-            edits.append((*_offsets(spec.source, decl.value.span), _number(overrides[decl.name.name])))
+    edits = [(decl.value.span, _number(overrides[decl.name.name])) for decl in spec.consts
+             if decl.name.name in overrides]  # fmt: skip
     if data_text is not None and spec.data is not None:
-        edits.append((*_offsets(spec.source, spec.data.call.span), data_text))
-    text = spec.source
-    for start, end, replacement in sorted(edits, reverse=True):
-        text = text[:start] + replacement + text[end:]
+        edits.append((spec.data.call.span, data_text))
+    text = edit_source(spec.source, edits)
     if data_text is not None and spec.data is None:
         text = f"data {data_text}\n" + text
     return text
 
 
-def _number(value: float) -> str:
-    return str(int(value)) if value == int(value) and abs(value) < 1e15 else repr(float(value))
-
-
-def _offsets(source: str, span) -> tuple[int, int]:
+def edit_source(source: str, edits: list[tuple[Span, str]]) -> str:
+    """Replace the text under each span (spans must not overlap)."""
     starts = [0]
     for line in source.splitlines(keepends=True):
         starts.append(starts[-1] + len(line))
-    return starts[span.line - 1] + span.column - 1, starts[span.end_line - 1] + span.end_column - 1
+
+    def offsets(span: Span) -> tuple[int, int]:
+        return starts[span.line - 1] + span.column - 1, starts[span.end_line - 1] + span.end_column - 1
+
+    for span, text in sorted(edits, key=lambda edit: offsets(edit[0]), reverse=True):
+        start, end = offsets(span)
+        source = source[:start] + text + source[end:]
+    return source
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value == int(value) and abs(value) < 1e15 else repr(float(value))
 
 
 def save_model(directory: Path, model, source: str) -> None:

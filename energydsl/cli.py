@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 from pathlib import Path
 
@@ -88,6 +89,14 @@ def cmd_check(args) -> int:
     return status
 
 
+def cmd_prune(args) -> int:
+    from .prune import prune_run
+
+    report = prune_run(args.run, args.threshold, args.out)
+    print(f"kept {report['units_after']} of {report['units_before']} units; wrote {args.out}/")
+    return 0
+
+
 def describe(program: Program) -> str:
     """A readable summary of a compiled spec."""
     lines = [f"model {program.name}  ({program.spec.path})", f"  data      {program.data.text()}"]
@@ -137,10 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--data")
     check.add_argument("--quiet", action="store_true", help="one line per valid spec")
     check.set_defaults(handler=cmd_check)
+
+    prune = commands.add_parser("prune", help="remove rarely active branches of a trained tree")
+    prune.add_argument("run", help="run directory of a spec with a tree")
+    prune.add_argument("--threshold", type=float, default=0.01,
+                       help="keep a branch if one of its units is active on at least this share of samples")  # fmt: skip
+    prune.add_argument("--out", required=True, help="run directory for the pruned model")
+    prune.set_defaults(handler=cmd_prune)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `energydsl check ... | head` ends quietly
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

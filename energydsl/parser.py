@@ -153,7 +153,7 @@ class _ToSpec(Transformer):
         return S.Transpose(span=_span(meta), operand=children[0])
 
     def list(self, meta, children):
-        return S.ListExpr(span=_span(meta), items=tuple(children))
+        return S.ListExpr(span=_span(meta), items=tuple(c for c in children if c is not None))
 
     def recurrent(self, meta, children):
         steps, body = children

@@ -94,3 +94,25 @@ def test_ascent_keeps_every_constraint_and_grows_coactive_entries():
     # the entries that grew most join units that fired together, more often than average
     assert (together[top] > 0).all()
     assert together[top].mean() > 1.3 * together.mean()
+
+
+def test_pruning_removes_rare_branches_and_saves_like_any_run(tmp_path):
+    from energydsl.prune import activation_frequency, prune_run
+
+    model = energydsl.load(TREE_GROUP_SPEC)
+    energydsl.train(model, out=tmp_path / "run")
+    threshold = activation_frequency(model, model.dataset.x_train).quantile(0.3).item()
+    report = prune_run(tmp_path / "run", threshold=threshold, out=tmp_path / "pruned")
+    kept = report["kept_units"]
+    frequency = torch.tensor(report["activation_frequency"])
+    tree = model.program.structures["T"]
+    assert 1 <= len(kept) < 31
+    # a removed unit's whole subtree was rarely active; a kept one has an active descendant or is the root
+    for unit in range(31):
+        busiest = frequency[list(tree.descendants[unit])].max()
+        assert (unit in kept) == (busiest >= threshold or unit == tree.root)
+    pruned = energydsl.load_run(tmp_path / "pruned")
+    assert pruned.params["W"].shape == (64, len(kept))
+    torch.testing.assert_close(pruned.params["W"], model.params["W"].detach()[:, kept])
+    assert pruned.program.structures["T"].size == len(kept)
+    assert rooted_fraction(pruned.infer(model.dataset.x_test), pruned.program.structures["T"]) >= 0.95
