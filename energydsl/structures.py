@@ -117,8 +117,9 @@ def balanced_tree(name: str, branching: int, depth: int) -> Structure:
 def tree_from_edges(name: str, edges: list[tuple[int, int]], root: int = 0) -> Structure:
     """A tree given by its (parent, child) edges over the nodes 0..n-1."""
     graph = nx.Graph()
-    graph.add_node(root)  # a tree of one node has no edges
     graph.add_edges_from(edges)
+    if not edges:
+        graph.add_node(root)  # a tree of one node has no edges
     return _checked_tree(name, graph, root)
 
 
