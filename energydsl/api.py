@@ -13,7 +13,7 @@ import torch
 
 from . import checkpoint
 from .analysis import structure_metrics
-from .compile import Program, compile_spec
+from .compile import Program, compile_spec, spec_dir
 from .data import Dataset, load_data
 from .errors import RunError, SpecError
 from .model import EnergyModel
@@ -45,7 +45,7 @@ def compile_program(
 
 def load_dataset(program: Program) -> Dataset:
     """The data a compiled spec names, relative to the spec's folder."""
-    base = Path(program.spec.path).parent if program.spec.path != "<spec>" else Path.cwd()
+    base = spec_dir(program.spec.path)
     call = program.data
     return load_data(call.name, call.args, dict(call.kwargs), base_dir=base)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -275,7 +276,7 @@ class _Compiler:
     def _data_info(self, data: DataCall):
         if self.data_info is not None:
             return tuple(self.data_info[0]), self.data_info[1]
-        base = _spec_dir(self.spec.path)
+        base = spec_dir(self.spec.path)
         try:
             return describe_source(data.name, data.args, dict(data.kwargs), base_dir=base)
         except DataError as error:
@@ -384,7 +385,7 @@ class _Compiler:
             return st.tree_from_edges(name, self._edges(edges), root)
         if not isinstance(path, S.String):
             raise SpecError('file = expects a path in quotes, e.g. file = "tree.gml"', path.span)
-        return st.tree_from_file(name, _spec_dir(self.spec.path) / path.value, root)
+        return st.tree_from_file(name, spec_dir(self.spec.path) / path.value, root)
 
     def _edges(self, node: S.Expr) -> list[tuple[int, int]]:
         if not isinstance(node, S.ListExpr):
@@ -595,7 +596,7 @@ class _Compiler:
             value, fn = model.recurrent(decl.value, latent.name, latent_value)
         else:
             without_latent = {k: s for k, s in self.scope.items() if k != latent.name}
-            reason = f"a plain encoder cannot read the latent it computes; write recurrent(T) {{ ... }} to iterate"
+            reason = "a plain encoder cannot read the latent it computes; write recurrent(T) { ... } to iterate"
             value, fn = ExprCompiler(without_latent, "model", unavailable={latent.name: reason}).compile(decl.value)
         if value.shape != latent.shape or not value.batched:
             raise SpecError(f"the encoder gives {value.describe()}, but '{latent.name}' is "
@@ -798,14 +799,10 @@ _EXAMPLES = {"input": "x[784]", "latent": "z[256]", "label": "y : 10 classes", "
 
 
 def _stem(path: str) -> str:
-    from pathlib import Path
-
     return Path(path).stem if path not in ("<spec>", "") else "model"
 
 
-def _spec_dir(path: str):
-    from pathlib import Path
-
+def spec_dir(path: str) -> Path:
     return Path(path).parent if path not in ("<spec>", "") else Path.cwd()
 
 

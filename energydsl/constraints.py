@@ -14,7 +14,7 @@ rows) and are then only approximately both satisfied.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

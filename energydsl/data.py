@@ -197,7 +197,7 @@ def _bundled(*parts: str) -> Traversable:
     return resource
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     """The bundled 10,000 MNIST digits as read-only (10000, 784) uint8 and (10000,) int64."""
     arrays = []
@@ -211,7 +211,7 @@ def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gray_images() -> tuple[np.ndarray, ...]:
     """The bundled grayscale photographs as read-only float64 arrays in [0, 1], by file name."""
     images = []

@@ -162,7 +162,7 @@ class GroupNorms:
         unit_bound = None if unit_bound is None else unit_bound.expand_as(result)
         lipschitz = self.lipschitz + (1.0 if l1 is not None else 0.0)
         xi, xs = self._start(result, l1 is not None)
-        previous, t = (xi, xs), 1.0
+        previous, t = (xi, xs), result.new_ones(batch, 1)
         tol = self.gap_tol if self.gap_tol is not None else (1e-14 if v.dtype == torch.float64 else 1e-7)
         for k in range(self.max_iter or 5000):
             u = result - self._units(xi) - xs
@@ -170,11 +170,16 @@ class GroupNorms:
             step_xs = xs
             if unit_bound is not None:
                 step_xs = torch.maximum(torch.minimum(xs + u / lipschitz, unit_bound), -unit_bound)
-            t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
-            momentum = (t - 1) / t_next
+            # momentum with per-sample adaptive restart (O'Donoghue & Candès), as in FISTA
+            restart = ((xi - step_xi) * (step_xi - previous[0])).sum(1, keepdim=True) + (
+                (xs - step_xs) * (step_xs - previous[1])
+            ).sum(1, keepdim=True) > 0
+            t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
+            momentum = torch.where(restart, torch.zeros_like(t), (t - 1) / t_next)
+            t = torch.where(restart, torch.ones_like(t), t_next)
             xi = step_xi + momentum * (step_xi - previous[0])
             xs = step_xs + momentum * (step_xs - previous[1])
-            previous, t = (step_xi, step_xs), t_next
+            previous = (step_xi, step_xs)
             if k % 10 == 9 and self._gap_small(result, *previous, bound, unit_bound, tol):
                 break
         self._dual = previous

@@ -87,7 +87,7 @@ def train(
     y_train = data.y_train.to(device) if data.y_train is not None and model.program.label else None
     history = []
     for phase in training.phases:
-        for epoch in range(phase.epochs):
+        for _ in range(phase.epochs):
             start = time.perf_counter()
             model.train()
             order = torch.randperm(x_train.shape[0], generator=generator).to(device)
