@@ -35,7 +35,10 @@ def prune_run(directory: str | Path, threshold: float, out: str | Path) -> dict:
         raise RunError(f"--threshold {threshold}: expected an activation frequency in [0, 1]")
     model = load_run(directory)
     meta = checkpoint.read_meta(directory)
-    name, tree = _the_tree(model)
+    try:
+        name, tree = _the_tree(model)
+    except RunError as error:
+        raise RunError(f"{directory}: {error}") from None
     frequency = activation_frequency(model, _training_samples(model, meta))
     kept = kept_units(tree, frequency, threshold)
     source = _pruned_source(model, name, tree, kept)
