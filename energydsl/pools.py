@@ -183,7 +183,10 @@ class GroupNorms:
             if k % 10 == 9 and self._gap_small(result, *previous, bound, unit_bound, tol):
                 break
         self._dual = previous
-        return (result - self._units(previous[0]) - previous[1]).to(v.dtype)
+        u = result - self._units(previous[0]) - previous[1]
+        # where the prox is exactly 0, v − Aᵀξ leaves rounding of v's size: make it 0 again
+        u = torch.where(u.abs() <= 1e-12 * result.abs().amax(dim=1, keepdim=True), torch.zeros_like(u), u)
+        return u.to(v.dtype)
 
     def _start(self, v, with_l1: bool):
         """The previous call's dual point (a warm start), if it fits this call."""
