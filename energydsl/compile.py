@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -133,7 +133,6 @@ class Program:
     terms: list[BoundTerm]
     methods: tuple[Method, ...]
     training: Training
-    scope: dict[str, Symbol] = field(repr=False, default_factory=dict)
 
     @property
     def classes(self) -> int | None:
@@ -217,7 +216,6 @@ class _Compiler:
             terms=terms,
             methods=methods,
             training=training,
-            scope=self.scope,
         )
 
     # ------------------------------------------------------------ names

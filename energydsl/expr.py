@@ -80,16 +80,16 @@ def _l2_normalize(v):
     return (flat / norm).view_as(v)
 
 
-# name → (torch function, degree rule: True when linear (degree kept), False otherwise)
-ELEMENTWISE: dict[str, tuple[Callable, bool]] = {
-    "relu": (torch.relu, False),
-    "tanh": (torch.tanh, False),
-    "sigmoid": (torch.sigmoid, False),
-    "abs": (torch.abs, False),
-    "exp": (torch.exp, False),
-    "log": (torch.log, False),
-    "sqrt": (torch.sqrt, False),
-    "softplus": (torch.nn.functional.softplus, False),
+# elementwise functions: on a tensor, and on a compile-time number
+ELEMENTWISE: dict[str, Callable] = {
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "abs": torch.abs,
+    "exp": torch.exp,
+    "log": torch.log,
+    "sqrt": torch.sqrt,
+    "softplus": torch.nn.functional.softplus,
 }
 SCALAR_MATH = {"relu": lambda a: max(a, 0.0), "tanh": math.tanh, "abs": abs, "exp": math.exp,
                "log": math.log, "sqrt": math.sqrt,
@@ -317,7 +317,7 @@ class ExprCompiler:
         slots = self.arguments(node, 1)
         self.required(node, slots, 1)
         value, fn = self.compile(slots[0])
-        torch_fn, _ = ELEMENTWISE[node.func]
+        torch_fn = ELEMENTWISE[node.func]
         if value.const is not None:
             try:
                 result = float(SCALAR_MATH[node.func](value.const))
