@@ -132,3 +132,13 @@ def test_console_script_entry_point(spec_file):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith(": ok")
+
+
+def test_quickstart_example_runs(capsys):
+    import runpy
+    from pathlib import Path
+
+    runpy.run_path(str(Path(__file__).parent.parent / "examples" / "quickstart.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    recovered = int(out.split("true atoms recovered: ")[1].split("%")[0])
+    assert recovered >= 90
