@@ -59,14 +59,6 @@ class PoolFamily:
                 owner[unit] = pool
         return None
 
-    def group_index(self, pools: list[int] | None = None) -> torch.Tensor:
-        """For disjoint pools: each unit's position in ``pools``, or len(pools) for none."""
-        pools = list(range(len(self.members))) if pools is None else pools
-        index = torch.full((self.size,), len(pools), dtype=torch.long)
-        for number, pool in enumerate(pools):
-            index[list(self.members[pool])] = number
-        return index
-
 
 class GroupNorms:
     """Σⱼ λⱼ‖aⱼ ⊙ v_{Pⱼ}‖₂ over a pool family, batched: the energy and the exact prox.
