@@ -71,7 +71,7 @@ def cmd_run(args) -> int:
             print(_format_epoch(metrics, total), flush=True)
 
     api.train(model, out=out, on_epoch=report, seed=args.seed)
-    print(f"wrote {out}/ (model.safetensors, model.json, spec.energy, metrics.jsonl, summary.json)")
+    print(f"wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))})")
     return 0
 
 
