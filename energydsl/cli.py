@@ -105,6 +105,10 @@ def describe(program: Program) -> str:
     if program.label:
         lines.append(f"  label     {program.label.name}: {program.classes} classes")
     lines.append(f"  latent    {program.latent.name}{list(program.latent.shape)}" + ("  >= 0" if program.nonneg else ""))
+    for name, structure in program.structures.items():
+        lines.append(f"  graph     {name}: {structure.kind}, {structure.size} units")
+    for name, family in program.pools.items():
+        lines.append(f"  pools     {name}: {len(family.members)} pools ({_pool_kind(family)})")
     total = 0
     for plan in program.params:
         count = math.prod(plan.shape)
@@ -123,6 +127,16 @@ def describe(program: Program) -> str:
     for phase in training.phases:
         lines.append(f"  phase     {phase.name}: {phase.epochs} epochs, terms {', '.join(phase.terms)}")
     return "\n".join(lines)
+
+
+def _pool_kind(family) -> str:
+    """How the group prox will treat these pools."""
+    if family.weights:
+        return "weighted"
+    levels = family.laminar_levels()
+    if levels is None:
+        return "overlapping"
+    return "disjoint" if len(levels) <= 1 else "nested"
 
 
 def build_parser() -> argparse.ArgumentParser:
