@@ -48,6 +48,26 @@ train
 """
 
 
+TREE_INHIBITION = """
+data synthetic(dim = 8, atoms = 15, count = 40)
+input x[8]
+latent z[15]
+graph T = tree(branching = 2, depth = 3)
+param W[8, 15]
+param S[15, 15] init tree_inhibition(T) learn fixed
+energy
+  recon   : 0.5 * sqerr(x, W @ z)
+  sparse  : 0.1 * l1(z)
+  inhibit : 0.05 * inhibition(z, S)
+infer z by ista(steps = 10)
+"""
+
+
+@pytest.fixture
+def tree_inhibition_source():
+    return TREE_INHIBITION
+
+
 @pytest.fixture
 def sparse_coding_source():
     return SPARSE_CODING

@@ -315,20 +315,8 @@ def test_make_prox_tree_group_and_l1(nonneg):
     check_prox(terms["tree"].term.norms, v, STEP * 0.15, STEP * 0.1, nonneg=nonneg, u=u)
 
 
-def test_make_prox_inhibition_threshold_and_curvature():
-    source = """
-    data synthetic(dim = 8, atoms = 15, count = 40)
-    input x[8]
-    latent z[15]
-    graph T = tree(branching = 2, depth = 3)
-    param W[8, 15]
-    param S[15, 15] init tree_inhibition(T) learn fixed
-    energy
-      recon   : 0.5 * sqerr(x, W @ z)
-      sparse  : 0.1 * l1(z)
-      inhibit : 0.05 * inhibition(z, S)
-    infer z by ista(steps = 10)
-    """
+def test_make_prox_inhibition_threshold_and_curvature(tree_inhibition_source):
+    source = tree_inhibition_source
     terms = {t.name: t for t in energydsl.compile_program(source).terms}
     S = torch.from_numpy(st.tree_inhibition(TREE)).double()
     prox, curvature = make_prox([(terms["sparse"], ()), (terms["inhibit"], (S,))], nonneg=False)

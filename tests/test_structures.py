@@ -413,20 +413,8 @@ def test_grid_inhibition_sigma_grows_with_distance():
     np.testing.assert_allclose(S, S.T)
 
 
-def test_inhibition_matrices_in_a_spec():
-    source = """
-    data synthetic(dim = 8, atoms = 15, count = 40)
-    input x[8]
-    latent z[15]
-    graph T = tree(branching = 2, depth = 3)
-    param W[8, 15]
-    param S[15, 15] init tree_inhibition(T) learn fixed
-    energy
-      recon   : 0.5 * sqerr(x, W @ z)
-      sparse  : 0.1 * l1(z)
-      inhibit : 0.01 * inhibition(z, S)
-    infer z by ista(steps = 10)
-    """
+def test_inhibition_matrices_in_a_spec(tree_inhibition_source):
+    source = tree_inhibition_source
     model = energydsl.load(source)
     expected = st.tree_inhibition(st.balanced_tree("T", 2, 3))
     np.testing.assert_array_equal(model.params["S"].detach().numpy(), expected)
