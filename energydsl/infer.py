@@ -174,9 +174,9 @@ def fista(problem: Problem, z0: torch.Tensor, steps: int, tol: float, accelerate
             y = z_next + momentum * (z_next - z)
         else:
             y = z_next
-        step = (z_next - z).norm(dim=1)
+        converged = tol > 0 and k % 5 == 4 and bool(((z_next - z).norm(dim=1) <= tol * z_next.norm(dim=1)).all())
         z = z_next
-        if tol > 0 and k % 5 == 4 and bool((step <= tol * z.norm(dim=1)).all()):
+        if converged:
             break
     return z
 
