@@ -19,9 +19,11 @@ from .errors import RunError, SpecError
 from .model import EnergyModel
 from .parser import parse, parse_file, parse_source_call
 from .spec import Spec
-from .train import evaluate
+from .train import evaluate, initial_state
 from .train import train as _train_loop
 from .viz import write_pictures
+
+DEFAULT_CHECKPOINT_EVERY = 200  # steps; a checkpoint also follows every epoch
 
 
 def read_spec(spec: str | Path) -> Spec:
@@ -84,13 +86,25 @@ def train(
     out: str | Path | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     seed: int | None = None,
+    resume: bool = False,
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
 ) -> list[dict]:
     """Train through the spec's phases; with ``out``, write a run directory as it goes.
 
-    Returns one metrics dict per epoch.
+    The run directory's checkpoint is rewritten every ``checkpoint_every`` steps
+    (0: only after each epoch), after every epoch and on Ctrl-C; ``resume=True``
+    continues from it.  Returns one metrics dict per epoch.
     """
     dataset = _dataset_for(model, data)
-    writer = _RunWriter(Path(out), model) if out is not None else None
+    if out is None and resume:
+        raise RunError("resume needs the run directory to resume (out=...)")
+    state = initial_state(model, seed)
+    writer = None
+    if out is not None:
+        writer = _RunWriter(Path(out), model)
+        if resume:
+            checkpoint.load_state(writer.directory, model, state, writer.source)
+        writer.start(state.history)
 
     def each_epoch(metrics: dict) -> None:
         if writer is not None:
@@ -98,7 +112,8 @@ def train(
         if on_epoch is not None:
             on_epoch(metrics)
 
-    history = _train_loop(model, dataset, on_epoch=each_epoch, seed=seed)
+    history = _train_loop(model, dataset, on_epoch=each_epoch, state=state, checkpoint_every=checkpoint_every,
+                          on_checkpoint=writer.checkpoint if writer else None)  # fmt: skip
     if writer is not None:
         test_x = dataset.x_test if dataset.x_test.shape[0] else dataset.x_train
         final = {**evaluate(model, dataset), **structure_metrics(model, test_x)}
@@ -119,7 +134,7 @@ def _dataset_for(model: EnergyModel, data) -> Dataset:
 
 
 class _RunWriter:
-    """Keeps a run directory current: model and metrics after every epoch."""
+    """Keeps a run directory current: metrics and model after every epoch, the checkpoint as asked."""
 
     def __init__(self, directory: Path, model: EnergyModel):
         self.directory = directory
@@ -127,21 +142,30 @@ class _RunWriter:
         overrides = getattr(model, "overrides", {})
         self.source = checkpoint.resolved_source(model.program, overrides, getattr(model, "data_text", None))
         self.lines: list[str] = []
-        directory.mkdir(parents=True, exist_ok=True)
-        checkpoint.save_model(directory, model, self.source)
+
+    def start(self, history: list[dict]) -> None:
+        """Begin (or, resuming, continue) with the epochs already done."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.lines = [json.dumps(metrics, sort_keys=True) for metrics in history]
+        self._write_metrics()
+        checkpoint.save_model(self.directory, self.model, self.source)
 
     def epoch(self, metrics: dict) -> None:
         self.lines.append(json.dumps(metrics, sort_keys=True))
-        checkpoint.atomic_write(self.directory / checkpoint.METRICS_FILE, ("\n".join(self.lines) + "\n").encode())
+        self._write_metrics()
         checkpoint.save_model(self.directory, self.model, self.source)
 
+    def checkpoint(self, state) -> None:
+        checkpoint.save_state(self.directory, self.model, state, self.source)
+
+    def _write_metrics(self) -> None:
+        text = "".join(line + "\n" for line in self.lines)
+        checkpoint.atomic_write(self.directory / checkpoint.METRICS_FILE, text.encode())
+
     def finish(self, history: list[dict], final: dict) -> None:
-        checkpoint.save_model(self.directory, self.model, self.source)
         summary = {"spec": self.model.name, "epochs": len(history), **final}
         summary["seconds"] = round(sum(m["seconds"] for m in history), 3)
         checkpoint.atomic_write_json(self.directory / checkpoint.SUMMARY_FILE, summary)
-        if not history:
-            checkpoint.atomic_write(self.directory / checkpoint.METRICS_FILE, b"")
         write_pictures(self.model, self.directory)
 
 

@@ -5,7 +5,10 @@ A run directory holds
 - ``spec.energy``: the spec as it ran, with ``--set`` values and ``--data`` written in;
 - ``model.safetensors``: the parameters, named exactly as in the spec;
 - ``model.json``: the sidecar — spec source and hash, constants, data, shapes, versions;
-- ``metrics.jsonl``: one line per epoch; ``summary.json``: the final metrics.
+- ``metrics.jsonl``: one line per epoch; ``summary.json``: the final metrics;
+- ``checkpoint.safetensors``: the training state to resume from — parameters,
+  optimizer state, random generators, position in the data — in ONE file, so
+  that a crash can never pair parameters with the optimizer state of another step.
 
 Every file is written atomically (temporary file, flush, fsync, rename), so a run
 directory never holds a half-written file.  Nothing here uses pickle.
@@ -21,6 +24,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+import safetensors
 import safetensors.torch
 import torch
 
@@ -33,6 +37,7 @@ MODEL_FILE = "model.safetensors"
 META_FILE = "model.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT = 1
 
 
@@ -98,7 +103,7 @@ def save_model(directory: Path, model, source: str) -> None:
         "spec_name": program.name,
         "spec_path": program.spec.path,
         "spec_source": source,
-        "spec_sha256": hashlib.sha256(source.encode()).hexdigest(),
+        "spec_sha256": _sha256(source),
         "constants": program.constants,
         "data": program.data.text(),
         "sample_shape": list(program.sample_shape),
@@ -128,7 +133,7 @@ def read_meta(directory: Path) -> dict:
 def load_tensors(directory: Path, program: Program, meta: dict) -> dict[str, torch.Tensor]:
     """The saved parameters, checked against the spec they are meant for."""
     path = directory / MODEL_FILE
-    if hashlib.sha256(meta["spec_source"].encode()).hexdigest() != meta.get("spec_sha256"):
+    if _sha256(meta["spec_source"]) != meta.get("spec_sha256"):
         raise RunError(f"{directory / META_FILE}: the spec source does not match its recorded hash")
     try:
         tensors = safetensors.torch.load_file(str(path))
@@ -144,3 +149,88 @@ def load_tensors(directory: Path, program: Program, meta: dict) -> dict[str, tor
             raise RunError(f"{path}: parameter {name} has shape {list(tensors[name].shape)}, "
                            f"the spec declares {list(shape)}")  # fmt: skip
     return tensors
+
+
+# ---------------------------------------------------------------- training state
+
+
+def save_state(directory: Path, model, state, source: str) -> None:
+    """The loop's whole state (see :class:`energydsl.train.LoopState`) as one safetensors file.
+
+    Tensors go in the tensor section; counters, history and optimizer
+    hyper-parameters in the header's JSON metadata.
+    """
+    tensors = {f"param/{name}": p.detach().cpu().contiguous() for name, p in model.params.items()}
+    tensors["rng/order"] = state.generator.get_state()
+    tensors["rng/torch"] = torch.get_rng_state()
+    if state.order is not None:
+        tensors["order"] = state.order.cpu()
+    optimizers = {}
+    for direction in ("descent", "ascent"):
+        optimizer = getattr(state.optimizers, direction)
+        if optimizer is not None:
+            optimizers[direction] = _optimizer_state(optimizer.state_dict(), f"optim/{direction}", tensors)
+    position = {"step": state.step, "epoch": state.epoch, "batch": state.batch, "history": state.history,
+                "optimizers": optimizers}  # fmt: skip
+    metadata = {"format": str(FORMAT), "spec_sha256": _sha256(source), "state": json.dumps(position)}
+    atomic_write(directory / CHECKPOINT_FILE, safetensors.torch.save(tensors, metadata=metadata))
+
+
+def _optimizer_state(state_dict: dict, prefix: str, tensors: dict) -> dict:
+    """An optimizer's state_dict with its tensors moved into ``tensors``."""
+    per_param = {}
+    for index, entries in state_dict["state"].items():
+        plain = {}
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{prefix}/{index}/{key}"] = value.detach().cpu().contiguous()
+            else:
+                plain[key] = value
+        per_param[str(index)] = plain
+    return {"state": per_param, "param_groups": state_dict["param_groups"]}
+
+
+def load_state(directory: Path, model, state, source: str) -> None:
+    """Restore a checkpoint into ``model`` and the fresh loop ``state``, in place.
+
+    Refuses a checkpoint written for a different spec (or other ``--set``/``--data``).
+    """
+    path = directory / CHECKPOINT_FILE
+    if not path.is_file():
+        raise RunError(f"{directory}: nothing to resume ({CHECKPOINT_FILE} is missing)")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        position = json.loads(metadata["state"])
+    except (OSError, KeyError, ValueError, safetensors.SafetensorError) as error:
+        raise RunError(f"{path}: unreadable checkpoint ({error})") from None
+    if metadata.get("format") != str(FORMAT):
+        raise RunError(f"{path}: unknown format {metadata.get('format')!r} (this energydsl reads {FORMAT})")
+    if metadata.get("spec_sha256") != _sha256(source):
+        raise RunError(f"{path}: written for a different spec (or other --set/--data values); "
+                       f"resume with the spec as it ran: {directory / SPEC_FILE}")  # fmt: skip
+    with torch.no_grad():
+        for name, p in model.params.items():
+            p.copy_(tensors[f"param/{name}"])
+    for direction, saved in position["optimizers"].items():
+        getattr(state.optimizers, direction).load_state_dict(_restored(saved, f"optim/{direction}", tensors))
+    state.generator.set_state(tensors["rng/order"])
+    torch.set_rng_state(tensors["rng/torch"])
+    state.order = tensors.get("order")
+    state.step, state.epoch, state.batch = position["step"], position["epoch"], position["batch"]
+    state.history = position["history"]
+
+
+def _restored(saved: dict, prefix: str, tensors: dict) -> dict:
+    per_param = {}
+    for index, plain in saved["state"].items():
+        entries = dict(plain)
+        marker = f"{prefix}/{index}/"
+        entries.update({key[len(marker) :]: t for key, t in tensors.items() if key.startswith(marker)})
+        per_param[int(index)] = entries
+    return {"state": per_param, "param_groups": saved["param_groups"]}
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()

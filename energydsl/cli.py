@@ -16,7 +16,10 @@ import torch
 
 from . import __version__, api
 from .compile import Program
+from .checkpoint import CHECKPOINT_FILE
 from .errors import UserError
+from .errors import NumericalError
+from .train import Interrupted
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -62,6 +65,8 @@ def _format_epoch(metrics: dict, total: int) -> str:
 
 def cmd_run(args) -> int:
     overrides = _overrides(args.set)
+    if args.checkpoint_every < 0:
+        raise UserError(f"--checkpoint-every {args.checkpoint_every}: expected a number of steps >= 0")
     model = api.load(args.spec, overrides, data=args.data, device=_device(args.device), seed=args.seed)
     out = Path(args.out) if args.out else Path("runs") / model.name
     total = sum(phase.epochs for phase in model.program.training.phases)
@@ -70,7 +75,16 @@ def cmd_run(args) -> int:
         if not args.quiet:
             print(_format_epoch(metrics, total), flush=True)
 
-    api.train(model, out=out, on_epoch=report, seed=args.seed)
+    resume_hint = f"resume with: energydsl run {args.spec} --resume --out {out}" + "".join(
+        f" --set {pair}" for pair in args.set) + (f" --data '{args.data}'" if args.data else "")  # fmt: skip
+    try:
+        api.train(model, out=out, on_epoch=report, seed=args.seed, resume=args.resume,
+                  checkpoint_every=args.checkpoint_every)  # fmt: skip
+    except Interrupted as stop:
+        print(f"interrupted after step {stop.step}; saved {out / CHECKPOINT_FILE}\n{resume_hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except NumericalError as error:
+        raise NumericalError(f"{error}; the last good checkpoint is in {out}/") from None
     print(f"wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))})")
     return 0
 
@@ -152,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="override the spec's seed")
     run.add_argument("--device", help="cpu, cuda or cuda:N (default: cpu)")
     run.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    run.add_argument("--checkpoint-every", type=int, default=api.DEFAULT_CHECKPOINT_EVERY, metavar="STEPS",
+                     help="write the training checkpoint every STEPS steps (0: after each epoch only; "
+                          f"default {api.DEFAULT_CHECKPOINT_EVERY})")  # fmt: skip
     run.set_defaults(handler=cmd_run)
 
     check = commands.add_parser("check", help="validate specs and print what they compile to")

@@ -29,6 +29,11 @@ class Span(BaseModel):
     end_column: int
 
 
+# Where a mistake in the spec as a whole is reported (no data, no latent, an empty
+# file): line 1, column 1, with no source excerpt.
+WHOLE_SPEC = Span(line=1, column=1, end_line=1, end_column=1)
+
+
 class UserError(Exception):
     """Any mistake of the user's: a spec, a flag, a data file, a run directory.
 
@@ -41,6 +46,10 @@ class UserError(Exception):
 
 class RunError(UserError):
     """A run directory that is missing, incomplete or from another spec."""
+
+
+class NumericalError(RunError):
+    """The energy or a parameter stopped being finite; the run stops before saving it."""
 
 
 class SpecError(UserError):
@@ -87,9 +96,9 @@ class SpecError(UserError):
     def render(self) -> str:
         """The message, the offending source line and a caret under the culprit."""
         lines = [str(self)]
-        if self.span is None or not self.source:
+        if self.span is None or self.span == WHOLE_SPEC or not self.source:
             return lines[0]
-        source_lines = self.source.splitlines()
+        source_lines = self.source.split("\n")  # as lark counts lines: not at form feeds or U+2028
         if not 1 <= self.span.line <= len(source_lines):
             return lines[0]
         text = source_lines[self.span.line - 1].expandtabs(1)

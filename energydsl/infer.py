@@ -8,12 +8,14 @@ size and momentum; nothing runs in Python per sample.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from .compile import BoundTerm
+from .errors import NumericalError
 from .terms import GroupTerm, SeparableTerm
 
 # Power iteration is exact for the top eigenvalue only in the limit; the step
@@ -131,9 +133,12 @@ def affine_gradient(problem: Problem, z: torch.Tensor) -> tuple[torch.Tensor, to
 
 def largest_eigenvalue(H: torch.Tensor) -> torch.Tensor:
     """λ_max of a symmetric matrix: exact below a few thousand units, else power iteration."""
+    if not bool(H.isfinite().all()):
+        return H.new_tensor(math.inf)
     if H.shape[0] <= 2048:
         return torch.linalg.eigvalsh(H.double())[-1].to(H.dtype)
-    v = torch.randn(H.shape[0], dtype=H.dtype, device=H.device)
+    generator = torch.Generator(device="cpu").manual_seed(0)  # deterministic: resumed runs match
+    v = torch.randn(H.shape[0], generator=generator, dtype=H.dtype).to(H.device)
     for _ in range(100):
         v = H @ v
         v = v / v.norm().clamp_min(1e-30)
@@ -158,6 +163,8 @@ def fista(problem: Problem, z0: torch.Tensor, steps: int, tol: float, accelerate
     else:
         L = lipschitz(problem, z) * SAFETY
     L = (L + problem.curvature).clamp_min(1e-12)
+    if not bool(L.isfinite().all()):
+        raise NumericalError("the smooth terms' curvature is not finite (a parameter has grown too large)")
     for k in range(steps):
         if affine is not None:
             grad = torch.addmm(c, y, H)

@@ -8,13 +8,18 @@ project every parameter onto its constraints.  Phases switch terms on and off.
 
 from __future__ import annotations
 
+import math
+import signal
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 
 from .data import Dataset
+from .errors import NumericalError
 from .model import EnergyModel
 
 EVAL_BATCH = 1024
@@ -58,17 +63,72 @@ def _optimizer(training, groups: list[dict], maximize: bool):
     return torch.optim.Adam(groups, lr=training.lr, betas=betas, maximize=maximize, **options)
 
 
+class Interrupted(Exception):
+    """Ctrl-C during training, raised after the loop saved its state."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted at step {step}")
+        self.step = step
+
+
+@dataclass
+class LoopState:
+    """Everything the loop needs to continue exactly where it stopped.
+
+    ``order`` is the current epoch's sample order, kept so that a resumed epoch
+    visits the remaining batches in the same order.
+    """
+
+    generator: torch.Generator
+    optimizers: Optimizers
+    history: list[dict] = field(default_factory=list)
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # epochs finished
+    batch: int = 0  # batches finished in the current epoch
+    order: torch.Tensor | None = None
+
+
+def initial_state(model: EnergyModel, seed: int | None = None) -> LoopState:
+    training = model.program.training
+    generator = torch.Generator().manual_seed(training.seed if seed is None else seed)
+    return LoopState(generator, make_optimizers(model))
+
+
 def train_step(model: EnergyModel, optimizers: Optimizers, x, y, terms) -> float:
-    """One minibatch of the generic loop; returns the batch's mean energy."""
+    """One minibatch of the generic loop; returns the batch's mean energy.
+
+    A non-finite energy stops before the parameters move; a parameter that the
+    step made non-finite stops right after (the caller keeps the last checkpoint).
+    """
     xp = model.preprocess(x)
     by_encoder = all(m.kind == "encoder" for m in model.program.methods)
     z = model._infer(xp, y, terms, differentiable=by_encoder)
     loss = model._energy_of(xp, z, y, terms).mean()
+    value = loss.item()
+    if not math.isfinite(value):
+        raise NumericalError(f"the energy is {value}: {_nonfinite_terms(model, xp, z, y, terms)}")
     optimizers.zero_grad()
     loss.backward()
     optimizers.step()
     model.project_()
-    return loss.item()
+    broken = [name for name, p in model.params.items() if not bool(p.isfinite().all())]
+    if broken:
+        raise NumericalError(f"parameter {', '.join(broken)} became non-finite (nan or inf)")
+    return value
+
+
+@torch.no_grad()
+def _nonfinite_terms(model: EnergyModel, xp, z, y, terms) -> str:
+    if not bool(z.isfinite().all()):
+        return f"the inferred {model.program.latent.name} holds nan or inf"
+    env = model._env(xp, z, y, detach=True)
+    names = [t.name for t in model._active(terms, y is not None) if not bool(t.energy(env).isfinite().all())]
+    return f"term {', '.join(repr(n) for n in names)} is not finite" if names else "the terms' sum overflows"
+
+
+def epoch_phases(model: EnergyModel) -> list:
+    """The phase of every epoch, in order."""
+    return [phase for phase in model.program.training.phases for _ in range(phase.epochs)]
 
 
 def train(
@@ -76,29 +136,81 @@ def train(
     data: Dataset,
     *,
     on_epoch: Callable[[dict], None] | None = None,
+    on_checkpoint: Callable[[LoopState], None] | None = None,
+    checkpoint_every: int = 0,
     seed: int | None = None,
+    state: LoopState | None = None,
 ) -> list[dict]:
-    """Train ``model`` on ``data`` through the spec's phases; returns one metrics dict per epoch."""
+    """Train ``model`` on ``data`` through the spec's phases; returns one metrics dict per epoch.
+
+    ``on_checkpoint(state)`` is called every ``checkpoint_every`` steps, after every
+    epoch and on Ctrl-C (which then raises :class:`Interrupted`).  Passing the
+    ``state`` of a checkpoint continues that run: on CPU the result is bitwise the
+    same as a run that was never interrupted.
+    """
     training = model.program.training
-    generator = torch.Generator().manual_seed(training.seed if seed is None else seed)
-    optimizers = make_optimizers(model)
+    state = state if state is not None else initial_state(model, seed)
+    save = on_checkpoint or (lambda _state: None)
     device = model.device
     x_train = data.x_train.to(device)
     y_train = data.y_train.to(device) if data.y_train is not None and model.program.label else None
-    history = []
-    for phase in training.phases:
-        for _ in range(phase.epochs):
+    phases = epoch_phases(model)
+    with _deferred_interrupts() as interrupted:
+        while state.epoch < len(phases):
+            phase = phases[state.epoch]
             start = time.perf_counter()
             model.train()
-            order = torch.randperm(x_train.shape[0], generator=generator).to(device)
-            for batch in order.split(training.batch):
-                train_step(model, optimizers, x_train[batch], None if y_train is None else y_train[batch], phase.terms)
-            metrics = {"phase": phase.name, "epoch": len(history) + 1, **evaluate(model, data)}
+            if state.order is None:
+                state.order = torch.randperm(x_train.shape[0], generator=state.generator)
+            batches = state.order.to(device).split(training.batch)
+            for batch in batches[state.batch :]:
+                try:
+                    train_step(model, state.optimizers, x_train[batch], None if y_train is None else y_train[batch],
+                               phase.terms)  # fmt: skip
+                except NumericalError as error:
+                    raise NumericalError(f"step {state.step + 1} (epoch {state.epoch + 1}, phase {phase.name}): "
+                                         f"{error}") from None  # fmt: skip
+                state.step += 1
+                state.batch += 1
+                if interrupted():
+                    save(state)
+                    raise Interrupted(state.step)
+                if checkpoint_every and state.step % checkpoint_every == 0:
+                    save(state)
+            metrics = {"phase": phase.name, "epoch": state.epoch + 1, **evaluate(model, data)}
             metrics["seconds"] = round(time.perf_counter() - start, 3)
-            history.append(metrics)
+            state.history.append(metrics)
+            state.epoch, state.batch, state.order = state.epoch + 1, 0, None
             if on_epoch is not None:
                 on_epoch(metrics)
-    return history
+            save(state)
+    return state.history
+
+
+@contextmanager
+def _deferred_interrupts():
+    """Turn the first Ctrl-C into a flag the loop checks between steps.
+
+    A step interrupted half-way would leave parameters and optimizer state out
+    of step with each other; the loop instead finishes the step, saves and
+    stops.  A second Ctrl-C interrupts at once.  (Signals can only be handled
+    in the main thread; elsewhere Ctrl-C behaves as usual.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    pressed = []
+
+    def handler(signum, frame):
+        if pressed:
+            raise KeyboardInterrupt
+        pressed.append(signum)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(pressed)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @torch.no_grad()

@@ -23,7 +23,8 @@ def test_run_writes_the_run_directory(spec_file, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", str(spec_file), "--out", str(out), "--set", "lam=0.02"]) == 0
     assert {p.name for p in out.iterdir()} == {
-        "spec.energy", "model.safetensors", "model.json", "metrics.jsonl", "summary.json", "filters.png"
+        "spec.energy", "model.safetensors", "model.json", "metrics.jsonl", "summary.json", "filters.png",
+        "checkpoint.safetensors",
     }  # fmt: skip
     tensors = safetensors.torch.load_file(str(out / "model.safetensors"))
     assert set(tensors) == {"D", "E", "S", "b", "C"}
@@ -84,6 +85,7 @@ def test_check_prints_a_summary(spec_file, capsys):
         (["run", "{spec}", "--data", "mnist(count = -3)"], "count"),
         (["run", "{spec}", "--data", "file(\"nope.npz\")"], "nope.npz"),
         (["run", "{spec}", "--device", "tpu9"], "--device tpu9: expected cpu, cuda or cuda:N"),
+        (["run", "{spec}", "--checkpoint-every", "-5"], "--checkpoint-every -5: expected a number of steps >= 0"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_clear_line(spec_file, capsys, argv, message):
