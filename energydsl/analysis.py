@@ -4,9 +4,16 @@
   ancestors), and which share of co-active unit pairs lie on one branch.
 - On a map (grid, torus): how much more alike the decoder columns of neighbouring
   units are than those of random pairs (a topographic map).
+- With an encoder and a decoder (DrSAE): the angle between each unit's encoder row
+  and decoder column, which splits units into *part* units (< 0.5 rad: the encoder
+  matches the decoder, as in ISTA) and *categorical* units (> 0.7 rad), with the
+  classifier weight each group carries (Rolfe & LeCun 2013, section 4).
+- For every spec: how often each unit is active, and how many units each sample uses.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -46,44 +53,102 @@ def neighbour_cosine_ratio(decoder: torch.Tensor, structure: Structure) -> float
     return float(neighbours / cosine[off_diagonal].mean())
 
 
+PART_BELOW, CATEGORICAL_ABOVE = 0.5, 0.7  # radians, the paper's thresholds
+
+
 def decoder_name(model: EnergyModel) -> str | None:
     """The parameter W of the reconstruction term ``sqerr(x, W @ z)``, if there is one."""
-    program = model.program
-    recon = program.reconstruction
+    recon = model.program.reconstruction
     if recon is None:
         return None
-    decl = next(t for t in program.spec.energy if t.name.name == recon.name)
+    decl = next(t for t in model.program.spec.energy if t.name.name == recon.name)
+    return _matmul_parameter(model, [decl.value], model.program.latent.name)
+
+
+def encoder_name(model: EnergyModel) -> str | None:
+    """The parameter E of ``E @ x`` in the encoder, when it maps inputs to latent units."""
+    shape = (model.program.latent.shape[0], math.prod(model.program.input.shape))
+    name = _matmul_parameter(model, [d.value for d in model.program.spec.encoders], model.program.input.name)
+    return name if name is not None and tuple(model.params[name].shape) == shape else None
+
+
+def classifier_name(model: EnergyModel) -> str | None:
+    """The parameter C of the classifier's logits ``C @ f(z)``, if there is one."""
+    term = model.program.classifier
+    if term is None:
+        return None
+    decl = next(t for t in model.program.spec.energy if t.name.name == term.name)
     for node in _walk(decl.value):
         if isinstance(node, S.BinOp) and node.op == "@" and isinstance(node.left, S.Name):
-            right = node.right
-            if isinstance(right, S.Name) and right.id == program.latent.name and node.left.id in model.params:
+            if node.left.id in model.params and model.params[node.left.id].dim() == 2:
                 return node.left.id
+    return None
+
+
+def _matmul_parameter(model: EnergyModel, roots, operand: str) -> str | None:
+    """The first parameter P in ``P @ operand`` under the expressions ``roots``."""
+    for root in roots:
+        for node in _walk(root):
+            if isinstance(node, S.BinOp) and node.op == "@" and isinstance(node.left, S.Name):
+                right = node.right
+                if isinstance(right, S.Name) and right.id == operand and node.left.id in model.params:
+                    return node.left.id
     return None
 
 
 def _walk(node):
     yield node
-    for child in (getattr(node, f, None) for f in ("left", "right", "operand")):
+    for child in (getattr(node, f, None) for f in ("left", "right", "operand", "body")):
         if child is not None:
             yield from _walk(child)
     for child in getattr(node, "args", ()):
         yield from _walk(child)
 
 
+def unit_angles(model: EnergyModel) -> torch.Tensor | None:
+    """Per unit, the angle in radians between its encoder row and its decoder column."""
+    encoder, decoder = encoder_name(model), decoder_name(model)
+    if encoder is None or decoder is None:
+        return None
+    rows = model.params[encoder].detach().double()
+    columns = model.params[decoder].detach().double().T
+    cosine = (rows * columns).sum(dim=1) / (rows.norm(dim=1) * columns.norm(dim=1)).clamp_min(1e-30)
+    return torch.arccos(cosine.clamp(-1, 1))
+
+
+def unit_kinds(model: EnergyModel) -> dict[str, float]:
+    """Counts of part and categorical units, and each group's mean classifier column norm."""
+    angles = unit_angles(model)
+    if angles is None:
+        return {}
+    groups = {"part": angles < PART_BELOW, "categorical": angles > CATEGORICAL_ABOVE}
+    metrics = {f"units.{kind}": int(mask.sum()) for kind, mask in groups.items()}
+    classifier = classifier_name(model)
+    if classifier is not None:
+        norms = model.params[classifier].detach().double().norm(dim=0)
+        for kind, mask in groups.items():
+            metrics[f"units.{kind}_classifier_norm"] = round(float(norms[mask].mean()), 6) if mask.any() else 0.0
+    return metrics
+
+
 @torch.no_grad()
-def structure_metrics(model: EnergyModel, x: torch.Tensor) -> dict[str, float]:
-    """The measurements above for every structure of the spec, on samples ``x``."""
+def infer_all(model: EnergyModel, x: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+    """The inferred codes of ``x``, a batch at a time."""
+    return torch.cat([model.infer(x[start : start + batch]) for start in range(0, x.shape[0], batch)])
+
+
+def run_metrics(model: EnergyModel, z: torch.Tensor) -> dict[str, float]:
+    """Everything above that applies to this spec, from the codes ``z`` of held-out samples."""
     metrics: dict[str, float] = {}
-    structures = model.program.structures
-    if not structures:
-        return metrics
-    z = model.infer(x)
     decoder = decoder_name(model)
-    for name, structure in structures.items():
+    for name, structure in model.program.structures.items():
         if structure.kind == "tree":
             metrics[f"{name}.rooted_fraction"] = round(rooted_fraction(z, structure), 6)
             metrics[f"{name}.related_coactive_share"] = round(related_coactive_share(z, structure), 6)
         elif decoder is not None:
             ratio = neighbour_cosine_ratio(model.params[decoder], structure)
             metrics[f"{name}.neighbour_cosine_ratio"] = round(ratio, 6)
+    frequency = (z != 0).double().mean(dim=0)
+    metrics["units.dead"] = int((frequency == 0).sum())
+    metrics.update(unit_kinds(model))
     return metrics

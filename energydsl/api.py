@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint
-from .analysis import structure_metrics
+from .analysis import infer_all, run_metrics
 from .compile import Program, compile_spec, spec_dir
 from .data import Dataset, load_data
 from .errors import RunError, SpecError
@@ -21,9 +21,11 @@ from .parser import parse, parse_file, parse_source_call
 from .spec import Spec
 from .train import evaluate, initial_state
 from .train import train as _train_loop
+from .report import REPORT_FILE, write_report
 from .viz import write_pictures
 
 DEFAULT_CHECKPOINT_EVERY = 200  # steps; a checkpoint also follows every epoch
+ANALYSIS_SAMPLES = 4096  # held-out samples whose codes feed the analyses and pictures
 
 
 def read_spec(spec: str | Path) -> Spec:
@@ -45,10 +47,10 @@ def compile_program(
     return compile_spec(parsed, set, data_node, data_info)
 
 
-def load_dataset(program: Program) -> Dataset:
-    """The data a compiled spec names, relative to the spec's folder."""
-    base = spec_dir(program.spec.path)
+def load_dataset(program: Program, base_dir: Path | None = None) -> Dataset:
+    """The data a compiled spec names; file paths are relative to ``base_dir`` (default: the spec's folder)."""
     call = program.data
+    base = base_dir if base_dir is not None else spec_dir(program.spec.path)
     return load_data(call.name, call.args, dict(call.kwargs), base_dir=base)
 
 
@@ -85,6 +87,7 @@ def train(
     *,
     out: str | Path | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
     seed: int | None = None,
     resume: bool = False,
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
@@ -93,7 +96,8 @@ def train(
 
     The run directory's checkpoint is rewritten every ``checkpoint_every`` steps
     (0: only after each epoch), after every epoch and on Ctrl-C; ``resume=True``
-    continues from it.  Returns one metrics dict per epoch.
+    continues from it.  ``on_step(done, total, energy)`` follows every step.
+    Returns one metrics dict per epoch.
     """
     dataset = _dataset_for(model, data)
     if out is None and resume:
@@ -112,13 +116,25 @@ def train(
         if on_epoch is not None:
             on_epoch(metrics)
 
-    history = _train_loop(model, dataset, on_epoch=each_epoch, state=state, checkpoint_every=checkpoint_every,
-                          on_checkpoint=writer.checkpoint if writer else None)  # fmt: skip
+    history = _train_loop(model, dataset, on_epoch=each_epoch, on_step=on_step, state=state,
+                          checkpoint_every=checkpoint_every, on_checkpoint=writer.checkpoint if writer else None)  # fmt: skip
     if writer is not None:
-        test_x = dataset.x_test if dataset.x_test.shape[0] else dataset.x_train
-        final = {**evaluate(model, dataset), **structure_metrics(model, test_x)}
-        writer.finish(history, final)
+        summary = {"spec": model.name, "epochs": len(history), **_final_metrics(model, dataset, writer.directory,
+                                                                               history, writer.source)}  # fmt: skip
+        summary["seconds"] = round(sum(m["seconds"] for m in history), 3)
+        checkpoint.atomic_write_json(writer.directory / checkpoint.SUMMARY_FILE, summary)
     return history
+
+
+def _final_metrics(model: EnergyModel, dataset: Dataset, directory: Path | None, history, source) -> dict:
+    """Held-out metrics and analyses; with a directory, also its pictures and report.html."""
+    held_out = dataset.x_test if dataset.x_test.shape[0] else dataset.x_train
+    z = infer_all(model, held_out[:ANALYSIS_SAMPLES].to(model.device))
+    metrics = {**evaluate(model, dataset), **run_metrics(model, z)}
+    if directory is not None:
+        pictures = write_pictures(model, directory, history, z)
+        write_report(directory, {"spec": model.name, **metrics}, history, pictures, source)
+    return metrics
 
 
 def _dataset_for(model: EnergyModel, data) -> Dataset:
@@ -162,12 +178,6 @@ class _RunWriter:
         text = "".join(line + "\n" for line in self.lines)
         checkpoint.atomic_write(self.directory / checkpoint.METRICS_FILE, text.encode())
 
-    def finish(self, history: list[dict], final: dict) -> None:
-        summary = {"spec": self.model.name, "epochs": len(history), **final}
-        summary["seconds"] = round(sum(m["seconds"] for m in history), 3)
-        checkpoint.atomic_write_json(self.directory / checkpoint.SUMMARY_FILE, summary)
-        write_pictures(self.model, self.directory)
-
 
 def load_run(directory: str | Path, device: str | torch.device | None = None) -> EnergyModel:
     """The trained model of a run directory, without its data and without retraining."""
@@ -186,3 +196,30 @@ def load_run(directory: str | Path, device: str | torch.device | None = None) ->
             model.params[name].copy_(tensor)
     return model.to(device) if device is not None else model
 
+
+
+def run_dataset(directory: str | Path, model: EnergyModel | None = None) -> Dataset:
+    """The data a run trained on, as its saved spec names it.
+
+    A data file's relative path is read from the folder of the spec the run started from.
+    """
+    model = model if model is not None else load_run(directory)
+    meta = checkpoint.read_meta(Path(directory))
+    return load_dataset(model.program, spec_dir(meta["spec_path"]))
+
+
+def evaluate_run(directory: str | Path) -> dict:
+    """The held-out metrics of a trained run, without retraining (``energydsl eval``)."""
+    model = load_run(directory)
+    return _final_metrics(model, run_dataset(directory, model), None, None, None)
+
+
+def plot_run(directory: str | Path) -> list[Path]:
+    """Rewrite a run's pictures and report.html (``energydsl plot``); returns the files written."""
+    directory = Path(directory)
+    model = load_run(directory)
+    metrics_file = directory / checkpoint.METRICS_FILE
+    history = [json.loads(line) for line in metrics_file.read_text().splitlines() if line] if metrics_file.exists() else []
+    source = checkpoint.read_meta(directory)["spec_source"]
+    _final_metrics(model, run_dataset(directory, model), directory, history, source)
+    return sorted(directory.glob("*.png")) + [directory / REPORT_FILE]

@@ -7,6 +7,7 @@ the source line and a caret) and exit 2; they never show a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import signal
 import sys
@@ -19,6 +20,8 @@ from .compile import Program
 from .checkpoint import CHECKPOINT_FILE
 from .errors import UserError
 from .errors import NumericalError
+from .progress import ConsoleProgress, TensorBoardLog
+from .report import REPORT_FILE
 from .train import Interrupted
 
 EXIT_USER_ERROR = 2
@@ -52,40 +55,58 @@ def _device(name: str | None) -> torch.device | None:
     return device
 
 
-def _format_epoch(metrics: dict, total: int) -> str:
-    parts = [f"epoch {metrics['epoch']}/{total} [{metrics['phase']}]", f"energy {metrics['energy']:.4g}"]
-    parts += [f"{key[5:]} {value:.4g}" for key, value in metrics.items() if key.startswith("term.")]
-    parts.append(f"L0 {metrics['l0']:.3g}")
-    for key in ("recon_error", "test_error"):
-        if key in metrics:
-            parts.append(f"{key} {metrics[key]:.4g}")
-    parts.append(f"({metrics['seconds']:.1f} s)")
-    return "  ".join(parts)
-
-
 def cmd_run(args) -> int:
     overrides = _overrides(args.set)
     if args.checkpoint_every < 0:
         raise UserError(f"--checkpoint-every {args.checkpoint_every}: expected a number of steps >= 0")
     model = api.load(args.spec, overrides, data=args.data, device=_device(args.device), seed=args.seed)
     out = Path(args.out) if args.out else Path("runs") / model.name
-    total = sum(phase.epochs for phase in model.program.training.phases)
-
-    def report(metrics: dict) -> None:
-        if not args.quiet:
-            print(_format_epoch(metrics, total), flush=True)
-
+    epochs = sum(phase.epochs for phase in model.program.training.phases)
+    reporters = [ConsoleProgress(epochs, quiet=args.quiet)]
+    if args.tensorboard:
+        reporters.append(TensorBoardLog(out / "tensorboard"))
     resume_hint = f"resume with: energydsl run {args.spec} --resume --out {out}" + "".join(
         f" --set {pair}" for pair in args.set) + (f" --data '{args.data}'" if args.data else "")  # fmt: skip
+
+    def on_step(done: int, total: int, energy: float) -> None:
+        for reporter in reporters:
+            reporter.step(done, total, energy)
+
+    def on_epoch(metrics: dict) -> None:
+        for reporter in reporters:
+            reporter.epoch(metrics)
+
     try:
-        api.train(model, out=out, on_epoch=report, seed=args.seed, resume=args.resume,
-                  checkpoint_every=args.checkpoint_every)  # fmt: skip
+        with reporters[0]:
+            api.train(model, out=out, seed=args.seed, resume=args.resume, checkpoint_every=args.checkpoint_every,
+                      on_epoch=on_epoch, on_step=on_step)  # fmt: skip
     except Interrupted as stop:
         print(f"interrupted after step {stop.step}; saved {out / CHECKPOINT_FILE}\n{resume_hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except NumericalError as error:
         raise NumericalError(f"{error}; the last good checkpoint is in {out}/") from None
+    finally:
+        for reporter in reporters[1:]:
+            reporter.close()
     print(f"wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))})")
+    print(f"report: {out / REPORT_FILE}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    metrics = api.evaluate_run(args.run)
+    if args.json:
+        print(json.dumps(metrics, sort_keys=True))
+    else:
+        width = max(map(len, metrics))
+        for key, value in metrics.items():
+            print(f"{key:<{width}}  {value:.6g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    for path in api.plot_run(args.run):
+        print(path)
     return 0
 
 
@@ -166,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="override the spec's seed")
     run.add_argument("--device", help="cpu, cuda or cuda:N (default: cpu)")
     run.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    run.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard (needs tensorboard)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     run.add_argument("--checkpoint-every", type=int, default=api.DEFAULT_CHECKPOINT_EVERY, metavar="STEPS",
                      help="write the training checkpoint every STEPS steps (0: after each epoch only; "
@@ -178,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--data")
     check.add_argument("--quiet", action="store_true", help="one line per valid spec")
     check.set_defaults(handler=cmd_check)
+
+    evaluate = commands.add_parser("eval", help="print the held-out metrics of a trained run, without retraining")
+    evaluate.add_argument("run", help="run directory")
+    evaluate.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    evaluate.set_defaults(handler=cmd_eval)
+
+    plot = commands.add_parser("plot", help="rewrite the pictures and report.html of a trained run")
+    plot.add_argument("run", help="run directory")
+    plot.set_defaults(handler=cmd_plot)
 
     prune = commands.add_parser("prune", help="remove rarely active branches of a trained tree")
     prune.add_argument("run", help="run directory of a spec with a tree")

@@ -136,6 +136,7 @@ def train(
     data: Dataset,
     *,
     on_epoch: Callable[[dict], None] | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
     on_checkpoint: Callable[[LoopState], None] | None = None,
     checkpoint_every: int = 0,
     seed: int | None = None,
@@ -143,6 +144,8 @@ def train(
 ) -> list[dict]:
     """Train ``model`` on ``data`` through the spec's phases; returns one metrics dict per epoch.
 
+    ``on_step(done, total, energy)`` follows every step with the batches done
+    in this epoch, the epoch's batch count and the batch's mean energy.
     ``on_checkpoint(state)`` is called every ``checkpoint_every`` steps, after every
     epoch and on Ctrl-C (which then raises :class:`Interrupted`).  Passing the
     ``state`` of a checkpoint continues that run: on CPU the result is bitwise the
@@ -164,14 +167,16 @@ def train(
                 state.order = torch.randperm(x_train.shape[0], generator=state.generator)
             batches = state.order.to(device).split(training.batch)
             for batch in batches[state.batch :]:
+                y = None if y_train is None else y_train[batch]
                 try:
-                    train_step(model, state.optimizers, x_train[batch], None if y_train is None else y_train[batch],
-                               phase.terms)  # fmt: skip
+                    energy = train_step(model, state.optimizers, x_train[batch], y, phase.terms)
                 except NumericalError as error:
                     raise NumericalError(f"step {state.step + 1} (epoch {state.epoch + 1}, phase {phase.name}): "
                                          f"{error}") from None  # fmt: skip
                 state.step += 1
                 state.batch += 1
+                if on_step is not None:
+                    on_step(state.batch, len(batches), energy)
                 if interrupted():
                     save(state)
                     raise Interrupted(state.step)

@@ -2,7 +2,11 @@
 
 - ``filters.png``: the decoder's columns as image tiles, laid out on the spec's map
   (grid, torus) or tree when it has one, else in a square-ish grid;
-- ``<S>.png``: every square matrix that an inhibition term uses, as a heat map.
+- ``<S>.png``: every square matrix that an inhibition term uses, as a heat map;
+- ``curves.png``: held-out energy, each term and the errors, epoch by epoch;
+- ``sparsity.png``: the histogram of L0 per sample and each unit's activation frequency;
+- ``tree.png``: the spec's tree drawn with networkx, units coloured by activation frequency;
+- ``angles.png``: DrSAE's encoder/decoder angle per unit (part vs categorical units).
 """
 
 from __future__ import annotations
@@ -15,25 +19,109 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .analysis import decoder_name  # noqa: E402
+from .analysis import CATEGORICAL_ABOVE, PART_BELOW, decoder_name, unit_angles  # noqa: E402
 from .structures import Structure  # noqa: E402
 
 
-def write_pictures(model, directory: Path) -> list[Path]:
-    """Every picture that applies to this model; returns the files written."""
+def write_pictures(model, directory: Path, history: list[dict] | None = None, z=None) -> list[Path]:
+    """Every picture that applies to this model; returns the files written.
+
+    ``history`` (the per-epoch metrics) and ``z`` (codes of held-out samples) add
+    the pictures that need them.
+    """
     written = []
     decoder = decoder_name(model)
     if decoder is not None:
-        layout = _layout_structure(model)
         path = directory / "filters.png"
-        filters_png(model.params[decoder].detach().cpu().numpy(), path, model.program.input.shape, layout)
+        filters_png(model.params[decoder].detach().cpu().numpy(), path, model.program.input.shape,
+                    _layout_structure(model))  # fmt: skip
         written.append(path)
     for name in _inhibition_matrices(model):
         path = directory / f"{name}.png"
         matrix_png(model.params[name].detach().cpu().numpy(), path, title=f"{name} (inhibition)")
         written.append(path)
+    if history:
+        written.append(curves_png(history, directory / "curves.png"))
+    if z is not None and z.shape[0]:
+        active = (z != 0).cpu().numpy()
+        written.append(sparsity_png(active, directory / "sparsity.png"))
+        trees = [s for s in model.program.structures.values() if s.kind == "tree" and s.size == active.shape[1]]
+        if trees:
+            written.append(tree_png(trees[0], active.mean(axis=0), directory / "tree.png"))
+    angles = unit_angles(model)
+    if angles is not None:
+        written.append(angles_png(angles.cpu().numpy(), directory / "angles.png"))
     return written
+
+
+def curves_png(history: list[dict], path: Path) -> Path:
+    """Held-out energy and terms (left), reconstruction and test error (right), per epoch."""
+    epochs = [m["epoch"] for m in history]
+    errors = [key for key in ("recon_error", "test_error") if key in history[-1]]
+    figure, axes = plt.subplots(1, 1 + bool(errors), figsize=(11 if errors else 6, 4), squeeze=False)
+    left = axes[0, 0]
+    for key in ["energy"] + [k for k in history[-1] if k.startswith("term.")]:
+        left.plot(epochs, [m.get(key, np.nan) for m in history], marker=".", label=key.removeprefix("term."))
+    for ax in axes[0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    left.set_xlabel("epoch")
+    left.set_title("held-out energy per sample")
+    left.legend()
+    for key in errors:
+        right = axes[0, 1]
+        right.plot(epochs, [m.get(key, np.nan) for m in history], marker=".", label=key)
+        right.set_xlabel("epoch")
+        right.set_title("errors")
+        right.legend()
+    _save(figure, path)
+    return path
+
+
+def sparsity_png(active: np.ndarray, path: Path) -> Path:
+    """How many units each sample uses, and how often each unit is used."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    l0 = active.sum(axis=1)
+    left.hist(l0, bins=min(50, max(int(l0.max()) + 1, 1)), color="C0")
+    left.set_xlabel("active units per sample (L0)")
+    left.set_title(f"L0: mean {l0.mean():.1f}")
+    frequency = np.sort(active.mean(axis=0))[::-1]
+    right.plot(frequency, color="C1")
+    right.set_ylim(bottom=0)
+    right.set_xlabel("unit (sorted)")
+    right.set_title(f"activation frequency ({int((frequency == 0).sum())} units never active)")
+    _save(figure, path)
+    return path
+
+
+def tree_png(tree: Structure, frequency: np.ndarray, path: Path) -> Path:
+    """The tree with networkx, each unit coloured by how often it is active."""
+    import networkx as nx
+
+    positions = tree.positions()
+    figure, axes = plt.subplots(figsize=(min(24, 0.3 * tree.size + 3), 4))
+    nx.draw_networkx_edges(tree.graph, positions, ax=axes, edge_color="0.6")
+    nodes = nx.draw_networkx_nodes(tree.graph, positions, ax=axes, node_size=60, node_color=frequency[list(tree.graph)],
+                                   cmap="viridis", vmin=0)  # fmt: skip
+    figure.colorbar(nodes, ax=axes, label="activation frequency")
+    axes.set_axis_off()
+    axes.set_title(f"tree {tree.name}")
+    _save(figure, path)
+    return path
+
+
+def angles_png(angles: np.ndarray, path: Path) -> Path:
+    """Histogram of encoder/decoder angles with the part / categorical thresholds."""
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.hist(angles, bins=40, color="C2")
+    for threshold, label in ((PART_BELOW, "part"), (CATEGORICAL_ABOVE, "categorical")):
+        axes.axvline(threshold, color="k", linestyle="--", linewidth=0.8)
+        axes.text(threshold, axes.get_ylim()[1] * 0.95, f" {label}", ha="left" if label != "part" else "right")
+    axes.set_xlabel("angle between encoder row and decoder column (rad)")
+    axes.set_ylabel("units")
+    _save(figure, path)
+    return path
 
 
 def _layout_structure(model) -> Structure | None:

@@ -63,17 +63,17 @@ infer z by ista(steps = 10)
 """
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tree_inhibition_source():
     return TREE_INHIBITION
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def sparse_coding_source():
     return SPARSE_CODING
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def drsae_source():
     return DRSAE_SMALL
 

@@ -23,8 +23,8 @@ def test_run_writes_the_run_directory(spec_file, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", str(spec_file), "--out", str(out), "--set", "lam=0.02"]) == 0
     assert {p.name for p in out.iterdir()} == {
-        "spec.energy", "model.safetensors", "model.json", "metrics.jsonl", "summary.json", "filters.png",
-        "checkpoint.safetensors",
+        "spec.energy", "model.safetensors", "model.json", "metrics.jsonl", "summary.json", "checkpoint.safetensors",
+        "report.html", "filters.png", "curves.png", "sparsity.png", "angles.png",
     }  # fmt: skip
     tensors = safetensors.torch.load_file(str(out / "model.safetensors"))
     assert set(tensors) == {"D", "E", "S", "b", "C"}
