@@ -15,6 +15,7 @@ from . import checkpoint
 from .analysis import infer_all, run_metrics
 from .compile import Program, compile_spec, spec_dir
 from .data import Dataset, load_data
+from .distributed import SINGLE, Workers
 from .errors import RunError, SpecError
 from .model import EnergyModel
 from .parser import parse, parse_file, parse_source_call
@@ -22,6 +23,7 @@ from .spec import Spec
 from .train import evaluate, initial_state
 from .train import train as _train_loop
 from .report import REPORT_FILE, write_report
+from .resources import check_fits
 from .viz import write_pictures
 
 DEFAULT_CHECKPOINT_EVERY = 200  # steps; a checkpoint also follows every epoch
@@ -74,6 +76,7 @@ def load(
     else:
         program = compile_program(spec, set, data)
         dataset = load_dataset(program)
+    check_fits(program, samples=0)  # the data is loaded, so the memory still available excludes it
     model = EnergyModel(program, dataset.x_train, seed=seed)
     model.dataset = dataset
     model.overrides = {k: float(v) for k, v in (set or {}).items()}
@@ -91,23 +94,27 @@ def train(
     seed: int | None = None,
     resume: bool = False,
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+    workers: Workers = SINGLE,
 ) -> list[dict]:
     """Train through the spec's phases; with ``out``, write a run directory as it goes.
 
     The run directory's checkpoint is rewritten every ``checkpoint_every`` steps
     (0: only after each epoch), after every epoch and on Ctrl-C; ``resume=True``
     continues from it.  ``on_step(done, total, energy)`` follows every step.
-    Returns one metrics dict per epoch.
+    With several ``workers`` (:mod:`energydsl.distributed`) only rank 0 writes.
+    Returns one metrics dict per epoch (on rank 0).
     """
     dataset = _dataset_for(model, data)
     if out is None and resume:
         raise RunError("resume needs the run directory to resume (out=...)")
     state = initial_state(model, seed)
-    writer = None
-    if out is not None:
-        writer = _RunWriter(Path(out), model)
-        if resume:
-            checkpoint.load_state(writer.directory, model, state, writer.source)
+    writer = _RunWriter(Path(out), model) if out is not None else None
+    if resume:
+        checkpoint.load_state(writer.directory, model, state, writer.source)  # every worker reads it
+        workers.barrier()  # before rank 0 may overwrite it
+    if not workers.main:
+        writer = None
+    if writer is not None:
         writer.start(state.history)
 
     def each_epoch(metrics: dict) -> None:
@@ -116,7 +123,7 @@ def train(
         if on_epoch is not None:
             on_epoch(metrics)
 
-    history = _train_loop(model, dataset, on_epoch=each_epoch, on_step=on_step, state=state,
+    history = _train_loop(model, dataset, on_epoch=each_epoch, on_step=on_step, state=state, workers=workers,
                           checkpoint_every=checkpoint_every, on_checkpoint=writer.checkpoint if writer else None)  # fmt: skip
     if writer is not None:
         summary = {"spec": model.name, "epochs": len(history), **_final_metrics(model, dataset, writer.directory,

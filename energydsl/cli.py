@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, api
+from . import __version__, api, distributed
 from .compile import Program
 from .checkpoint import CHECKPOINT_FILE
 from .errors import UserError
@@ -59,11 +59,25 @@ def cmd_run(args) -> int:
     overrides = _overrides(args.set)
     if args.checkpoint_every < 0:
         raise UserError(f"--checkpoint-every {args.checkpoint_every}: expected a number of steps >= 0")
-    model = api.load(args.spec, overrides, data=args.data, device=_device(args.device), seed=args.seed)
+    device = _device(args.device)
+    if args.nproc is not None:
+        api.compile_program(args.spec, overrides, args.data)  # spec mistakes show here, not once per worker
+        return distributed.launch(args.nproc, _worker_argv(args), args.nnodes, args.rdzv_endpoint)
+    workers = distributed.from_environment(device)
+    if workers.device.type == "cuda":
+        device = workers.device
+    try:
+        return _run(args, overrides, device, workers)
+    finally:
+        distributed.finish(workers)
+
+
+def _run(args, overrides: dict, device, workers: distributed.Workers) -> int:
+    model = api.load(args.spec, overrides, data=args.data, device=device, seed=args.seed)
     out = Path(args.out) if args.out else Path("runs") / model.name
     epochs = sum(phase.epochs for phase in model.program.training.phases)
-    reporters = [ConsoleProgress(epochs, quiet=args.quiet)]
-    if args.tensorboard:
+    reporters = [ConsoleProgress(epochs, quiet=args.quiet or not workers.main)]
+    if args.tensorboard and workers.main:
         reporters.append(TensorBoardLog(out / "tensorboard"))
     resume_hint = f"resume with: energydsl run {args.spec} --resume --out {out}" + "".join(
         f" --set {pair}" for pair in args.set) + (f" --data '{args.data}'" if args.data else "")  # fmt: skip
@@ -79,8 +93,10 @@ def cmd_run(args) -> int:
     try:
         with reporters[0]:
             api.train(model, out=out, seed=args.seed, resume=args.resume, checkpoint_every=args.checkpoint_every,
-                      on_epoch=on_epoch, on_step=on_step)  # fmt: skip
+                      on_epoch=on_epoch, on_step=on_step, workers=workers)  # fmt: skip
     except Interrupted as stop:
+        if not workers.main:
+            return EXIT_INTERRUPTED
         print(f"interrupted after step {stop.step}; saved {out / CHECKPOINT_FILE}\n{resume_hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except NumericalError as error:
@@ -88,9 +104,22 @@ def cmd_run(args) -> int:
     finally:
         for reporter in reporters[1:]:
             reporter.close()
+    if not workers.main:
+        return 0
     print(f"wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))})")
     print(f"report: {out / REPORT_FILE}")
     return 0
+
+
+def _worker_argv(args) -> list[str]:
+    """The ``run`` command line each worker gets: this one without the launcher's options."""
+    argv = ["run", args.spec, "--checkpoint-every", str(args.checkpoint_every)]
+    argv += [f"--set={pair}" for pair in args.set]
+    for flag in ("data", "out", "seed", "device"):
+        if getattr(args, flag) is not None:
+            argv.append(f"--{flag}={getattr(args, flag)}")
+    argv += [f"--{flag}" for flag in ("quiet", "resume", "tensorboard") if getattr(args, flag)]
+    return argv
 
 
 def cmd_eval(args) -> int:
@@ -188,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="cpu, cuda or cuda:N (default: cpu)")
     run.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     run.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard (needs tensorboard)")
+    run.add_argument("--nproc", type=int, metavar="N",
+                     help="train with N data-parallel workers per node (torch.distributed; gloo on CPU, nccl on GPU)")
+    run.add_argument("--nnodes", default="1", help="with --nproc: number of nodes (torchrun's --nnodes)")
+    run.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
+                     help="with --nproc on several nodes: the rendezvous address, the same on every node")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     run.add_argument("--checkpoint-every", type=int, default=api.DEFAULT_CHECKPOINT_EVERY, metavar="STEPS",
                      help="write the training checkpoint every STEPS steps (0: after each epoch only; "

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .data import Dataset
+from .distributed import SINGLE, Workers
 from .errors import NumericalError
 from .model import EnergyModel
 
@@ -94,21 +95,25 @@ def initial_state(model: EnergyModel, seed: int | None = None) -> LoopState:
     return LoopState(generator, make_optimizers(model))
 
 
-def train_step(model: EnergyModel, optimizers: Optimizers, x, y, terms) -> float:
+def train_step(model: EnergyModel, optimizers: Optimizers, x, y, terms, workers: Workers = SINGLE,
+               batch_size: int | None = None) -> float:  # fmt: skip
     """One minibatch of the generic loop; returns the batch's mean energy.
 
+    With several workers, ``x`` is this worker's shard of a global batch of
+    ``batch_size`` samples, and the gradients are summed over the workers.
     A non-finite energy stops before the parameters move; a parameter that the
     step made non-finite stops right after (the caller keeps the last checkpoint).
     """
     xp = model.preprocess(x)
     by_encoder = all(m.kind == "encoder" for m in model.program.methods)
     z = model._infer(xp, y, terms, differentiable=by_encoder)
-    loss = model._energy_of(xp, z, y, terms).mean()
-    value = loss.item()
+    loss = model._energy_of(xp, z, y, terms).sum() / (batch_size or x.shape[0])
+    value = workers.sum_(loss.detach().clone()).item()
     if not math.isfinite(value):
         raise NumericalError(f"the energy is {value}: {_nonfinite_terms(model, xp, z, y, terms)}")
     optimizers.zero_grad()
     loss.backward()
+    workers.sum_gradients_(model.params.values())
     optimizers.step()
     model.project_()
     broken = [name for name, p in model.params.items() if not bool(p.isfinite().all())]
@@ -141,6 +146,7 @@ def train(
     checkpoint_every: int = 0,
     seed: int | None = None,
     state: LoopState | None = None,
+    workers: Workers = SINGLE,
 ) -> list[dict]:
     """Train ``model`` on ``data`` through the spec's phases; returns one metrics dict per epoch.
 
@@ -149,11 +155,13 @@ def train(
     ``on_checkpoint(state)`` is called every ``checkpoint_every`` steps, after every
     epoch and on Ctrl-C (which then raises :class:`Interrupted`).  Passing the
     ``state`` of a checkpoint continues that run: on CPU the result is bitwise the
-    same as a run that was never interrupted.
+    same as a run that was never interrupted.  With several ``workers`` (see
+    :mod:`energydsl.distributed`) each one trains on its shard of every batch and
+    only rank 0 evaluates, reports and saves.
     """
     training = model.program.training
     state = state if state is not None else initial_state(model, seed)
-    save = on_checkpoint or (lambda _state: None)
+    save = on_checkpoint if on_checkpoint is not None and workers.main else (lambda _state: None)
     device = model.device
     x_train = data.x_train.to(device)
     y_train = data.y_train.to(device) if data.y_train is not None and model.program.label else None
@@ -167,28 +175,30 @@ def train(
                 state.order = torch.randperm(x_train.shape[0], generator=state.generator)
             batches = state.order.to(device).split(training.batch)
             for batch in batches[state.batch :]:
-                y = None if y_train is None else y_train[batch]
+                mine = workers.shard(batch)
+                y = None if y_train is None else y_train[mine]
                 try:
-                    energy = train_step(model, state.optimizers, x_train[batch], y, phase.terms)
+                    energy = train_step(model, state.optimizers, x_train[mine], y, phase.terms, workers, len(batch))
                 except NumericalError as error:
                     raise NumericalError(f"step {state.step + 1} (epoch {state.epoch + 1}, phase {phase.name}): "
                                          f"{error}") from None  # fmt: skip
                 state.step += 1
                 state.batch += 1
-                if on_step is not None:
+                if on_step is not None and workers.main:
                     on_step(state.batch, len(batches), energy)
-                if interrupted():
+                if workers.any(interrupted()):
                     save(state)
                     raise Interrupted(state.step)
                 if checkpoint_every and state.step % checkpoint_every == 0:
                     save(state)
-            metrics = {"phase": phase.name, "epoch": state.epoch + 1, **evaluate(model, data)}
-            metrics["seconds"] = round(time.perf_counter() - start, 3)
-            state.history.append(metrics)
             state.epoch, state.batch, state.order = state.epoch + 1, 0, None
-            if on_epoch is not None:
-                on_epoch(metrics)
-            save(state)
+            if workers.main:
+                metrics = {"phase": phase.name, "epoch": state.epoch, **evaluate(model, data)}
+                metrics["seconds"] = round(time.perf_counter() - start, 3)
+                state.history.append(metrics)
+                if on_epoch is not None:
+                    on_epoch(metrics)
+                save(state)
     return state.history
 
 

@@ -1,0 +1,113 @@
+"""Data-parallel training with torch.distributed: N workers give what one gives.
+
+The global batch is the spec's, whatever the number of workers; every worker
+infers on its shard and the gradients are summed, so 2 processes and 1 process
+reach the same parameters up to float32 rounding (the order of the sums differs).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import safetensors.torch
+import torch
+
+import energydsl
+from energydsl.cli import main
+from energydsl.distributed import Workers
+from energydsl.train import Interrupted
+
+FISTA_SPEC = """
+model dist_fista
+data synthetic(dim = 16, atoms = 24, count = 600, k = 2, seed = 3)
+const lam = 0.1
+input x[16]
+latent z[24]
+param W[16, 24] init samples(x) constrain col_norm == 1
+energy
+  recon  : 0.5 * sqerr(x, W @ z)
+  sparse : lam * l1(z)
+infer z by fista(steps = 500, tol = 1e-7)
+train
+  optimizer adam(lr = 0.01)
+  batch 20
+  epochs 2
+"""
+
+
+def final_params(directory) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(str(directory / "model.safetensors"))
+
+
+def run_workers(spec, out, *extra) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "energydsl.cli", "run", str(spec), "--out", str(out), "--quiet", "--nproc", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*command, *extra], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def assert_close(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        scale = b[name].abs().max().clamp_min(1e-6)
+        assert (a[name] - b[name]).abs().max() <= 2e-5 * scale, name
+
+
+@pytest.mark.parametrize("source", ["fista", "drsae"])
+def test_two_workers_reach_the_parameters_of_one(tmp_path, source, drsae_source):
+    """FISTA inference (sharded solves) and an encoder with labels (sharded labels)."""
+    spec = tmp_path / f"{source}.energy"
+    spec.write_text(FISTA_SPEC if source == "fista" else drsae_source)
+    alone = tmp_path / "one"
+    energydsl.train(energydsl.load(spec), out=alone)
+    run_workers(spec, tmp_path / "two")
+    assert_close(final_params(tmp_path / "two"), final_params(alone))
+    written = {p.name for p in (tmp_path / "two").iterdir()}
+    assert {"model.safetensors", "metrics.jsonl", "summary.json", "checkpoint.safetensors"} <= written
+    assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == 2  # rank 0 alone writes
+
+
+def test_two_workers_resume_a_checkpoint(tmp_path):
+    spec = tmp_path / "fista.energy"
+    spec.write_text(FISTA_SPEC)
+    reference = tmp_path / "reference"
+    energydsl.train(energydsl.load(spec), out=reference)
+    out = tmp_path / "run"
+
+    def stop_after_first_epoch(metrics):
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        energydsl.train(energydsl.load(spec), out=out, on_epoch=stop_after_first_epoch)
+    run_workers(spec, out, "--resume")
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert_close(final_params(out), final_params(reference))
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+def test_shards_cover_the_global_batch_once(size):
+    batch = torch.randperm(23)
+    shards = [Workers(rank=r, size=size).shard(batch) for r in range(size)]
+    assert torch.equal(torch.cat(shards), batch)
+    assert max(len(s) for s in shards) - min(len(s) for s in shards) <= 1
+
+
+def test_bad_worker_count_is_a_clear_error(tmp_path, capsys):
+    spec = tmp_path / "fista.energy"
+    spec.write_text(FISTA_SPEC)
+    assert main(["run", str(spec), "--nproc", "0"]) == 2
+    assert "--nproc 0: expected at least 1 worker" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_run_matches_cpu(tmp_path):
+    spec = tmp_path / "fista.energy"
+    spec.write_text(FISTA_SPEC)
+    energydsl.train(energydsl.load(spec), out=tmp_path / "cpu")
+    assert main(["run", str(spec), "--out", str(tmp_path / "gpu"), "--device", "cuda", "--quiet"]) == 0
+    assert_close(final_params(tmp_path / "gpu"), final_params(tmp_path / "cpu"))
