@@ -153,6 +153,12 @@ def cmd_check(args) -> int:
     return status
 
 
+def cmd_fmt(args) -> int:
+    from .fmt import format_paths
+
+    return format_paths(args.specs, check=args.check)
+
+
 def cmd_prune(args) -> int:
     from .prune import prune_run
 
@@ -234,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--data")
     check.add_argument("--quiet", action="store_true", help="one line per valid spec")
     check.set_defaults(handler=cmd_check)
+
+    fmt = commands.add_parser("fmt", help="rewrite specs in place in the canonical layout (keeps comments)")
+    fmt.add_argument("specs", nargs="+", metavar="SPEC")
+    fmt.add_argument("--check", action="store_true", help="change nothing; exit 1 if a spec is not canonical")
+    fmt.set_defaults(handler=cmd_fmt)
 
     evaluate = commands.add_parser("eval", help="print the held-out metrics of a trained run, without retraining")
     evaluate.add_argument("run", help="run directory")
