@@ -153,6 +153,15 @@ def cmd_check(args) -> int:
     return status
 
 
+def cmd_explain(args) -> int:
+    from .explain import explain
+
+    overrides = _overrides(args.set)
+    for path in args.specs:
+        print(explain(api.compile_program(path, overrides, args.data)))
+    return 0
+
+
 def cmd_fmt(args) -> int:
     from .fmt import format_paths
 
@@ -178,7 +187,7 @@ def describe(program: Program) -> str:
     for name, structure in program.structures.items():
         lines.append(f"  graph     {name}: {structure.kind}, {structure.size} units")
     for name, family in program.pools.items():
-        lines.append(f"  pools     {name}: {len(family.members)} pools ({_pool_kind(family)})")
+        lines.append(f"  pools     {name}: {len(family.members)} pools ({family.layout()})")
     total = 0
     for plan in program.params:
         count = math.prod(plan.shape)
@@ -197,16 +206,6 @@ def describe(program: Program) -> str:
     for phase in training.phases:
         lines.append(f"  phase     {phase.name}: {phase.epochs} epochs, terms {', '.join(phase.terms)}")
     return "\n".join(lines)
-
-
-def _pool_kind(family) -> str:
-    """How the group prox will treat these pools."""
-    if family.weights:
-        return "weighted"
-    levels = family.laminar_levels()
-    if levels is None:
-        return "overlapping"
-    return "disjoint" if len(levels) <= 1 else "nested"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--data")
     check.add_argument("--quiet", action="store_true", help="one line per valid spec")
     check.set_defaults(handler=cmd_check)
+
+    explain = commands.add_parser("explain", help="the compiled model: terms, prox, shapes, parameters, FLOPs")
+    explain.add_argument("specs", nargs="+", metavar="SPEC")
+    explain.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    explain.add_argument("--data")
+    explain.set_defaults(handler=cmd_explain)
 
     fmt = commands.add_parser("fmt", help="rewrite specs in place in the canonical layout (keeps comments)")
     fmt.add_argument("specs", nargs="+", metavar="SPEC")

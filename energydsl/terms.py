@@ -42,6 +42,8 @@ class Term(ABC):
     kinds: ClassVar[tuple[str, ...]]  # per argument: "value", "label" or "pools"
     smooth: ClassVar[bool] = True
     needs_label: ClassVar[bool] = False
+    # the energy per sample in plain math; {argument} stands for that argument as written
+    formula: ClassVar[str] = ""
 
     def __init__(self, static: dict):
         """``static`` maps "pools" to a :class:`PoolFamily` and "classes" to a count."""
@@ -114,6 +116,7 @@ class sqerr(Term):
     """
 
     name = "sqerr"
+    formula = "‖{a} − {b}‖²"
     arguments = ("a", "b")
     kinds = ("value", "value")
 
@@ -140,6 +143,7 @@ class l1(SeparableTerm):
     """
 
     name = "l1"
+    formula = "‖{v}‖₁"
     arguments = ("v",)
     kinds = ("value",)
 
@@ -164,6 +168,7 @@ class group_l2(GroupTerm):
     """
 
     name = "group_l2"
+    formula = "Σⱼ ‖{v}[{pools}ⱼ]‖₂"
     arguments = ("v", "pools")
     kinds = ("value", "pools")
 
@@ -177,6 +182,7 @@ class tree_group(GroupTerm):
     """
 
     name = "tree_group"
+    formula = "Σ_n∈{tree} ‖{v}[subtree(n)]‖₂"
     arguments = ("v", "tree")
     kinds = ("value", "structure")
 
@@ -197,6 +203,7 @@ class inhibition(SeparableTerm):
     """
 
     name = "inhibition"
+    formula = "|{v}|ᵀ {S} |{v}|"
     arguments = ("v", "S")
     kinds = ("value", "value")
 
@@ -228,6 +235,7 @@ class xent(Term):
     """
 
     name = "xent"
+    formula = "−log softmax({logits})[{label}]"
     arguments = ("logits", "label")
     kinds = ("value", "label")
     needs_label = True
