@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .data import Dataset
+from .data import DataError, Dataset
 from .distributed import SINGLE, Workers
 from .errors import NumericalError
 from .model import EnergyModel
@@ -165,6 +165,9 @@ def train(
     device = model.device
     x_train = data.x_train.to(device)
     y_train = data.y_train.to(device) if data.y_train is not None and model.program.label else None
+    if x_train.shape[0] < training.batch:
+        raise DataError(f"{data.name}: {x_train.shape[0]} training samples, fewer than one batch of {training.batch}; "
+                        "lower 'batch' in the spec's train block (or --set it through a const) or give more data")  # fmt: skip
     phases = epoch_phases(model)
     with _deferred_interrupts() as interrupted:
         while state.epoch < len(phases):

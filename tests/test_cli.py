@@ -85,6 +85,7 @@ def test_check_prints_a_summary(spec_file, capsys):
         (["run", "{spec}", "--data", "mnist(count = -3)"], "count"),
         (["run", "{spec}", "--data", "file(\"nope.npz\")"], "nope.npz"),
         (["run", "{spec}", "--device", "tpu9"], "--device tpu9: expected cpu, cuda or cuda:N"),
+        (["run", "{spec}", "--data", "mnist(count = 20)"], "mnist: 20 training samples, fewer than one batch of 64"),
         (["run", "{spec}", "--checkpoint-every", "-5"], "--checkpoint-every -5: expected a number of steps >= 0"),
     ],
 )

@@ -115,9 +115,9 @@ def test_a_spec_file_works_and_the_arrays_replace_its_data_line(tmp_path):
     # The spec's data (16 values per sample) is not read: 'input x' takes 5 from the arrays.
     path = tmp_path / "sc.energy"
     path.write_text(SPARSE.replace("input x[8]", "data synthetic(dim = 16)\ninput x").replace("[8, 12]", "[5, 12]"))
-    X = np.random.default_rng(1).normal(size=(30, 5))
+    X = np.random.default_rng(1).normal(size=(40, 5))
     estimator = EnergyEstimator(str(path)).fit(X)
-    assert estimator.n_features_in_ == 5 and estimator.transform(X).shape == (30, 12)
+    assert estimator.n_features_in_ == 5 and estimator.transform(X).shape == (40, 12)
     assert estimator.model_.program.sample_shape == (5,)
 
 
