@@ -162,6 +162,13 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_docs(args) -> int:
+    from .reference import reference_markdown
+
+    print(reference_markdown(), end="")
+    return 0
+
+
 def cmd_fmt(args) -> int:
     from .fmt import format_paths
 
@@ -250,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("specs", nargs="+", metavar="SPEC")
     fmt.add_argument("--check", action="store_true", help="change nothing; exit 1 if a spec is not canonical")
     fmt.set_defaults(handler=cmd_fmt)
+
+    docs = commands.add_parser("docs", help="print the language reference (markdown), generated from the code")
+    docs.set_defaults(handler=cmd_docs)
 
     evaluate = commands.add_parser("eval", help="print the held-out metrics of a trained run, without retraining")
     evaluate.add_argument("run", help="run directory")

@@ -17,13 +17,27 @@ import torch
 from . import spec as S
 from .constraints import DESCRIPTIONS, MATRIX_KINDS, NORM_KINDS, SQUARE_KINDS, Constraint, sort_constraints
 from .data import DataError, describe_source
-from .errors import Span, SpecError, did_you_mean, one_of
+from .errors import WHOLE_SPEC, Span, SpecError, did_you_mean, one_of
 from .expr import FUNCTIONS, Closure, Env, ExprCompiler, Symbol, Value
 from . import structures as st
 from .pools import FAMILY_BUILDERS, PoolFamily, blocks, family_from_list, pool_from_ranges, unknown_builder
 from .terms import TERMS, Term, inhibition
 
 INFER_METHODS = ("fista", "ista", "encoder")
+INFER_OPTIONS = ("steps", "tol")
+# One line per inference method and optimizer, for the language reference (reference.py).
+INFER_DESCRIPTIONS = {
+    "fista": (
+        "Proximal gradient with momentum and adaptive restart, through the exact prox of the nonsmooth terms; "
+        "stops when every sample's step is at most tol times its code's norm"
+    ),
+    "ista": "Proximal gradient without momentum: every step lowers the energy, as inhibition terms need",
+    "encoder": "The spec's encoder, one forward pass; 'encoder then fista(...)' starts FISTA from its prediction",
+}
+OPTIMIZER_DESCRIPTIONS = {
+    "sgd": "Stochastic gradient descent (torch.optim.SGD), with optional momentum",
+    "adam": "Adam (torch.optim.Adam) with betas (beta1, beta2)",
+}
 STRUCTURES = {
     "grid": ("rows", "cols"),
     "torus": ("rows", "cols"),
@@ -163,7 +177,7 @@ def compile_spec(
     except SpecError as error:
         raise error.located(spec.path, spec.source) from None
     except RecursionError:
-        raise SpecError("an expression is nested too deeply", path=spec.path) from None
+        raise SpecError("an expression is nested too deeply", WHOLE_SPEC, path=spec.path) from None
 
 
 # ---------------------------------------------------------------- the checker
@@ -252,7 +266,7 @@ class _Compiler:
     def _data(self) -> DataCall:
         node = self.data_node or (self.spec.data.call if self.spec.data else None)
         if node is None:
-            raise SpecError("no data: add a line such as 'data mnist', or pass --data")
+            raise SpecError("no data: add a line such as 'data mnist', or pass --data", WHOLE_SPEC)
         seen = set()
         for kw in node.kwargs:
             if kw.name in seen:
@@ -273,11 +287,15 @@ class _Compiler:
 
     def _data_info(self, data: DataCall):
         if self.data_info is not None:
+            self.data_name = "the data"  # given as tensors: the spec's data line may not describe it
             return tuple(self.data_info[0]), self.data_info[1]
+        self.data_name = f"the data {data.text()}"  # messages about the data name its source
         base = spec_dir(self.spec.path)
         try:
             return describe_source(data.name, data.args, dict(data.kwargs), base_dir=base)
         except DataError as error:
+            if self.data_node is not None:
+                raise  # from --data (or data=): no line of the spec to point at
             raise SpecError(str(error), self._data_span) from None
 
     # ------------------------------------------------------------ variables
@@ -288,7 +306,8 @@ class _Compiler:
             raise SpecError(f"only one {noun} is supported (the first is at line {decls[0].span.line})",
                             decls[1].span)  # fmt: skip
         if required and not decls:
-            raise SpecError(f"the spec declares no {noun}", hint=f"add a line such as '{what} {_EXAMPLES[what]}'")
+            hint = f"add a line such as '{what} {_EXAMPLES[what]}'"
+            raise SpecError(f"the spec declares no {noun}", WHOLE_SPEC, hint=hint)
         return decls[0] if decls else None
 
     def _shape(self, dims: tuple[S.Expr, ...]) -> tuple[int, ...]:
@@ -300,8 +319,8 @@ class _Compiler:
         if math.prod(shape) != math.prod(sample_shape):
             dims = ", ".join(map(str, sample_shape))
             span = _join(decl.shape[0].span, decl.shape[-1].span)
-            raise SpecError(f"input '{decl.name.name}' has {math.prod(shape)} values per sample, but the data "
-                            f"gives samples of shape [{dims}]", span,
+            raise SpecError(f"input '{decl.name.name}' has {math.prod(shape)} values per sample, but "
+                            f"{self.data_name} gives samples of shape [{dims}]", span,
                             hint=f"write 'input {decl.name.name}' to take the shape from the data")  # fmt: skip
         normalize = None
         if decl.normalize is not None:
@@ -318,12 +337,13 @@ class _Compiler:
         if decl is None:
             return None
         if data_classes is None:
-            raise SpecError(f"label '{decl.name.name}' is declared, but the data has no labels", decl.span)
+            raise SpecError(f"label '{decl.name.name}' is declared, but {self.data_name} has no labels", decl.span)
         classes = data_classes
         if decl.classes is not None:
             classes = self.consts.integer(decl.classes, "the number of classes", 2)
             if classes < data_classes:
-                raise SpecError(f"{classes} classes declared, but the data has labels up to {data_classes - 1}",
+                raise SpecError(f"{classes} classes declared, but {self.data_name} has labels up to "
+                                f"{data_classes - 1} (class indices must be below {classes})",
                                 decl.classes.span)  # fmt: skip
         variable = Variable(decl.name.name, (classes,), decl.name.span)
         self._declare(decl.name, Symbol("label", Value((), batched=True), lambda env, n=variable.name: env[n]))
@@ -334,6 +354,8 @@ class _Compiler:
         shape = self._shape(decl.shape)
         if len(shape) != 1:
             raise SpecError("the latent must be a vector, e.g. z[400]", decl.span)
+        if shape[0] > st.MAX_UNITS:  # its pools and structures are built when the spec is checked
+            raise SpecError(f"a latent of more than {st.MAX_UNITS:,} units is too large", decl.shape[0].span)
         nonneg = decl.lower_bound is not None
         if nonneg and self.consts.constant(decl.lower_bound) != 0:
             raise SpecError("a latent can only be bounded below by 0 ('>= 0')", decl.lower_bound.span)
@@ -353,24 +375,27 @@ class _Compiler:
             raise SpecError(f"unknown structure '{func}'" if func else "expected a structure", span, hint=hint)
         slots = self.consts.arguments(node, len(STRUCTURES[node.func]), STRUCTURES[node.func])
         try:
-            structure = self._build_structure(name, node, slots)
+            structure = self._build_structure(name, node, slots, latent)
         except st.StructureError as error:
             raise SpecError(str(error), decl.value.span) from None
-        if structure.size != latent.shape[0]:
-            raise SpecError(f"{node.func}(...) has {structure.size} units, but the latent '{latent.name}' has "
-                            f"{latent.shape[0]}", decl.value.span)  # fmt: skip
+        _check_structure_size(node, structure.size, latent)  # a tree from edges or a file
         self._declare(decl.name, Symbol("graph", Value(()), lambda env: None))
         return structure
 
-    def _build_structure(self, name: str, node: S.Call, slots) -> st.Structure:
+    def _build_structure(self, name: str, node: S.Call, slots, latent: Variable) -> st.Structure:
+        """The structure; when the arguments give its size, that is checked before it is built."""
         integer = self.consts.integer
         if node.func in ("grid", "torus"):
             self.consts.required(node, slots, 2)
+            rows, cols = integer(slots[0], "the number of rows"), integer(slots[1], "the number of columns")
+            _check_structure_size(node, rows * cols, latent)
             builder = st.grid if node.func == "grid" else st.torus
-            return builder(name, integer(slots[0], "the number of rows"), integer(slots[1], "the number of columns"))
+            return builder(name, rows, cols)
         if node.func == "chain":
             self.consts.required(node, slots, 1)
-            return st.chain(name, integer(slots[0], "the length"))
+            length = integer(slots[0], "the length")
+            _check_structure_size(node, length, latent)
+            return st.chain(name, length)
         branching, depth, edges, path, root = slots
         root = 0 if root is None else integer(root, "the root", 0)
         given = [n for n in (branching, edges, path) if n is not None]
@@ -378,7 +403,9 @@ class _Compiler:
             raise SpecError("tree() takes either branching and depth, or edges = [[parent, child], ...], "
                             "or file = \"tree.gml\"", node.span)  # fmt: skip
         if branching is not None:
-            return st.balanced_tree(name, integer(branching, "the branching"), integer(depth, "the depth", 0))
+            branching, depth = integer(branching, "the branching"), integer(depth, "the depth", 0)
+            _check_structure_size(node, st.tree_units(branching, depth), latent)
+            return st.balanced_tree(name, branching, depth)
         if edges is not None:
             return st.tree_from_edges(name, self._edges(edges), root)
         if not isinstance(path, S.String):
@@ -435,11 +462,18 @@ class _Compiler:
             return Value(tuple(tensor.shape)), lambda env: tensor.to(env["reference"])
 
         def tree_inhibition(compiler, node):
-            (slot,) = compiler.arguments(node, 1, ("tree",))
-            return matrix(compiler, node, st.tree_inhibition(self.structure_argument(slot, node.func, ("tree",))))
+            """``tree_inhibition(tree)``: 0 between a unit and its ancestors, its descendants and itself,
+            1 between units on different branches."""
+            slots = compiler.arguments(node, 1, ("tree",))
+            compiler.required(node, slots, 1)
+            return matrix(compiler, node, st.tree_inhibition(self.structure_argument(slots[0], node.func, ("tree",))))
 
         def grid_inhibition(compiler, node):
-            slot, radius, sigma = compiler.arguments(node, 3, ("map", "radius", "sigma"))
+            """``grid_inhibition(map, radius = r)``: 0 within r steps on the map, 1 beyond;
+            ``grid_inhibition(map, sigma = s)``: 1 − exp(−d²/2s²) at distance d.  0 on the diagonal."""
+            slots = compiler.arguments(node, 3, ("map", "radius", "sigma"))
+            compiler.required(node, slots, 1)
+            slot, radius, sigma = slots
             structure = self.structure_argument(slot, node.func)
             if (radius is None) == (sigma is None):
                 raise SpecError("grid_inhibition() takes radius = r (0 within r steps, 1 beyond) or sigma = s "
@@ -605,7 +639,7 @@ class _Compiler:
 
     def _terms(self, model: ExprCompiler, latent: Variable, pools, label) -> list[BoundTerm]:
         if not self.spec.energy:
-            raise SpecError("the spec has no energy block",
+            raise SpecError("the spec has no energy block", WHOLE_SPEC,
                             hint="add 'energy' followed by terms such as 'recon : 0.5 * sqerr(x, W @ z)'")  # fmt: skip
         terms, seen = [], {}
         for decl in self.spec.energy:
@@ -734,7 +768,7 @@ class _Compiler:
         if position > 0 and (position != 1 or self.spec.infer.methods[0].name.name != "encoder"):
             raise SpecError("only the encoder can be followed by 'then'", node.span,
                             hint="write 'by fista(...)' or 'by encoder then fista(...)'")  # fmt: skip
-        options, spans = _options(self.consts, node, ("steps", "tol"), kind)
+        options, spans = _options(self.consts, node, INFER_OPTIONS, kind)
         steps = options.get("steps", DEFAULT_STEPS)
         if steps != int(steps) or steps < 1:
             raise SpecError(f"steps must be a whole number >= 1, got {steps:g}", spans["steps"])
@@ -794,6 +828,13 @@ class _Compiler:
 # ---------------------------------------------------------------- helpers
 
 _EXAMPLES = {"input": "x[784]", "latent": "z[256]", "label": "y : 10 classes", "encoder": "z = relu(E @ x)"}
+
+
+def _check_structure_size(node: S.Call, units: int, latent: Variable) -> None:
+    if units != latent.shape[0]:
+        count = f"{units}" if units <= st.MAX_UNITS else f"more than {st.MAX_UNITS:,}"
+        raise SpecError(f"{node.func}(...) has {count} units, but the latent '{latent.name}' has {latent.shape[0]}",
+                        node.span)  # fmt: skip
 
 
 def _stem(path: str) -> str:
@@ -881,12 +922,16 @@ def _initialisers(shape: tuple[int, ...], input_var: Variable) -> dict:
         return build
 
     def normal(compiler, node):
+        """``normal(std)``: independent N(0, std²) entries (std = 1 when omitted)."""
         return target(compiler, node, generated(torch.randn))
 
     def uniform(compiler, node):
+        """``uniform(a)``: independent entries uniform in [−a, a] (a = 1 when omitted)."""
         return target(compiler, node, lambda env: generated(torch.rand)(env) * 2 - 1)
 
     def samples(compiler, node):
+        """``samples(x)``: random training samples of the input, scaled to unit norm, as the columns
+        (or rows) of the matrix."""
         slots = compiler.arguments(node, 1)
         compiler.required(node, slots, 1)
         if not isinstance(slots[0], S.Name) or slots[0].id != input_var.name:
@@ -901,13 +946,18 @@ def _initialisers(shape: tuple[int, ...], input_var: Variable) -> dict:
     square = len(shape) == 2 and shape[0] == shape[1]
 
     def identity(env):
+        """The identity matrix (square parameters only)."""
         return torch.eye(shape[0], dtype=env["reference"].dtype, device=env["reference"].device)
 
-    constant_names = {
-        "zeros": lambda env: env["reference"].new_zeros(shape),
-        "ones": lambda env: env["reference"].new_ones(shape),
-    }
-    for name, builder in constant_names.items():
+    def zeros(env):
+        """Every entry 0."""
+        return env["reference"].new_zeros(shape)
+
+    def ones(env):
+        """Every entry 1."""
+        return env["reference"].new_ones(shape)
+
+    for name, builder in {"zeros": zeros, "ones": ones}.items():
         functions[name] = _as_name_or_call(name, Value(shape), builder)
     for name in ("I", "eye"):
         functions[name] = _as_name_or_call(name, Value(shape), identity, square=square)
@@ -923,6 +973,7 @@ def _as_name_or_call(name: str, value: Value, builder: Closure, square: bool = T
         return value, builder
 
     compile_call.as_name = True
+    compile_call.__doc__ = builder.__doc__
     return compile_call
 
 

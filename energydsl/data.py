@@ -42,7 +42,7 @@ from PIL import Image
 
 from .errors import UserError
 
-__all__ = ["DataError", "Dataset", "SOURCES", "load_data", "describe_source"]
+__all__ = ["SOURCES", "DataError", "Dataset", "describe_source", "load_data"]
 
 
 class DataError(UserError):
@@ -455,11 +455,13 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _READ_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error, struct.error)
 
 
-def _npy_shape(stream: BinaryIO) -> tuple[int, ...]:
-    """The array shape from the header of an .npy stream, without reading the data."""
+def _npy_header(stream: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
+    """The array shape and dtype from the header of an .npy stream, without reading the data."""
     if np.lib.format.read_magic(stream) == (1, 0):
-        return np.lib.format.read_array_header_1_0(stream)[0]
-    return np.lib.format.read_array_header_2_0(stream)[0]
+        shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+    else:
+        shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+    return shape, dtype
 
 
 def _open_binary(path: Path) -> BinaryIO:
@@ -479,18 +481,39 @@ class _ArrayRef:
     member: str | None = None
 
     def shape(self) -> tuple[int, ...]:
-        """The array's shape, from its header only."""
+        """The array's shape, from its header; a file too short for that shape is an error.
+
+        Comparing the header with the file's length catches a truncated file at
+        ``energydsl check`` time, before anything is loaded.
+        """
         try:
-            if self.kind == "npz":
-                with zipfile.ZipFile(self.path) as archive:
-                    with archive.open(f"{self.member}.npy") as stream:
-                        return _npy_shape(stream)
-            with _open_binary(self.path) as stream:
-                if self.kind == "npy":
-                    return _npy_shape(stream)
-                return _idx_header(stream, self.name)[1]
-        except _READ_ERRORS as exc:
+            shape, dtype, data_start, length = self._header()
+        except (*_READ_ERRORS, KeyError) as exc:  # KeyError: an .npz member without .npy
             raise DataError(f"{self.name}: cannot read {self.kind} data ({exc})") from exc
+        needed = data_start + math.prod(shape) * dtype.itemsize
+        if length is not None and not dtype.hasobject and length < needed:
+            raise DataError(
+                f"{self.name}: truncated: its header declares shape {shape} of {dtype}, "
+                f"which needs {needed} bytes, but the {'member' if self.member else 'file'} has {length}"
+            )
+        return shape
+
+    def _header(self) -> tuple[tuple[int, ...], np.dtype, int, int | None]:
+        """Shape, dtype, where the data starts, and the data's full length (None if unknown)."""
+        if self.kind == "npz":
+            with zipfile.ZipFile(self.path) as archive:
+                info = archive.getinfo(f"{self.member}.npy")
+                with archive.open(info) as stream:
+                    shape, dtype = _npy_header(stream)
+                    return shape, dtype, stream.tell(), info.file_size  # uncompressed size
+        with _open_binary(self.path) as stream:
+            if self.kind == "npy":
+                shape, dtype = _npy_header(stream)
+            else:
+                dtype, shape = _idx_header(stream, self.name)
+            # a gzipped file's length is only known once it is decompressed
+            length = None if isinstance(stream, gzip.GzipFile) else self.path.stat().st_size
+            return shape, dtype, stream.tell(), length
 
     def load(self) -> np.ndarray:
         """The whole array."""
@@ -504,6 +527,11 @@ class _ArrayRef:
                 return _read_idx(stream, self.name)
         except _READ_ERRORS as exc:
             raise DataError(f"{self.name}: cannot read {self.kind} data ({exc})") from exc
+
+
+def _looks_like_text(head: bytes) -> bool:
+    """Whether a file's first bytes are printable ASCII (CSV, whitespace-separated numbers...)."""
+    return all(32 <= byte < 127 or byte in b"\t\n\r" for byte in head)
 
 
 @dataclass(frozen=True)
@@ -522,15 +550,20 @@ def _locate(path: str | os.PathLike, base_dir: Path | None) -> tuple[Path, str]:
         what = "not a regular file" if resolved.exists() else "file not found"
         raise DataError(f"{what}: {path}{where}")
     with open(resolved, "rb") as stream:
-        head = stream.read(len(_NPY_MAGIC))
+        head = stream.read(64)
     if head.startswith(_ZIP_MAGIC):
         return resolved, "npz"
     if head.startswith(_NPY_MAGIC):
         return resolved, "npy"
-    if head.startswith(_GZIP_MAGIC) or head.startswith(b"\0\0"):
+    if head.startswith((_GZIP_MAGIC, b"\0\0")):
         return resolved, "idx"  # the rest of the IDX magic is checked when the header is read
     if not head:
         raise DataError(f"{path}: the file is empty")
+    if _looks_like_text(head):
+        raise DataError(
+            f"{path}: this is a text file (it starts with {head[:16].decode('ascii')!r}); "
+            "expected an .npz, .npy or IDX file (convert text with numpy.loadtxt and numpy.save)"
+        )
     raise DataError(
         f"{path}: unrecognised format (bad magic number 0x{head[:4].hex()}); "
         "expected an .npz, .npy or IDX file (IDX optionally gzipped)"
@@ -664,14 +697,17 @@ def _load_samples(ref: _ArrayRef) -> np.ndarray:
     if array.dtype == np.uint8:
         array = array.astype(np.float32) / np.float32(255)
     elif array.dtype.kind in "biuf":
-        array = array.astype(np.float32)
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, reported below
+            array = array.astype(np.float32)
     else:
         raise DataError(f"{ref.name}: expected numbers, got dtype {array.dtype}")
-    nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
-    if nan or inf:
+    bad = ~np.isfinite(array)
+    if bad.any():
+        nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+        first = [int(i) for i in np.unravel_index(np.argmax(bad), bad.shape)]
         raise DataError(
-            f"{ref.name}: {nan} NaN and {inf} infinite values (as float32); "
-            "expected finite numbers"
+            f"{ref.name}: {nan} NaN and {inf} infinite values (as float32), the first at "
+            f"index {first} (sample {first[0]}); expected finite numbers"
         )
     return array
 

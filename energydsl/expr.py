@@ -95,6 +95,22 @@ SCALAR_MATH = {"relu": lambda a: max(a, 0.0), "tanh": math.tanh, "abs": abs, "ex
                "log": math.log, "sqrt": math.sqrt,
                "sigmoid": lambda a: 1 / (1 + math.exp(-a)), "softplus": lambda a: math.log1p(math.exp(a))}  # fmt: skip
 FUNCTIONS = sorted(ELEMENTWISE) + ["flatten", "normalize", "shrink"]
+# One line per function, for the language reference (reference.py).
+FUNCTION_DESCRIPTIONS = {
+    "abs": "``abs(v)``: |v|, elementwise",
+    "exp": "``exp(v)``: eᵛ, elementwise",
+    "log": "``log(v)``: the natural logarithm, elementwise",
+    "relu": "``relu(v)``: max(v, 0), elementwise",
+    "sigmoid": "``sigmoid(v)``: 1 / (1 + e⁻ᵛ), elementwise",
+    "softplus": "``softplus(v)``: log(1 + eᵛ), elementwise",
+    "sqrt": "``sqrt(v)``: the square root, elementwise",
+    "tanh": "``tanh(v)``: the hyperbolic tangent, elementwise",
+    "flatten": "``flatten(v)``: each sample as one vector",
+    "normalize": "``normalize(v)``: each sample scaled to unit l2 norm",
+    "shrink": (
+        "``shrink(value, threshold)``: soft-thresholding, sign(v)·max(|v| − θ, 0), with θ a scalar or shaped like v"
+    ),
+}
 
 
 class ExprCompiler:

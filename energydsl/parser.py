@@ -12,10 +12,10 @@ from functools import lru_cache
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 
 from . import spec as S
-from .errors import Span, SpecError, did_you_mean
+from .errors import WHOLE_SPEC, Span, SpecError, did_you_mean
 
 STATEMENT_KEYWORDS = (
     "model", "data", "const", "input", "label", "latent", "param", "graph", "let",
@@ -59,23 +59,34 @@ def parse(source: str, path: str = "<spec>") -> S.Spec:
         raise _syntax_error(error, source, path) from None
     except SpecError as error:
         raise error.located(path, source) from None
-    except RecursionError:
-        raise SpecError("the spec is nested too deeply to read", path=path, source=source) from None
+    except (RecursionError, VisitError) as error:
+        # The transformer recurses; lark wraps a RecursionError met inside one of its methods.
+        if isinstance(error, VisitError) and not isinstance(error.orig_exc, RecursionError):
+            raise  # a bug in the transformer, not a mistake in the spec
+        raise SpecError("the spec is nested too deeply to read", WHOLE_SPEC, path=path, source=source) from None
 
 
 def parse_file(path: str | Path) -> S.Spec:
     path = Path(path)
     try:
-        source = path.read_text(encoding="utf-8")
+        source = path.read_text(encoding="utf-8-sig")  # without the byte-order mark some editors write
     except FileNotFoundError:
         raise SpecError("spec file not found", path=str(path)) from None
     except IsADirectoryError:
         raise SpecError("is a directory, not a spec file", path=str(path)) from None
     except UnicodeDecodeError as error:
-        raise SpecError(f"spec is not UTF-8 text (byte {error.start})", path=str(path)) from None
+        span = _byte_span(error.object, error.start)  # read_text decodes the whole file at once
+        raise SpecError(f"spec is not UTF-8 text (byte {error.start})", span, path=str(path)) from None
     except OSError as error:
         raise SpecError(f"cannot read spec: {error.strerror}", path=str(path)) from None
     return parse(source, str(path))
+
+
+def _byte_span(data: bytes, offset: int) -> Span:
+    """Where byte ``offset`` stands, in lines and characters as ``read_text`` counts them."""
+    before = data[:offset].decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
+    line_start = before.rfind("\n") + 1
+    return _point(before.count("\n") + 1, len(before) - line_start + 1)
 
 
 def parse_source_call(text: str, what: str = "--data") -> S.Call:

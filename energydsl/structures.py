@@ -20,9 +20,30 @@ import numpy as np
 
 from .errors import UserError
 
+# The most units a structure may have: a structure is built, and its pools and matrices
+# computed, when the spec is checked, so its size is checked before it is built.
+MAX_UNITS = 1_000_000
+
 
 class StructureError(UserError):
     """A structure that is not what it claims; the compiler adds the location."""
+
+
+def _check_units(what: str, units: int) -> None:
+    if units > MAX_UNITS:
+        raise StructureError(f"{what} is too large: more than {MAX_UNITS:,} units")
+
+
+def tree_units(branching: int, depth: int) -> int:
+    """The nodes of a complete tree, counted up to just past MAX_UNITS (depth may be huge)."""
+    if branching == 1:
+        return depth + 1
+    units, level = 0, 1
+    for _ in range(depth + 1):
+        units, level = units + level, level * branching
+        if units > MAX_UNITS:
+            break
+    return units
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,18 +110,21 @@ class Structure:
 
 def grid(name: str, h: int, w: int) -> Structure:
     """An h × w grid of units, 4-connected."""
+    _check_units("grid()", h * w)
     graph = nx.convert_node_labels_to_integers(nx.grid_2d_graph(h, w), ordering="sorted")
     return Structure(name, "grid", graph, (h, w))
 
 
 def torus(name: str, h: int, w: int) -> Structure:
     """An h × w grid whose edges wrap around (a torus), 4-connected."""
+    _check_units("torus()", h * w)
     graph = nx.convert_node_labels_to_integers(nx.grid_2d_graph(h, w, periodic=True), ordering="sorted")
     return Structure(name, "torus", graph, (h, w))
 
 
 def chain(name: str, n: int) -> Structure:
     """n units in a line."""
+    _check_units("chain()", n)
     return Structure(name, "chain", nx.path_graph(n))
 
 
@@ -109,8 +133,7 @@ def balanced_tree(name: str, branching: int, depth: int) -> Structure:
 
     Nodes are numbered breadth first, so ``tree(2, 5)`` has 63 units.
     """
-    if branching**depth > 1_000_000:
-        raise StructureError(f"tree(branching = {branching}, depth = {depth}) is too large")
+    _check_units("tree()", tree_units(branching, depth))
     return _checked_tree(name, nx.balanced_tree(branching, depth), root=0)
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import gzip
 import inspect
 import struct
+import zipfile
 from importlib.resources import files
 
 import numpy as np
 import pytest
 import torch
 
+import energydsl
+from energydsl.cli import main
 from energydsl.data import SOURCES, DataError, Dataset, describe_source, load_data
 
 MNIST_CLASS_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -267,12 +270,22 @@ def test_npy_samples_with_idx_labels(tmp_path):
 
 
 def test_describe_reads_headers_only(tmp_path):
+    # gzipped, so its length is unknown until decompressed: only loading finds the data missing
+    header = struct.pack(">BBBB", 0, 0, 0x08, 3) + struct.pack(">3I", 1_000_000, 28, 28)
+    (tmp_path / "big-idx3-ubyte.gz").write_bytes(gzip.compress(header + bytes(100)))
+    assert describe_source("file", ["big-idx3-ubyte.gz"], base_dir=tmp_path) == ((28, 28), None)
+    with pytest.raises(DataError) as excinfo:
+        load_data("file", ["big-idx3-ubyte.gz"], base_dir=tmp_path)
+    assert "big-idx3-ubyte.gz" in error_text(excinfo) and "truncated" in error_text(excinfo)
+
+
+def test_describe_finds_a_truncated_file_from_its_length(tmp_path):
     header = struct.pack(">BBBB", 0, 0, 0x08, 3) + struct.pack(">3I", 1_000_000, 28, 28)
     (tmp_path / "big-idx3-ubyte").write_bytes(header + bytes(100))  # data is missing
-    assert describe_source("file", ["big-idx3-ubyte"], base_dir=tmp_path) == ((28, 28), None)
     with pytest.raises(DataError) as excinfo:
-        load_data("file", ["big-idx3-ubyte"], base_dir=tmp_path)
-    assert "big-idx3-ubyte" in error_text(excinfo) and "truncated" in error_text(excinfo)
+        describe_source("file", ["big-idx3-ubyte"], base_dir=tmp_path)
+    expected = "needs 784000016 bytes, but the file has 116"
+    assert error_text(excinfo).startswith("big-idx3-ubyte: truncated") and expected in error_text(excinfo)
 
 
 def make_error_case(tmp_path, case: str) -> tuple[dict, str, str]:
@@ -294,10 +307,52 @@ def make_error_case(tmp_path, case: str) -> tuple[dict, str, str]:
         return {"path": "d.npz"}, "d.npz", "'images', 'labels'"
     if case == "nan":
         bad = good_x.copy()
-        bad[0, 0] = bad[1, 1] = np.nan
+        bad[1, 2] = bad[3, 1] = np.nan
         bad[2, 2] = np.inf
         np.save(tmp_path / "nan.npy", bad)
-        return {"path": "nan.npy"}, "nan.npy", "2 NaN and 1 infinite"
+        return {"path": "nan.npy"}, "nan.npy", "2 NaN and 1 infinite values (as float32), the first at index [1, 2]"
+    if case == "overflow":  # finite in float64, infinite once converted to float32
+        big = good_x.copy()
+        big[4, 0] = 1e300
+        np.save(tmp_path / "big.npy", big)
+        return {"path": "big.npy"}, "big.npy", "0 NaN and 1 infinite values (as float32), the first at index [4, 0]"
+    if case == "nan in npz test split":
+        test = np.ones((2, 3))
+        test[1, 0] = np.nan
+        np.savez(tmp_path / "d.npz", x=good_x, x_test=test)
+        return {"path": "d.npz"}, "d.npz['x_test']", "1 NaN and 0 infinite values (as float32), the first at index [1, 0]"
+    if case == "truncated npy":
+        np.save(tmp_path / "t.npy", good_x)
+        data = (tmp_path / "t.npy").read_bytes()
+        (tmp_path / "t.npy").write_bytes(data[:-12])  # 5 x 3 float64: 120 data bytes, 108 left
+        phrase = f"truncated: its header declares shape (5, 3) of float64, which needs {len(data)} bytes"
+        return {"path": "t.npy"}, "t.npy", f"{phrase}, but the file has {len(data) - 12}"
+    if case == "truncated npy header":
+        np.save(tmp_path / "t.npy", good_x)
+        (tmp_path / "t.npy").write_bytes((tmp_path / "t.npy").read_bytes()[:20])
+        return {"path": "t.npy"}, "t.npy", "cannot read npy data"
+    if case == "truncated npz member":
+        np.save(tmp_path / "member.npy", good_x)
+        data = (tmp_path / "member.npy").read_bytes()
+        with zipfile.ZipFile(tmp_path / "d.npz", "w") as archive:
+            archive.writestr("x.npy", data[:-8])
+        return {"path": "d.npz"}, "d.npz['x']", f"needs {len(data)} bytes, but the member has {len(data) - 8}"
+    if case == "truncated idx":
+        write_idx(tmp_path / "t.idx", np.zeros((5, 3)), 0x08)
+        (tmp_path / "t.idx").write_bytes((tmp_path / "t.idx").read_bytes()[:-4])  # 12 + 15 bytes, 23 left
+        return {"path": "t.idx"}, "t.idx", "shape (5, 3) of uint8, which needs 27 bytes, but the file has 23"
+    if case == "text named npy":
+        (tmp_path / "x.npy").write_text("0.5, 1.0, 2.0\n3.0, 4.0, 5.0\n")
+        return {"path": "x.npy"}, "x.npy", "this is a text file (it starts with '0.5, 1.0, 2.0\\n3.'); expected an .npz, .npy"
+    if case == "text named npz":
+        (tmp_path / "d.npz").write_text("x y\n1 2\n")
+        return {"path": "d.npz"}, "d.npz", "this is a text file"
+    if case == "binary npz that is no zip":
+        (tmp_path / "d.npz").write_bytes(bytes(range(200, 256)))
+        return {"path": "d.npz"}, "d.npz", "unrecognised format (bad magic number 0xc8c9cacb); expected an .npz"
+    if case == "missing labels file":
+        np.save(tmp_path / "x.npy", good_x)
+        return {"path": "x.npy", "labels": "y.npy"}, "y.npy", "file not found"
     np.save(tmp_path / "x.npy", good_x)
     labels = {
         "fractional labels": np.array([0, 1.5, 2, 0, 1]),
@@ -339,13 +394,17 @@ def make_error_case(tmp_path, case: str) -> tuple[dict, str, str]:
 
 ERROR_CASES = [
     "missing", "corrupt npz", "bad magic", "bad idx type", "missing key", "nan",
+    "overflow", "nan in npz test split", "truncated npy", "truncated npy header",
+    "truncated npz member", "truncated idx", "text named npy", "text named npz",
+    "binary npz that is no zip", "missing labels file",
     "fractional labels", "negative labels", "2-D labels", "label count", "string labels",
     "labels for npz", "two test splits", "test format", "test labels alone",
     "one sample", "test shape", "unlabelled test",
 ]
 HEADER_CASES = [
     "missing", "bad magic", "missing key", "2-D labels", "label count", "one sample",
-    "test shape", "negative labels",
+    "test shape", "negative labels", "truncated npy", "truncated npz member", "truncated idx",
+    "text named npy", "binary npz that is no zip", "missing labels file",
 ]
 
 
@@ -436,3 +495,81 @@ def test_every_source_documents_every_argument():
         doc = inspect.getdoc(source)
         for parameter in inspect.signature(source).parameters:
             assert f"{parameter}:" in doc, (name, parameter)
+
+
+# --------------------------------------------------------------------------- data against the spec
+
+# No data line: every test names its file with data=... or --data, as a user replacing the data would.
+LABELLED_SPEC = """
+input x[6]
+label y : 10 classes
+latent z[4]
+param D[6, 4]
+param C[10, 4]
+energy
+  recon : 0.5 * sqerr(x, D @ z)
+  class : xent(C @ z, y)
+infer z by fista(steps = 5)
+"""
+
+
+def spec_file(tmp_path) -> str:
+    path = tmp_path / "labelled.energy"
+    path.write_text(LABELLED_SPEC)
+    return str(path)
+
+
+def check_stderr(capsys, spec: str, data: str) -> str:
+    """``energydsl check SPEC --data DATA``: checked to exit 2; its stderr."""
+    assert main(["check", spec, "--data", data]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_a_sample_shape_that_differs_from_the_spec_names_the_file(tmp_path, capsys):
+    np.savez(tmp_path / "five.npz", x=np.zeros((20, 5)), y=np.arange(20) % 10)
+    data = f'file("{tmp_path / "five.npz"}")'
+    expected = (f"input 'x' has 6 values per sample, but the data file('{tmp_path / 'five.npz'}') "
+                "gives samples of shape [5]")  # fmt: skip
+    with pytest.raises(energydsl.SpecError) as excinfo:
+        energydsl.load(LABELLED_SPEC, data=data)
+    assert expected in error_text(excinfo)
+    lines = check_stderr(capsys, spec_file(tmp_path), data).splitlines()
+    assert lines[0].startswith(f"{tmp_path / 'labelled.energy'}:2:9: ") and expected in lines[0]
+    assert lines[1:] == ["  input x[6]", "          ^"]
+
+
+def test_labels_beyond_the_declared_classes_name_the_file(tmp_path, capsys):
+    labels = np.arange(20) % 10
+    labels[7] = 12
+    np.save(tmp_path / "x.npy", np.zeros((20, 6)))
+    np.save(tmp_path / "y.npy", labels)
+    data = f'file("{tmp_path / "x.npy"}", labels = "{tmp_path / "y.npy"}")'
+    expected = (f"10 classes declared, but the data file('{tmp_path / 'x.npy'}', labels='{tmp_path / 'y.npy'}') "
+                "has labels up to 12 (class indices must be below 10)")  # fmt: skip
+    with pytest.raises(energydsl.SpecError) as excinfo:
+        energydsl.load(LABELLED_SPEC, data=data)
+    assert expected in error_text(excinfo)
+    lines = check_stderr(capsys, spec_file(tmp_path), data).splitlines()
+    assert lines[0].startswith(f"{tmp_path / 'labelled.energy'}:3:11: ") and expected in lines[0]
+
+
+def test_labels_beyond_the_classes_in_the_test_split_count_too(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((20, 6)), y=np.arange(20) % 10,
+             x_test=np.zeros((4, 6)), y_test=np.array([0, 1, 10, 2]))  # fmt: skip
+    with pytest.raises(energydsl.SpecError) as excinfo:
+        energydsl.load(LABELLED_SPEC, data=f'file("{tmp_path / "d.npz"}")')
+    assert "d.npz') has labels up to 10 (class indices must be below 10)" in error_text(excinfo)
+
+
+def test_a_bad_file_given_by_data_is_a_data_error_without_a_spec_location(tmp_path, capsys):
+    # The file comes from --data, not from the spec's text: pointing at a spec line would mislead.
+    (tmp_path / "x.npy").write_text("1 2 3 4 5 6\n")
+    data = f'file("{tmp_path / "x.npy"}")'
+    with pytest.raises(DataError) as excinfo:
+        energydsl.load(LABELLED_SPEC, data=data)
+    assert error_text(excinfo).startswith(f"{tmp_path / 'x.npy'}: this is a text file")
+    assert check_stderr(capsys, spec_file(tmp_path), data) == str(excinfo.value) + "\n"
+    missing = f'file("{tmp_path / "nowhere.npz"}")'
+    assert check_stderr(capsys, spec_file(tmp_path), missing) == f"file not found: {tmp_path / 'nowhere.npz'}\n"

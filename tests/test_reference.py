@@ -1,0 +1,125 @@
+"""The language reference: docs/reference.md is what the code generates, and it names
+every statement and every entry of every registry, with its description."""
+
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from energydsl import reference
+from energydsl.compile import INFER_METHODS, LEARN_MODES, OPTIMIZERS, STRUCTURES, _initialisers
+from energydsl.constraints import DESCRIPTIONS
+from energydsl.data import SOURCES
+from energydsl.expr import FUNCTION_DESCRIPTIONS, FUNCTIONS
+from energydsl.parser import STATEMENT_KEYWORDS
+from energydsl.pools import FAMILY_BUILDERS
+from energydsl.reference import REGENERATE, reference_markdown
+from energydsl.terms import TERMS
+
+ROOT = Path(__file__).resolve().parent.parent
+MARKDOWN = reference_markdown()
+
+
+def section(title: str) -> str:
+    """The text of the ``## title`` section."""
+    start = MARKDOWN.index(f"\n## {title}\n")
+    end = MARKDOWN.find("\n## ", start + 1)
+    return MARKDOWN[start : end if end >= 0 else None]
+
+
+def first_line(obj) -> str:
+    return inspect.getdoc(obj).splitlines()[0].replace("``", "`")
+
+
+def test_the_checked_in_reference_is_up_to_date():
+    checked_in = (ROOT / "docs" / "reference.md").read_text(encoding="utf-8")
+    assert checked_in == MARKDOWN, f"docs/reference.md is out of date; regenerate it: {REGENERATE}"
+
+
+def test_running_the_module_prints_the_reference():
+    result = subprocess.run([sys.executable, "-m", "energydsl.reference"], capture_output=True, text=True, check=True)
+    assert result.stdout == MARKDOWN
+
+
+@pytest.mark.parametrize("keyword", STATEMENT_KEYWORDS)
+def test_every_statement_has_its_syntax_and_description(keyword):
+    text = section("Statements")
+    entry = text[text.index(f"\n### `{keyword}`\n") :].split("\n### ")[1]
+    rule = next(r for r in reference.statement_rules() if reference.statement_keyword(r) == keyword)
+    assert rule.comment and rule.comment in entry
+    assert f'{rule.name}: "{keyword}"' in entry  # the grammar rule, as the parser reads it
+
+
+def test_every_learning_mode_is_listed():
+    assert all(f"`{mode}`" in section("Statements") for mode in LEARN_MODES)
+
+
+@pytest.mark.parametrize("name", sorted(TERMS))
+def test_every_energy_term_has_its_signature_and_docstring(name):
+    cls = TERMS[name]
+    text = section("Energy terms")
+    assert f"### `{name}({', '.join(cls.arguments)})`" in text
+    assert first_line(cls) in text
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_every_expression_function_is_described(name):
+    assert f"- {FUNCTION_DESCRIPTIONS[name].replace('``', '`')}" in section("Expressions")
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURES))
+def test_every_structure_is_listed_with_its_arguments(name):
+    assert f"### `{name}`\n\nArguments: {', '.join(STRUCTURES[name])}." in section("Structures")
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_BUILDERS))
+def test_every_pool_family_builder_is_listed_with_its_arguments(name):
+    assert f"### `{name}({', '.join(FAMILY_BUILDERS[name])})`" in section("Pool families")
+
+
+@pytest.mark.parametrize("name", ["tree_inhibition", "grid_inhibition", *_initialisers((2, 2), None)])
+def test_every_init_and_matrix_builder_is_listed(name):
+    assert f"- `{name}" in section("Initial values and matrices")
+
+
+@pytest.mark.parametrize("kind", sorted(DESCRIPTIONS))
+def test_every_constraint_is_described(kind):
+    assert f"- `{kind}`: {DESCRIPTIONS[kind]}" in section("Constraints")
+
+
+@pytest.mark.parametrize("method", INFER_METHODS)
+def test_every_inference_method_is_listed(method):
+    assert f"### `{method}" in section("Inference methods")
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_every_optimizer_is_listed_with_its_options(name):
+    assert f"### `{name}({', '.join(OPTIMIZERS[name])})`" in section("Optimizers")
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_every_data_source_has_its_parameters_and_docstring(name):
+    text = section("Data sources")
+    entry = text[text.index(f"### `{name}(") :].split("\n### ")[0]
+    assert first_line(SOURCES[name]) in entry
+    for parameter in reference.source_parameters(SOURCES[name]):
+        assert f"- `{parameter.name}`:" in entry  # the docstring's Args, as a list
+
+
+def test_the_defaults_of_a_data_source_are_written_as_in_a_spec():
+    assert '### `patches(size = 12, count = 20000, whiten = "zca", center = true,' in section("Data sources")
+
+
+def test_a_registry_entry_without_a_description_stops_the_generation(monkeypatch):
+    monkeypatch.setattr(reference, "FUNCTIONS", [*FUNCTIONS, "cosh"])
+    with pytest.raises(ValueError, match="no description for expression function cosh"):
+        reference_markdown()
+
+
+def test_docs_command_prints_the_reference(capsys):
+    from energydsl.cli import main
+
+    assert main(["docs"]) == 0
+    assert capsys.readouterr().out == reference_markdown()
