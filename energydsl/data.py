@@ -549,8 +549,11 @@ def _locate(path: str | os.PathLike, base_dir: Path | None) -> tuple[Path, str]:
         where = "" if str(resolved) == str(path) else f" (looked for {resolved})"
         what = "not a regular file" if resolved.exists() else "file not found"
         raise DataError(f"{what}: {path}{where}")
-    with open(resolved, "rb") as stream:
-        head = stream.read(64)
+    try:
+        with open(resolved, "rb") as stream:
+            head = stream.read(64)
+    except OSError as error:
+        raise DataError(f"{path}: cannot read it ({error.strerror or error})") from None
     if head.startswith(_ZIP_MAGIC):
         return resolved, "npz"
     if head.startswith(_NPY_MAGIC):

@@ -573,3 +573,9 @@ def test_a_bad_file_given_by_data_is_a_data_error_without_a_spec_location(tmp_pa
     assert check_stderr(capsys, spec_file(tmp_path), data) == str(excinfo.value) + "\n"
     missing = f'file("{tmp_path / "nowhere.npz"}")'
     assert check_stderr(capsys, spec_file(tmp_path), missing) == f"file not found: {tmp_path / 'nowhere.npz'}\n"
+
+
+def test_an_unreadable_file_is_a_data_error():
+    """A path that opens but cannot be read (Linux: /proc/self/mem) is a clear error, not an OSError."""
+    with pytest.raises(DataError, match=r"^/proc/self/mem: cannot read it \("):
+        load_data("file", ("/proc/self/mem",))
