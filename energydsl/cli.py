@@ -291,6 +291,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except (MemoryError, RuntimeError) as error:
+        if not _out_of_memory(error):
+            raise  # a bug: keep its traceback
+        print(f"{getattr(args, 'spec', None) or 'energydsl'}: out of memory ({_first_line(error)}); "
+              "the spec's sizes need more memory than this machine has", file=sys.stderr)  # fmt: skip
+        return EXIT_USER_ERROR
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """numpy's MemoryError, torch's allocator failures (CPU and CUDA)."""
+    return isinstance(error, MemoryError) or "allocate" in str(error) or "out of memory" in str(error)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 if __name__ == "__main__":

@@ -145,3 +145,25 @@ def test_quickstart_example_runs(capsys):
     out = capsys.readouterr().out
     recovered = int(out.split("true atoms recovered: ")[1].split("%")[0])
     assert recovered >= 90
+
+
+def test_a_spec_too_large_for_memory_is_a_clear_error(tmp_path, capsys):
+    """A consistent spec whose matrices cannot be allocated: one line, exit 2, no traceback."""
+    units = (4**10 - 1) // 3  # a 4-ary tree of depth 9; its inhibition matrix is 349525² (122 GB as bool)
+    spec = tmp_path / "huge.energy"
+    spec.write_text(f"""
+model huge
+data synthetic(dim = 16, atoms = 24, count = 100, k = 2)
+input x[16]
+latent z[{units}]
+graph T = tree(4, 9)
+param W[16, {units}] init zeros
+param S[{units}, {units}] init tree_inhibition(T) learn fixed
+energy
+  recon : 0.5 * sqerr(x, W @ z)
+  inh   : 0.1 * inhibition(z, S)
+infer z by ista(steps = 10)
+""")
+    assert main(["check", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
