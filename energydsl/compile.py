@@ -147,6 +147,7 @@ class Program:
     terms: list[BoundTerm]
     methods: tuple[Method, ...]
     training: Training
+    inference_terms: tuple[str, ...] | None = None  # what FISTA minimises (None: every term)
 
     @property
     def classes(self) -> int | None:
@@ -205,11 +206,13 @@ class _Compiler:
         params = [self._param(decl, input_var) for decl in spec.params]
         later_lets = {d.name.name: "lets are computed in the order they are declared" for d in spec.lets}
         model = ExprCompiler(self.scope, "model", unavailable=later_lets)
-        lets = {decl.name.name: self._let(decl, model) for decl in spec.lets}
+        lets = {decl.name.name: self._let(decl, model, latent) for decl in spec.lets}
         pools = self._pools(latent)
         encoder = self._encoder(latent, model)
         terms = self._terms(model, latent, pools, label)
-        methods = self._infer(latent, encoder, terms)
+        inference_terms = self._inference_terms(terms)
+        chosen = [t for t in terms if inference_terms is None or t.name in inference_terms]
+        methods = self._infer(latent, encoder, chosen)
         training = self._training(terms)
         return Program(
             spec=spec,
@@ -230,6 +233,7 @@ class _Compiler:
             terms=terms,
             methods=methods,
             training=training,
+            inference_terms=inference_terms,
         )
 
     # ------------------------------------------------------------ names
@@ -552,8 +556,11 @@ class _Compiler:
 
     # ------------------------------------------------------------ model expressions
 
-    def _let(self, decl: S.LetDecl, model: ExprCompiler) -> Closure:
-        value, fn = model.compile(decl.value)
+    def _let(self, decl: S.LetDecl, model: ExprCompiler, latent: Variable) -> Closure:
+        if isinstance(decl.value, S.Recurrent):  # a recurrence over the latent's state, from zero (LISTA)
+            value, fn = self._recurrence(decl.value, latent, model)
+        else:
+            value, fn = model.compile(decl.value)
         key = "let:" + decl.name.name
 
         def cached(env: Env):
@@ -623,17 +630,25 @@ class _Compiler:
         if decl.target.name != latent.name:
             raise SpecError(f"an encoder computes the latent '{latent.name}', not '{decl.target.name}'",
                             decl.target.span)  # fmt: skip
-        latent_value = self.scope[latent.name].value
         if isinstance(decl.value, S.Recurrent):
-            value, fn = model.recurrent(decl.value, latent.name, latent_value)
+            value, fn = self._recurrence(decl.value, latent, model)
         else:
             without_latent = {k: s for k, s in self.scope.items() if k != latent.name}
             reason = "a plain encoder cannot read the latent it computes; write recurrent(T) { ... } to iterate"
             value, fn = ExprCompiler(without_latent, "model", unavailable={latent.name: reason}).compile(decl.value)
-        if value.shape != latent.shape or not value.batched:
-            raise SpecError(f"the encoder gives {value.describe()}, but '{latent.name}' is "
-                            f"{latent_value.describe()}", decl.value.span)  # fmt: skip
+            self._check_latent_shaped(value, latent, decl.value.span, "the encoder")
         return fn
+
+    def _recurrence(self, node: S.Recurrent, latent: Variable, model: ExprCompiler) -> tuple[Value, Closure]:
+        """``recurrent(T) { body }``: inside the body the latent's name is the previous state."""
+        value, fn = model.recurrent(node, latent.name, self.scope[latent.name].value)
+        self._check_latent_shaped(value, latent, node.span, "the recurrence")
+        return value, fn
+
+    def _check_latent_shaped(self, value: Value, latent: Variable, span: Span, what: str) -> None:
+        if value.shape != latent.shape or not value.batched:
+            raise SpecError(f"{what} gives {value.describe()}, but '{latent.name}' is "
+                            f"{self.scope[latent.name].value.describe()}", span)  # fmt: skip
 
     # ------------------------------------------------------------ energy
 
@@ -754,6 +769,22 @@ class _Compiler:
         if any(m.kind in ("fista", "ista") for m in methods):
             _check_proximable(terms, latent, methods)
         return methods
+
+    def _inference_terms(self, terms: list[BoundTerm]) -> tuple[str, ...] | None:
+        """The terms named by ``infer ... terms a, b``, in energy order."""
+        decl = self.spec.infer
+        if decl is None or decl.terms is None:
+            return None
+        names = tuple(t.name for t in terms)
+        for ident in decl.terms:
+            if ident.name not in names:
+                raise SpecError(f"inference names unknown term '{ident.name}'", ident.span,
+                                hint=did_you_mean(ident.name, names) or one_of(names))  # fmt: skip
+        if all(m.name.name == "encoder" for m in decl.methods):
+            raise SpecError("'terms' chooses what FISTA minimises, but inference is by the encoder alone",
+                            decl.terms[0].span, hint="remove it, or infer by fista(...)")  # fmt: skip
+        chosen = {ident.name for ident in decl.terms}
+        return tuple(name for name in names if name in chosen)
 
     def _method(self, node: S.MethodDecl, position: int) -> Method:
         kind = node.name.name

@@ -377,7 +377,7 @@ class ExprCompiler:
     # ------------------------------------------------------------ recurrence
 
     def _compile_recurrent(self, node: S.Recurrent):
-        raise SpecError("recurrent(...) { ... } can only define the encoder", node.span)
+        raise SpecError("recurrent(...) { ... } can only define the encoder or a let", node.span)
 
     def recurrent(self, node: S.Recurrent, state: str, state_value: Value) -> tuple[Value, Closure]:
         """``recurrent(T) { body }`` where ``state`` names the state inside the body.

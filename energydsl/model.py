@@ -161,7 +161,8 @@ class EnergyModel(nn.Module):
         return z
 
     def _problem(self, xp, y, names) -> Problem:
-        active = [t for t in self._active(names, y is not None) if t.degree > 0]
+        chosen = self.program.inference_terms
+        active = [t for t in self._active(names, y is not None) if t.degree > 0 and (chosen is None or t.name in chosen)]
         smooth = [t for t in active if t.term.smooth]
         nonsmooth = [t for t in active if not t.term.smooth]
 

@@ -281,9 +281,12 @@ class _ToSpec(Transformer):
         (token,) = children
         return S.MethodDecl(span=_token_span(token), name=_ident(token))
 
+    def infer_terms(self, meta, children):
+        return tuple(_ident(t) for t in children)
+
     def infer_stmt(self, meta, children):
-        target, *methods = children
-        return "infer", S.InferDecl(span=_span(meta), target=_ident(target), methods=tuple(methods))
+        target, *methods, terms = children
+        return "infer", S.InferDecl(span=_span(meta), target=_ident(target), methods=tuple(methods), terms=terms)
 
     def optimizer_setting(self, meta, children):
         func, args = children

@@ -195,6 +195,7 @@ class MethodDecl(Node):
 class InferDecl(Node):
     target: Ident
     methods: tuple[MethodDecl, ...]
+    terms: tuple[Ident, ...] | None = None  # the terms inference minimises (default: all)
 
 
 class PhaseDecl(Node):

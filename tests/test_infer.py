@@ -330,3 +330,19 @@ def test_fista_function_on_a_handmade_problem():
         reference = sklearn_lasso(W64, xs[i : i + 1], lam=lam)
         assert_optimal(lasso_objective(W64, xs[i : i + 1], z[i : i + 1].numpy(), lam),
                        lasso_objective(W64, xs[i : i + 1], reference, lam))  # fmt: skip
+
+
+def test_inference_terms_leave_the_other_terms_out_of_z_star(lasso):
+    """`infer z by fista(...) terms recon, sparse`: z* is the lasso optimum even though the
+    energy has a third term pulling z towards an encoder's prediction (LISTA's fit term)."""
+    _, W, x, reference = lasso
+    model, _, _ = build(method="fista(steps = 1000, tol = 1e-7) terms recon, sparse",
+                        params="param E[40, 16] init normal(1)", terms="  fit : 10 * sqerr(z, E @ x)")  # fmt: skip
+    assert model.program.inference_terms == ("recon", "sparse")
+    z = model.infer(x)
+    np.testing.assert_allclose(z.numpy(), reference, atol=2e-3)
+    # without the restriction the fit term moves z* far from the lasso optimum
+    pulled, _, _ = build(params="param E[40, 16] init normal(1)", terms="  fit : 10 * sqerr(z, E @ x)")
+    assert np.abs(pulled.infer(x).numpy() - reference).max() > 0.1
+    # and the energy still counts every term
+    assert set(model.terms(x, z)) == {"recon", "sparse", "fit"}

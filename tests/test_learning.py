@@ -240,3 +240,50 @@ def test_term_switched_off_gives_no_gradient(labelled_data):
     z = model._infer(xp, y, None, differentiable=True)
     model._energy_of(xp, z, y, None).mean().backward()
     assert model.params["C"].grad is not None and torch.count_nonzero(model.params["C"].grad) > 0
+
+
+LISTA_SPEC = """
+model lista_small
+data synthetic(dim = 16, atoms = 24, k = 3, count = 1500, noise = 0.05, seed = 4)
+const lam = 0.05
+const alpha = 0.1
+input x[16]
+latent z[24]
+param D[16, 24] init samples(x) constrain col_norm == 1 learn fixed
+param E[24, 16] init alpha * D.T
+param S[24, 24] init I - alpha * D.T @ D
+param theta[24] init alpha * lam
+let prediction = recurrent(2) { shrink(E @ x + S @ z, theta) }
+encoder z = prediction
+energy
+  recon  : 0.5 * sqerr(x, D @ z)
+  sparse : lam * l1(z)
+  fit    : 0.5 * sqerr(z, prediction)
+infer z by fista(steps = 300, tol = 1e-4) terms recon, sparse
+train
+  optimizer adam(lr = 0.003)
+  batch 50
+  epochs 8
+"""
+
+
+def test_lista_learns_to_approximate_fista_codes_better_than_ista():
+    """Two learned steps approach the optimal codes z* of the fixed dictionary better than
+    two ISTA steps of size 1/L (the point of LISTA), and far better than at initialisation."""
+    from energydsl.infer import fista
+
+    model = energydsl.load(LISTA_SPEC)
+    x = model.dataset.x_test
+    z_star = model.infer(x, steps=5000, tol=1e-9)
+
+    def error(z):
+        return ((z - z_star).norm() / z_star.norm()).item()
+
+    xp = model.preprocess(x)
+    ista = fista(model._problem(xp, None, None), torch.zeros_like(z_star), 2, tol=0, accelerate=False)
+    before = error(model.encode(x))  # the init is 2 ISTA steps of size α
+    D = snapshot(model)["D"]
+    energydsl.train(model)
+    assert torch.equal(model.params["D"], D)  # the dictionary is fixed
+    after = error(model.encode(x))
+    assert after < 0.6 * before and after < 0.75 * error(ista), (before, error(ista), after)
