@@ -47,6 +47,11 @@ STRUCTURES = {
 OPTIMIZERS = {"sgd": ("lr", "momentum", "weight_decay", "nesterov"), "adam": ("lr", "beta1", "beta2", "weight_decay")}
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3}
 LEARN_MODES = ("descent", "ascent", "fixed")
+# learning-rate schedules over a phase: the optimizer's rates times a factor of the epoch
+SCHEDULES = {
+    "constant": "the optimizer's learning rates throughout the phase",
+    "cosine": "rates times ½(1 + cos(π·k/N)) in the phase's epoch k of N: from the full rate down towards 0",
+}
 NORMALIZATIONS = ("l2",)
 DEFAULT_STEPS, DEFAULT_TOL = 200, 1e-4
 
@@ -115,6 +120,7 @@ class Phase:
     name: str
     epochs: int
     terms: tuple[str, ...]
+    schedule: str = "constant"  # how the learning rates move over the phase's epochs
 
 
 @dataclass(frozen=True)
@@ -836,8 +842,17 @@ class _Compiler:
                         raise SpecError(f"phase '{phase.name.name}' names unknown term '{ident.name}'", ident.span,
                                         hint=did_you_mean(ident.name, all_terms) or one_of(all_terms))  # fmt: skip
                 active = tuple(t for t in all_terms if t in {i.name for i in phase.terms})
-            phases.append(Phase(phase.name.name, epochs, active))
+            phases.append(Phase(phase.name.name, epochs, active, self._schedule(phase)))
         return Training(optimizer, options, lr, batch, seed, tuple(phases))
+
+    @staticmethod
+    def _schedule(phase: S.PhaseDecl) -> str:
+        if phase.schedule is None:
+            return "constant"
+        if phase.schedule.name not in SCHEDULES:
+            raise SpecError(f"unknown schedule '{phase.schedule.name}'", phase.schedule.span,
+                            hint=did_you_mean(phase.schedule.name, SCHEDULES) or one_of(SCHEDULES))  # fmt: skip
+        return phase.schedule.name
 
     def _optimizer(self, node: S.Call):
         if node.func not in OPTIMIZERS:

@@ -619,6 +619,7 @@ def _training(program: Program) -> list[str]:
     total = 0
     for phase in training.phases:
         total += phase.epochs
-        lines.append(f"  phase {phase.name}: {phase.epochs} epochs, terms {', '.join(phase.terms)}")
+        schedule = f", {phase.schedule} learning-rate schedule" if phase.schedule != "constant" else ""
+        lines.append(f"  phase {phase.name}: {phase.epochs} epochs, terms {', '.join(phase.terms)}{schedule}")
     lines.append(f"  {total} epochs in all")
     return lines

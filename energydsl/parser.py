@@ -303,6 +303,9 @@ class _ToSpec(Transformer):
     def seed_setting(self, meta, children):
         return "seed", children[0]
 
+    def schedule_setting(self, meta, children):
+        return "schedule", _ident(children[0])
+
     def terms_setting(self, meta, children):
         return "terms", tuple(_ident(t) for t in children)
 

@@ -34,6 +34,7 @@ from .compile import (
     NORMALIZATIONS,
     OPTIMIZER_DESCRIPTIONS,
     OPTIMIZERS,
+    SCHEDULES,
     STRUCTURES,
     Variable,
     _Compiler,
@@ -351,6 +352,8 @@ def _optimizers() -> list[str]:
     for name, options in OPTIMIZERS.items():
         summary = f"{_inline(descriptions[name])}; default `lr = {DEFAULT_LR[name]:g}`."
         out += ["", f"### `{name}({', '.join(options)})`", "", summary]
+    out += ["", "Learning-rate schedules, per phase (`phase NAME epochs N schedule cosine`):", ""]
+    out += [f"- `{name}`: {_inline(text)}" for name, text in SCHEDULES.items()]
     return out
 
 

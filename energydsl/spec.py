@@ -202,6 +202,7 @@ class PhaseDecl(Node):
     name: Ident
     epochs: Expr | None = None
     terms: tuple[Ident, ...] | None = None
+    schedule: Ident | None = None
 
 
 class TrainDecl(Node):

@@ -21,6 +21,7 @@ import torch
 from .data import DataError, Dataset
 from .distributed import SINGLE, Workers
 from .errors import NumericalError
+from .compile import Phase
 from .model import EnergyModel
 
 EVAL_BATCH = 1024
@@ -50,7 +51,7 @@ def make_optimizers(model: EnergyModel) -> Optimizers:
         if plan.learn == "fixed":
             continue
         lr = plan.lr if plan.lr is not None else training.lr * plan.lr_scale
-        groups[plan.learn].append({"params": [model.params[plan.name]], "lr": lr})
+        groups[plan.learn].append({"params": [model.params[plan.name]], "lr": lr, "base_lr": lr})
     return Optimizers(*(_optimizer(training, groups[d], maximize=d == "ascent") for d in ("descent", "ascent")))
 
 
@@ -131,9 +132,22 @@ def _nonfinite_terms(model: EnergyModel, xp, z, y, terms) -> str:
     return f"term {', '.join(repr(n) for n in names)} is not finite" if names else "the terms' sum overflows"
 
 
-def epoch_phases(model: EnergyModel) -> list:
-    """The phase of every epoch, in order."""
-    return [phase for phase in model.program.training.phases for _ in range(phase.epochs)]
+def epoch_plan(model: EnergyModel) -> list[tuple[Phase, int]]:
+    """Every epoch's phase and its index within that phase, in order."""
+    return [(phase, k) for phase in model.program.training.phases for k in range(phase.epochs)]
+
+
+def schedule_factor(phase: Phase, k: int) -> float:
+    """The learning-rate factor of the phase's epoch k (see compile.SCHEDULES)."""
+    if phase.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * k / phase.epochs))
+    return 1.0
+
+
+def _set_learning_rates(optimizers: Optimizers, factor: float) -> None:
+    for optimizer in (optimizers.descent, optimizers.ascent):
+        for group in optimizer.param_groups if optimizer is not None else ():
+            group["lr"] = group["base_lr"] * factor
 
 
 def train(
@@ -168,10 +182,11 @@ def train(
     if x_train.shape[0] < training.batch:
         raise DataError(f"{data.name}: {x_train.shape[0]} training samples, fewer than one batch of {training.batch}; "
                         "lower 'batch' in the spec's train block (or --set it through a const) or give more data")  # fmt: skip
-    phases = epoch_phases(model)
+    plan = epoch_plan(model)
     with _deferred_interrupts() as interrupted:
-        while state.epoch < len(phases):
-            phase = phases[state.epoch]
+        while state.epoch < len(plan):
+            phase, k = plan[state.epoch]
+            _set_learning_rates(state.optimizers, schedule_factor(phase, k))
             start = time.perf_counter()
             model.train()
             if state.order is None:

@@ -84,7 +84,7 @@ PARAMETERS = {
         "E": ((400, 784), "descent, lr 0.0003"),
         "S": ((400, 400), "descent, lr 0.0003"),
         "b": ((400,), "descent, lr 0.0003"),
-        "C": ((10, 400), "descent, lr 0.0003"),
+        "C": ((10, 400), "descent, lr 0.003 (= 0.0003 × lr_scale 10)"),
     },
     "topographic": {"W": ((144, 256), "descent, lr 0.5")},
     "tree_inhibition": {"W": ((64, 63), "descent, lr 0.5"), "S": ((63, 63), "ascent, lr 1 (its own)")},
@@ -116,8 +116,8 @@ def test_parameters_show_their_init_and_constraints_in_projection_order():
 def test_training_plan_lists_each_phase_with_its_terms():
     text = report("drsae")
     assert "Training  adam(lr = 0.0003), batch 64, seed 0" in text
-    assert "phase pretrain: 2 epochs, terms recon, sparse\n" in text
-    assert "phase finetune: 10 epochs, terms recon, sparse, class\n" in text
+    assert "phase pretrain: 10 epochs, terms recon, sparse\n" in text
+    assert "phase finetune: 30 epochs, terms recon, sparse, class, cosine learning-rate schedule\n" in text
 
 
 # ---------------------------------------------------------------- FLOPs against hand counts

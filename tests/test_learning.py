@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import math
+
 from pathlib import Path
 
 import numpy as np
@@ -287,3 +290,24 @@ def test_lista_learns_to_approximate_fista_codes_better_than_ista():
     assert torch.equal(model.params["D"], D)  # the dictionary is fixed
     after = error(model.encode(x))
     assert after < 0.6 * before and after < 0.75 * error(ista), (before, error(ista), after)
+
+
+def test_cosine_schedule_sets_each_epochs_learning_rate(monkeypatch):
+    """`schedule cosine` multiplies every group's rate (lr_scale ratios kept) by ½(1 + cos(πk/N))
+    in the phase's epoch k; a constant phase keeps the optimizer's rates."""
+    loop = importlib.import_module("energydsl.train")  # the module (energydsl.train is the API function)
+    source = LISTA_SPEC.replace("epochs 8", "phase warm epochs 2\n  phase decay epochs 4 schedule cosine").replace(
+        "param theta[24] init alpha * lam", "param theta[24] init alpha * lam lr_scale 10")
+    seen = []
+    step = loop.train_step
+
+    def recording(model, optimizers, *args):
+        seen.append([group["lr"] for group in optimizers.descent.param_groups])
+        return step(model, optimizers, *args)
+
+    monkeypatch.setattr(loop, "train_step", recording)
+    history = energydsl.train(energydsl.load(source))
+    per_epoch = len(seen) // len(history)
+    factors = [1, 1] + [0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
+    for epoch, factor in enumerate(factors):
+        assert seen[epoch * per_epoch] == pytest.approx([0.003 * factor, 0.003 * factor, 0.03 * factor])

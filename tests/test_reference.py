@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from energydsl import reference
-from energydsl.compile import INFER_METHODS, LEARN_MODES, OPTIMIZERS, STRUCTURES, _initialisers
+from energydsl.compile import INFER_METHODS, LEARN_MODES, OPTIMIZERS, SCHEDULES, STRUCTURES, _initialisers
 from energydsl.constraints import DESCRIPTIONS
 from energydsl.data import SOURCES
 from energydsl.expr import FUNCTION_DESCRIPTIONS, FUNCTIONS
@@ -123,3 +123,8 @@ def test_docs_command_prints_the_reference(capsys):
 
     assert main(["docs"]) == 0
     assert capsys.readouterr().out == reference_markdown()
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_every_schedule_is_listed(name):
+    assert f"- `{name}`: " in section("Optimizers")
