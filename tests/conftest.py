@@ -20,6 +20,25 @@ train
   epochs 2
 """
 
+# Adam (optimizer state per parameter), several epochs of several steps: for resume and
+# data-parallel tests, which compare whole training runs.
+SPARSE_ADAM = """
+model sparse_adam
+data synthetic(dim = 16, atoms = 24, count = 600, k = 2, seed = 3)
+const lam = 0.1
+input x[16]
+latent z[24]
+param W[16, 24] init samples(x) constrain col_norm == 1
+energy
+  recon  : 0.5 * sqerr(x, W @ z)
+  sparse : lam * l1(z)
+infer z by fista(steps = 100, tol = 1e-5)
+train
+  optimizer adam(lr = 0.01)
+  batch 20
+  epochs 4
+"""
+
 DRSAE_SMALL = """
 model drsae_small
 data mnist(count = 512)

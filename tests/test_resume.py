@@ -26,23 +26,9 @@ from energydsl.cli import EXIT_INTERRUPTED, main
 from energydsl.errors import RunError
 from energydsl.train import Interrupted
 
-# Adam (state per parameter) and momentum-free parts, several epochs of several steps.
-SPEC = """
-model resumable
-data synthetic(dim = 16, atoms = 24, count = 600, k = 2, seed = 3)
-const lam = 0.1
-input x[16]
-latent z[24]
-param W[16, 24] init samples(x) constrain col_norm == 1
-energy
-  recon  : 0.5 * sqerr(x, W @ z)
-  sparse : lam * l1(z)
-infer z by fista(steps = 100, tol = 1e-5)
-train
-  optimizer adam(lr = 0.01)
-  batch 20
-  epochs 4
-"""
+from conftest import SPARSE_ADAM
+
+SPEC = SPARSE_ADAM
 
 
 def params(directory: Path) -> dict[str, torch.Tensor]:
@@ -62,7 +48,7 @@ def checkpoint_step(directory: Path) -> int:
 
 @pytest.fixture
 def spec_file(tmp_path):
-    path = tmp_path / "resumable.energy"
+    path = tmp_path / "sparse_adam.energy"
     path.write_text(SPEC)
     return path
 
