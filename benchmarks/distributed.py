@@ -25,7 +25,9 @@ def training_seconds(spec: str, nproc: int, out: Path) -> float:
     command = [sys.executable, "-m", "energydsl.cli", "run", spec, "--out", str(out), "--quiet"]
     if nproc > 1:
         command += ["--nproc", str(nproc)]
-    subprocess.run(command, env=env, check=True, capture_output=True)
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     return json.loads((out / "summary.json").read_text())["seconds"]
 
 

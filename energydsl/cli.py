@@ -67,9 +67,12 @@ def cmd_run(args) -> int:
     if workers.device.type == "cuda":
         device = workers.device
     try:
-        return _run(args, overrides, device, workers)
-    finally:
-        distributed.finish(workers)
+        code = _run(args, overrides, device, workers)
+    except BaseException:
+        distributed.finish(workers, together=False)
+        raise
+    distributed.finish(workers)
+    return code
 
 
 def _run(args, overrides: dict, device, workers: distributed.Workers) -> int:

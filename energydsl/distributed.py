@@ -91,8 +91,13 @@ def from_environment(device: torch.device | None) -> Workers:
     return Workers(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=local_rank, device=device)
 
 
-def finish(workers: Workers) -> None:
+def finish(workers: Workers, together: bool = True) -> None:
+    """Leave the group, after every worker got here when ``together``: a worker that tears
+    gloo down while rank 0 still evaluates and writes can abort ("terminate called without
+    an active exception").  After an error, leave at once rather than wait for the others."""
     if workers.size > 1 and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 
