@@ -25,6 +25,16 @@ class PoolFamily:
     # fixed weights w inside each pool (the pool's norm is sqrt(Σ w_i z_i²)), or None
     weights: tuple[tuple[float, ...], ...] | None = None
 
+    def layout(self) -> str:
+        """How the pools sit on the units, which decides the group prox:
+        disjoint, nested (laminar), overlapping or weighted."""
+        if self.weights:
+            return "weighted"
+        levels = self.laminar_levels()
+        if levels is None:
+            return "overlapping"
+        return "disjoint" if len(levels) <= 1 else "nested"
+
     def laminar_levels(self) -> list[list[int]] | None:
         """Pools grouped into levels of disjoint pools, innermost first, or None.
 
@@ -35,15 +45,14 @@ class PoolFamily:
         of the pools it contains, so pools on one level never meet.
         """
         sets = [frozenset(m) for m in self.members]
-        order = sorted(range(len(sets)), key=lambda j: len(sets[j]))
         level = [0] * len(sets)
-        for position, j in enumerate(order):
-            for k in order[:position]:
-                inner, outer = sets[k], sets[j]
-                if inner & outer:
-                    if not inner <= outer:
-                        return None
-                    level[j] = max(level[j], level[k] + 1)
+        owner: dict[int, int] = {}  # each unit's largest pool so far; in a laminar family, those nest
+        for j in sorted(range(len(sets)), key=lambda j: len(sets[j])):
+            for k in {owner[unit] for unit in sets[j] if unit in owner}:
+                if not sets[k] <= sets[j]:
+                    return None
+                level[j] = max(level[j], level[k] + 1)
+            owner.update(dict.fromkeys(sets[j], j))
         levels: list[list[int]] = [[] for _ in range(max(level, default=-1) + 1)]
         for j, lv in enumerate(level):
             levels[lv].append(j)
@@ -95,6 +104,7 @@ class GroupNorms:
         self.inverse = _inverse_index(self.unit_of, m)  # (m, most pools per unit) → slots
         # ‖A‖² = the largest Σ a² over one unit's pools (AᵀA is diagonal)
         squares = torch.zeros(m + 1, dtype=torch.float64).index_add_(0, self.unit_of, self.scale**2)
+        self.unit_weight = squares[:m]  # Σ a² over each unit's pools: the diagonal of AᵀA
         self.lipschitz = float(squares[:m].max())
         levels = family.laminar_levels() if family.weights is None else None
         self.levels = None if levels is None else [self._level_matrix(lv) for lv in levels]
@@ -117,22 +127,23 @@ class GroupNorms:
             self._cache[key] = tensor.to(v.device) if tensor.dtype == torch.long else tensor.to(v)
         return self._cache[key]
 
-    def _slots(self, u: torch.Tensor) -> torch.Tensor:
-        """Aᵤ: each pool slot's weighted unit value, ``(B, pools·width)``."""
+    def slots(self, u: torch.Tensor) -> torch.Tensor:
+        """Au: each pool slot's weighted unit value, ``(B, pools·width)``."""
         padded = torch.cat([u, u.new_zeros(u.shape[0], 1)], dim=1)
         return padded[:, self._on(u, "unit_of")] * self._on(u, "scale")
 
-    def _units(self, xi: torch.Tensor) -> torch.Tensor:
+    def units(self, xi: torch.Tensor) -> torch.Tensor:
         """Aᵀξ: each unit's weighted sum over its pool slots, ``(B, m)``."""
         padded = torch.cat([xi * self._on(xi, "scale"), xi.new_zeros(xi.shape[0], 1)], dim=1)
         return padded[:, self._on(xi, "inverse")].sum(dim=-1)
 
-    def _pool_norms(self, slots: torch.Tensor) -> torch.Tensor:
+    def pool_norms(self, slots: torch.Tensor) -> torch.Tensor:
+        """‖aⱼ ⊙ v_{Pⱼ}‖ per sample and pool from the slot values ``slots(v)``."""
         return (slots * slots).view(slots.shape[0], self.count, self.width).sum(-1).sqrt()
 
     def norms(self, v: torch.Tensor) -> torch.Tensor:
         """‖aⱼ ⊙ v_{Pⱼ}‖ per sample and pool, ``(B, G)``."""
-        return self._pool_norms(self._slots(v))
+        return self.pool_norms(self.slots(v))
 
     def prox(self, v: torch.Tensor, tau, l1: torch.Tensor | float | None = None) -> torch.Tensor:
         """argmin_u ½‖u − v‖² + τ Σⱼ‖aⱼ ⊙ u_{Pⱼ}‖ + Σᵢ l1ᵢ|uᵢ|."""
@@ -157,8 +168,8 @@ class GroupNorms:
         previous, t = (xi, xs), result.new_ones(batch, 1)
         tol = self.gap_tol if self.gap_tol is not None else (1e-14 if v.dtype == torch.float64 else 1e-7)
         for k in range(self.max_iter or 5000):
-            u = result - self._units(xi) - xs
-            step_xi = self._project(xi + self._slots(u) / lipschitz, bound)
+            u = result - self.units(xi) - xs
+            step_xi = self._project(xi + self.slots(u) / lipschitz, bound)
             step_xs = xs
             if unit_bound is not None:
                 step_xs = torch.maximum(torch.minimum(xs + u / lipschitz, unit_bound), -unit_bound)
@@ -175,7 +186,7 @@ class GroupNorms:
             if k % 10 == 9 and self._gap_small(result, *previous, bound, unit_bound, tol):
                 break
         self._dual = previous
-        u = result - self._units(previous[0]) - previous[1]
+        u = result - self.units(previous[0]) - previous[1]
         # where the prox is exactly 0, v − Aᵀξ leaves rounding of v's size: make it 0 again
         u = torch.where(u.abs() <= 1e-12 * result.abs().amax(dim=1, keepdim=True), torch.zeros_like(u), u)
         return u.to(v.dtype)
@@ -194,9 +205,16 @@ class GroupNorms:
         norms = blocks.norm(dim=-1, keepdim=True)
         return (blocks * torch.clamp(bound.unsqueeze(-1) / norms.clamp_min(1e-30), max=1)).view_as(xi)
 
+    def shrink_slots(self, slots: torch.Tensor, tau) -> torch.Tensor:
+        """Each pool's block of slot values scaled by max(0, 1 − τ/‖block‖): the prox of
+        τ Σⱼ‖yⱼ‖ over separate copies yⱼ of the pools (no overlap between copies)."""
+        blocks = slots.view(slots.shape[0], self.count, self.width)
+        norms = blocks.norm(dim=-1, keepdim=True)
+        return (blocks * torch.clamp(1 - tau / norms.clamp_min(1e-30), min=0)).view_as(slots)
+
     def _gap_small(self, v, xi, xs, bound, unit_bound, tol) -> bool:
         """Duality gap ≤ tol·½‖v‖² for every sample (see the scale below)."""
-        u = v - self._units(xi) - xs
+        u = v - self.units(xi) - xs
         primal = 0.5 * ((u - v) ** 2).sum(1) + (bound * self.norms(u)).sum(1)
         if unit_bound is not None:
             primal = primal + (unit_bound * u.abs()).sum(1)
@@ -248,7 +266,7 @@ def pool_from_ranges(decl: S.PoolDecl, size: int, integer) -> PoolFamily:
 
 
 def blocks(name: str, size: int, block: int) -> PoolFamily:
-    """Consecutive blocks of ``block`` units: pools ``P[0]`` = 0..block-1, and so on."""
+    """Consecutive blocks of ``block`` units (``blocks(z, block)``): pools ``P[0]`` = 0..block-1, and so on."""
     starts = range(0, size, block)
     members = tuple(tuple(range(s, min(s + block, size))) for s in starts)
     names = tuple(f"{name}[{i}]" for i in range(len(members)))

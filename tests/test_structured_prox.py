@@ -19,7 +19,7 @@ import torch
 
 import energydsl
 from energydsl import structures as st
-from energydsl.infer import fista, make_prox
+from energydsl.infer import Splitting, admm, fista, make_prox
 from energydsl.pools import GroupNorms, PoolFamily
 
 REL = 1e-6  # relative objective gap allowed
@@ -438,6 +438,82 @@ def test_float32_inference_is_close():
                                          options["lam"])  # fmt: skip
     for b in range(B):
         assert energy(z[b].double().numpy(), b) <= energy(references[b], b) * (1 + 1e-4)
+
+
+# ---------------------------------------------------------------- ADMM on the whole problem
+
+ADMM_CASES = {
+    "windows": dict(pools=st.windows(TORUS, 2, 1), lam=0.4, l1=0.0, nonneg=False, dim=DIM),
+    "weighted windows": dict(pools=st.windows(TORUS, 3, 1, sigma=1.0), lam=0.35, l1=0.0, nonneg=False, dim=DIM),
+    "windows, l1 and z >= 0": dict(pools=st.windows(TORUS, 2, 1), lam=0.3, l1=0.1, nonneg=True, dim=DIM),
+    # fewer inputs than units, as in a topographic spec: WᵀW is singular
+    "weighted windows, overcomplete": dict(pools=st.windows(TORUS, 3, 1, sigma=1.0), lam=0.2, l1=0.05, nonneg=False,
+                                           dim=10),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ADMM_CASES)
+def test_admm_reaches_the_optimum(case):
+    """ADMM on min ½‖x − Wz‖² + λΣⱼ‖Aⱼz‖ + μ‖z‖₁ against cvxpy, sample by sample,
+    with a zero sample and a sample 1000 times smaller than the others in the batch."""
+    options = ADMM_CASES[case]
+    pools, weights = options["pools"]
+    fam = make_family("P", pools, weights)
+    W = dictionary(options["dim"], 16, seed=40)
+    generator = torch.Generator().manual_seed(41)
+    codes = torch.randn(B, 16, generator=generator, dtype=torch.float64) * (torch.rand(B, 16, generator=generator) < 0.4)
+    x = codes @ W.T + 0.1 * torch.randn(B, options["dim"], generator=generator, dtype=torch.float64)
+    x = torch.cat([x, torch.zeros_like(x[:1]), 1e-3 * x[:1]])
+    split = Splitting(GroupNorms(fam), options["lam"], options["l1"], options["nonneg"])
+    z = admm(W.T @ W, -x @ W, split, torch.zeros(len(x), 16, dtype=torch.float64), 5000, 1e-10)
+
+    X, Wn, Z = x.numpy(), W.numpy(), z.numpy()
+    lam, mu = options["lam"], options["l1"]
+
+    def energy(u, b):
+        return 0.5 * np.sum((X[b] - Wn @ u) ** 2) + lam * group_penalty(u, fam) + mu * np.abs(u).sum()
+
+    for b in range(len(X)):
+        u = cp.Variable(16, nonneg=options["nonneg"])
+        cost = 0.5 * cp.sum_squares(X[b] - Wn @ u) + lam * cvx_group_penalty(u, fam) + mu * cp.norm1(u)
+        reference = solve(cost, u)
+        assert_optimal(energy(Z[b], b), energy(reference, b), f"sample {b}")
+        if options["dim"] > 16:  # strongly convex: one optimum
+            np.testing.assert_allclose(Z[b], reference, atol=DIST, rtol=0, err_msg=f"sample {b}")
+    assert (Z[B] == 0).all()  # the zero sample's code is exactly zero
+    assert (Z[:B] == 0).any() and (np.abs(Z[:B]) > 1e-2).any()  # exactly sparse, not all zero
+    if options["nonneg"]:
+        assert (Z >= 0).all()
+
+
+def test_admm_zeros_are_the_optimum_zeros():
+    """A unit is exactly 0 only where cvxpy's optimum is 0 (below 1e-7), and every
+    unit the optimum uses (above 1e-6) is nonzero."""
+    W = dictionary(DIM, 16, seed=42)
+    x = random((B, DIM), 43)
+    split = Splitting(GroupNorms(WINDOWS), 0.6, 0.0, False)
+    z = admm(W.T @ W, -x @ W, split, torch.zeros(B, 16, dtype=torch.float64), 5000, 1e-10).numpy()
+    for b in range(B):
+        u = cp.Variable(16)
+        reference = solve(0.5 * cp.sum_squares(x[b].numpy() - W.numpy() @ u) + 0.6 * cvx_group_penalty(u, WINDOWS), u)
+        assert (np.abs(reference[z[b] == 0]) < 1e-7).all(), f"sample {b}"
+        assert (z[b][np.abs(reference) > 1e-6] != 0).all(), f"sample {b}"
+    zeros = (z == 0).sum(1)
+    assert zeros.max() > 0 and zeros.min() < 16  # partly sparse: pools set to zero, others active
+
+
+def test_fista_takes_admm_for_overlapping_pools_only():
+    """The dual-prox path remains for laminar pools (closed-form prox) and for
+    inhibition (ISTA, a z-dependent threshold)."""
+    def splitting(source):
+        model = energydsl.load(source).double()
+        return model._problem(model.preprocess(model.dataset.x_train[:B]), None, None).prox.splitting()
+
+    windows = splitting(GROUP_SPEC.format(dim=DIM, bound="", extra="", **CASES["windows"]))
+    assert windows is not None and windows.group_weight == 0.4 and windows.l1_weight == 0 and not windows.nonneg
+    with_l1 = splitting(GROUP_SPEC.format(dim=DIM, bound=" >= 0", extra="  sparse : 0.05 * l1(z)", **CASES["windows"]))
+    assert with_l1 is not None and with_l1.l1_weight == 0.05 and with_l1.nonneg
+    assert splitting(GROUP_SPEC.format(dim=DIM, bound="", extra="", **CASES["tree"])) is None
 
 
 # ---------------------------------------------------------------- lateral inhibition
