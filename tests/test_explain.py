@@ -45,7 +45,7 @@ TERM_CASES = [
     ("drsae", "recon", "recon = 0.5 · ‖x − D @ z‖²", "inference is by the encoder"),
     ("drsae", "sparse", "sparse = 0.01 · ‖z‖₁", "inference is by the encoder"),
     ("drsae", "class", "class = −log softmax(C @ normalize(z))[y]", "inference is by the encoder"),
-    ("topographic", "group", "group = 0.05 · Σⱼ ‖z[Pⱼ]‖₂", "prox = dual prox (overlapping pools, a unit in 4 to 9 pools)"),
+    ("topographic", "group", "group = 0.05 · Σⱼ ‖z[Pⱼ]‖₂", "prox = dual prox (weighted pools, each unit in 25 pools)"),
     ("tree_inhibition", "sparse", "sparse = 0.05 · ‖z‖₁", "prox = soft-threshold"),
     ("tree_inhibition", "inhibit", "inhibit = 0.15 · |z|ᵀ S |z|",
      "prox = per-unit soft-threshold at τ·0.15·((S + Sᵀ)|z|)ᵢ"),
@@ -67,7 +67,7 @@ def test_term_arguments_are_shown_with_their_shapes():
     assert "xent(C @ normalize(z), y): C @ normalize(z): [10] per sample; y: label" in term_block(
         report("drsae"), "class"
     )
-    assert "group_l2(z, P): z: [256] per sample; P: 36 pools" in term_block(report("topographic"), "group")
+    assert "group_l2(z, P): z: [256] per sample; P: 256 pools" in term_block(report("topographic"), "group")
 
 
 def test_every_registered_term_has_a_formula_naming_all_its_arguments():
@@ -86,7 +86,7 @@ PARAMETERS = {
         "b": ((400,), "descent, lr 0.0003"),
         "C": ((10, 400), "descent, lr 0.003 (= 0.0003 × lr_scale 10)"),
     },
-    "topographic": {"W": ((144, 256), "descent, lr 0.5")},
+    "topographic": {"W": ((144, 256), "descent, lr 2")},
     "tree_inhibition": {"W": ((64, 63), "descent, lr 0.5"), "S": ((63, 63), "ascent, lr 1 (its own)")},
 }
 
