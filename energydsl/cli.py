@@ -152,6 +152,13 @@ def cmd_check(args) -> int:
             print(error.render(), file=sys.stderr)
             status = EXIT_USER_ERROR
             continue
+        except (MemoryError, RuntimeError) as error:
+            if not _out_of_memory(error):
+                raise
+            print(f"{path}:1:1: out of memory ({_first_line(error)}); the spec's sizes need more memory "
+                  "than this machine has", file=sys.stderr)  # fmt: skip
+            status = EXIT_USER_ERROR
+            continue
         print(describe(program) if not args.quiet else f"{path}: ok")
     return status
 

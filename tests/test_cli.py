@@ -166,4 +166,4 @@ infer z by ista(steps = 10)
 """)
     assert main(["check", str(spec)]) == 2
     err = capsys.readouterr().err
-    assert "out of memory" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"{spec}:1:1: out of memory") and "Traceback" not in err and len(err.strip().splitlines()) == 1
