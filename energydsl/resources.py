@@ -308,7 +308,7 @@ def _pool_table_bytes(program: Program, size: int) -> int:
         if not isinstance(term.term, GroupTerm):
             continue
         norms = term.term.norms
-        tables = [norms.unit_of, norms.scale, norms.inverse, *(norms.levels or [])]
+        tables = [norms.unit_of, norms.scale, *(norms.levels or [])]
         for table in tables:
             total += table.numel() * table.element_size()
             if table.is_floating_point():  # GroupNorms._on caches a copy in the model's dtype
