@@ -1,12 +1,14 @@
 """Inference on the topographic spec: ADMM on the whole problem vs FISTA with the dual prox.
 
-Same problem for both: 256 held-out patches of ``specs/topographic.energy``, its
+Same problem for both: 64 held-out patches of ``specs/topographic.energy``, its
 overlapping Gaussian windows and λ, and its dictionary — the trained one of a run
 directory given as the argument (``energydsl run specs/topographic.energy`` writes
 ``runs/topographic``), else the spec's initial one.  Both stop at the spec's
 tolerance; the figure of merit is the time, and each result's mean energy
-relative to a float64 ADMM solution at tol 1e-10 (the optimum, to ~1e-9).
-Prints one JSON line; run by hand:  python benchmarks/topographic.py [RUN_DIR]
+relative to a float64 ADMM solution at tol 1e-10 (the optimum, to ~1e-9).  Both
+run on one thread (ADMM always does: see ``energydsl.infer``).  FISTA takes
+about 1.5 minutes a run.  Prints one JSON line; run by hand:
+python benchmarks/topographic.py [RUN_DIR]
 """
 
 import dataclasses
@@ -24,7 +26,7 @@ from energydsl.infer import fista
 SPEC = "specs/topographic.energy"
 
 
-def model_and_inputs(run_dir: str | None, count: int = 256):
+def model_and_inputs(run_dir: str | None, count: int = 64):
     model = energydsl.load(SPEC)
     if run_dir is not None:
         with torch.no_grad():
@@ -39,13 +41,14 @@ def solve(model, x, by_admm: bool, steps: int, tol: float) -> torch.Tensor:
     return fista(problem, x.new_zeros(x.shape[0], 256), steps, tol)
 
 
+@torch.no_grad()
 def main(run_dir: str | None = None, repeats: int = 3):
     torch.manual_seed(0)
+    torch.set_num_threads(1)
     model, x = model_and_inputs(run_dir)
     method = model.program.methods[0]
     reference_model = energydsl.load(SPEC).double()
-    with torch.no_grad():
-        reference_model.params["W"].copy_(model.params["W"].double())
+    reference_model.params["W"].copy_(model.params["W"].double())
     optimum = reference_model.energy(x.double(), solve(reference_model, x.double(), True, 20000, 1e-10)).mean()
     timings, gaps = {"admm": [], "fista_dual_prox": []}, {}
     for _ in range(repeats):
