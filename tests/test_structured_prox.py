@@ -443,12 +443,13 @@ def test_float32_inference_is_close():
 # ---------------------------------------------------------------- ADMM on the whole problem
 
 ADMM_CASES = {
-    "windows": dict(pools=st.windows(TORUS, 2, 1), lam=0.4, l1=0.0, nonneg=False, dim=DIM),
-    "weighted windows": dict(pools=st.windows(TORUS, 3, 1, sigma=1.0), lam=0.35, l1=0.0, nonneg=False, dim=DIM),
-    "windows, l1 and z >= 0": dict(pools=st.windows(TORUS, 2, 1), lam=0.3, l1=0.1, nonneg=True, dim=DIM),
+    "windows": {"pools": st.windows(TORUS, 2, 1), "lam": 0.4, "l1": 0.0, "nonneg": False, "dim": DIM},
+    "weighted windows": {"pools": st.windows(TORUS, 3, 1, sigma=1.0), "lam": 0.35, "l1": 0.0, "nonneg": False,
+                         "dim": DIM},
+    "windows, l1 and z >= 0": {"pools": st.windows(TORUS, 2, 1), "lam": 0.3, "l1": 0.1, "nonneg": True, "dim": DIM},
     # fewer inputs than units, as in a topographic spec: WᵀW is singular
-    "weighted windows, overcomplete": dict(pools=st.windows(TORUS, 3, 1, sigma=1.0), lam=0.2, l1=0.05, nonneg=False,
-                                           dim=10),
+    "weighted windows, overcomplete": {"pools": st.windows(TORUS, 3, 1, sigma=1.0), "lam": 0.2, "l1": 0.05,
+                                       "nonneg": False, "dim": 10},
 }  # fmt: skip
 
 
@@ -461,7 +462,9 @@ def test_admm_reaches_the_optimum(case):
     fam = make_family("P", pools, weights)
     W = dictionary(options["dim"], 16, seed=40)
     generator = torch.Generator().manual_seed(41)
-    codes = torch.randn(B, 16, generator=generator, dtype=torch.float64) * (torch.rand(B, 16, generator=generator) < 0.4)
+    codes = torch.randn(B, 16, generator=generator, dtype=torch.float64) * (
+        torch.rand(B, 16, generator=generator) < 0.4
+    )
     x = codes @ W.T + 0.1 * torch.randn(B, options["dim"], generator=generator, dtype=torch.float64)
     x = torch.cat([x, torch.zeros_like(x[:1]), 1e-3 * x[:1]])
     split = Splitting(GroupNorms(fam), options["lam"], options["l1"], options["nonneg"])
@@ -505,6 +508,7 @@ def test_admm_zeros_are_the_optimum_zeros():
 def test_fista_takes_admm_for_overlapping_pools_only():
     """The dual-prox path remains for laminar pools (closed-form prox) and for
     inhibition (ISTA, a z-dependent threshold)."""
+
     def splitting(source):
         model = energydsl.load(source).double()
         return model._problem(model.preprocess(model.dataset.x_train[:B]), None, None).prox.splitting()
