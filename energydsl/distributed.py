@@ -13,13 +13,20 @@ rank 0 evaluates and writes the run directory.
 ``energydsl run SPEC --nproc N`` starts N local workers with torchrun's launcher
 (``torch.distributed.run``); ``torchrun ... -m energydsl.cli run SPEC`` works too,
 also across nodes.  Workers talk over gloo on CPU and nccl on GPUs.
+
+Leaving cleanly matters: :func:`finish` must really free the process group, so
+that its backend's threads are joined while the interpreter is alive (see
+:func:`_import_group_capturing_modules`).
 """
 
 from __future__ import annotations
 
+import gc
+import importlib
 import os
 import subprocess
 import sys
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +43,8 @@ class Workers:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")  # where collectives' tensors live (nccl: the GPU)
+    # where collectives' tensors live (nccl: the GPU); a torch.device is immutable, safe as a default
+    device: torch.device = torch.device("cpu")  # noqa: RUF009
 
     @property
     def main(self) -> bool:
@@ -66,11 +74,15 @@ class Workers:
         """Sum every gradient over the workers: one all-reduce of one flat buffer."""
         if self.size == 1:
             return
-        grads = [p.grad for p in parameters if p.grad is not None]
-        if grads:
-            flat = self.sum_(_flatten_dense_tensors(grads))
-            for grad, summed in zip(grads, _unflatten_dense_tensors(flat, grads)):
-                grad.copy_(summed)
+        self.sum_all_([p.grad for p in parameters if p.grad is not None])
+
+    def sum_all_(self, tensors: list[torch.Tensor]) -> None:
+        """Sum every tensor over the workers, in place: one all-reduce of one flat buffer."""
+        if self.size == 1 or not tensors:
+            return
+        flat = self.sum_(_flatten_dense_tensors(tensors))
+        for tensor, summed in zip(tensors, _unflatten_dense_tensors(flat, tensors)):
+            tensor.copy_(summed)
 
 
 SINGLE = Workers()
@@ -86,19 +98,51 @@ def from_environment(device: torch.device | None) -> Workers:
     if on_gpu:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
+        _import_group_capturing_modules()
         dist.init_process_group(backend="nccl" if on_gpu else "gloo")
     device = torch.device("cuda", local_rank) if on_gpu else torch.device("cpu")
     return Workers(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=local_rank, device=device)
 
 
-def finish(workers: Workers, together: bool = True) -> None:
-    """Leave the group, after every worker got here when ``together``: a worker that tears
-    gloo down while rank 0 still evaluates and writes can abort ("terminate called without
-    an active exception").  After an error, leave at once rather than wait for the others."""
-    if workers.size > 1 and dist.is_initialized():
-        if together:
-            dist.barrier()
-        dist.destroy_process_group()
+# torch modules whose functions take ``group=group.WORLD`` as a default argument.  Python
+# evaluates defaults at import, and torch imports these lazily (the first optimizer imports
+# torch._dynamo, which imports them): imported after init_process_group, they hold the
+# default group for good.
+GROUP_CAPTURING_MODULES = ("torch.distributed.nn.functional",)
+
+
+def _import_group_capturing_modules() -> None:
+    """Import, before the group exists, the modules that would otherwise keep it alive.
+
+    A group that outlives :func:`dist.destroy_process_group` keeps gloo's worker
+    threads running into interpreter shutdown.  A worker thread that is still
+    releasing the last collective's tensors then needs the GIL, and a thread
+    that asks for the GIL while Python finalizes is ended by ``pthread_exit``,
+    whose unwinding through a ``noexcept`` destructor calls ``std::terminate``:
+    "terminate called without an active exception", SIGABRT, now and then (the
+    last collective races the interpreter's exit), although the run is written.
+    """
+    for name in GROUP_CAPTURING_MODULES:
+        importlib.import_module(name)
+
+
+def finish(workers: Workers, together: bool = True) -> bool:
+    """Leave the group, after every worker got here when ``together`` (after an error,
+    leave at once rather than wait for the others).  Returns whether the group is
+    really gone, its threads joined; a group that something still holds outlives
+    this call and can abort the process at exit (see :func:`_import_group_capturing_modules`)."""
+    if workers.size == 1 or not dist.is_initialized():
+        return True
+    if together:
+        dist.barrier()
+    group = weakref.ref(dist.group.WORLD)
+    dist.destroy_process_group()  # the last reference: joins the backend's threads, GIL released
+    gc.collect()  # in case a reference cycle held it
+    if group() is None:
+        return True
+    print(f"energydsl: warning: rank {workers.rank}: the process group outlived destroy_process_group "
+          "(something still holds it); the worker may abort at exit", file=sys.stderr)  # fmt: skip
+    return False
 
 
 def launch(nproc: int, argv: list[str], nnodes: str = "1", rdzv_endpoint: str | None = None) -> int:
@@ -112,4 +156,4 @@ def launch(nproc: int, argv: list[str], nnodes: str = "1", rdzv_endpoint: str | 
         command += ["--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}"]
     command += ["-m", "energydsl.cli", *argv]
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc))  # share the cores
-    return subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": threads}).returncode
+    return subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": threads}, check=False).returncode

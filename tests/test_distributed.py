@@ -15,13 +15,12 @@ import sys
 import pytest
 import safetensors.torch
 import torch
+from conftest import SPARSE_ADAM
 
 import energydsl
 from energydsl.cli import main
 from energydsl.distributed import Workers
 from energydsl.train import Interrupted
-
-from conftest import SPARSE_ADAM
 
 # tight inference, so that sharded and whole-batch solves agree to float32 rounding
 FISTA_SPEC = SPARSE_ADAM.replace("fista(steps = 100, tol = 1e-5)", "fista(steps = 500, tol = 1e-7)").replace(
@@ -35,16 +34,16 @@ def final_params(directory) -> dict[str, torch.Tensor]:
 def run_workers(spec, out, *extra) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "energydsl.cli", "run", str(spec), "--out", str(out), "--quiet", "--nproc", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([*command, *extra], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([*command, *extra], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
 def assert_close(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
-    for name in a:
+    for name, value in a.items():
         scale = b[name].abs().max().clamp_min(1e-6)
-        assert (a[name] - b[name]).abs().max() <= 2e-5 * scale, name
+        assert (value - b[name]).abs().max() <= 2e-5 * scale, name
 
 
 @pytest.mark.parametrize("source", ["fista", "drsae"])
@@ -76,6 +75,47 @@ def test_two_workers_resume_a_checkpoint(tmp_path):
     run_workers(spec, out, "--resume")
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     assert_close(final_params(out), final_params(reference))
+
+
+# A worker's whole life in a group: join, make an optimizer after the group exists (its first
+# use imports torch._dynamo and, through it, modules that capture the default group), sum a
+# gradient, leave.  Prints what finish() reports: whether the group is really gone.
+WORKER_LIFE = """
+import sys
+import torch
+from energydsl.distributed import finish, from_environment
+
+workers = from_environment(None)
+weight = torch.nn.Parameter(torch.ones(3))
+optimizer = torch.optim.Adam([weight])
+(weight * (workers.rank + 1)).sum().backward()
+workers.sum_gradients_([weight])
+optimizer.step()
+sys.stdout.write(f"rank {workers.rank}: gradient {weight.grad.tolist()}, group freed {finish(workers)}\\n")
+"""  # one write: the workers share the launcher's unbuffered stdout
+
+
+def test_leaving_frees_the_group_and_its_threads(tmp_path):
+    """A group that outlives destroy_process_group keeps gloo's threads alive into interpreter
+    shutdown, where one of them, still releasing the last collective's tensors, asks for the GIL
+    and is ended by std::terminate (SIGABRT now and then, after the run was written)."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER_LIFE)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)]
+    result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=120, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
+    assert lines == [f"rank {rank}: gradient [3.0, 3.0, 3.0], group freed True" for rank in (0, 1)]  # 1 + 2
+
+
+def test_cuda_without_a_gpu_is_one_line_before_any_worker_starts(tmp_path, capsys, monkeypatch):
+    spec = tmp_path / "fista.energy"
+    spec.write_text(FISTA_SPEC)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a worker was launched"))
+    assert main(["run", str(spec), "--nproc", "2", "--device", "cuda"]) == 2
+    assert capsys.readouterr().err == "--device cuda: CUDA is not available on this machine\n"
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4])
