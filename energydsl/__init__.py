@@ -11,6 +11,7 @@ from .api import compile_program, load, load_run, train  # noqa: E402
 from .data import Dataset, DataError  # noqa: E402
 from .errors import RunError, SpecError, UserError  # noqa: E402
 from .model import EnergyModel  # noqa: E402
+from .stacking import export  # noqa: E402
 
 __all__ = [
     "DataError",
@@ -20,6 +21,7 @@ __all__ = [
     "SpecError",
     "UserError",
     "compile_program",
+    "export",
     "load",
     "load_run",
     "train",

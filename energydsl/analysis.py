@@ -65,6 +65,20 @@ def decoder_name(model: EnergyModel) -> str | None:
     return _matmul_parameter(model, [decl.value], model.program.latent.name)
 
 
+def kernel_decoder_name(model: EnergyModel) -> str | None:
+    """The kernel K of a convolutional or locally connected reconstruction ``sqerr(x, conv_t(K, z))``."""
+    recon = model.program.reconstruction
+    if recon is None:
+        return None
+    decl = next(t for t in model.program.spec.energy if t.name.name == recon.name)
+    for node in _walk(decl.value):
+        is_decoder = isinstance(node, S.Call) and node.func in ("conv_t", "local_t") and node.args
+        kernel = node.args[0] if is_decoder else None
+        if isinstance(kernel, S.Name) and kernel.id in model.params:
+            return kernel.id
+    return None
+
+
 def encoder_name(model: EnergyModel) -> str | None:
     """The parameter E of ``E @ x`` in the encoder, when it maps inputs to latent units."""
     shape = (model.program.latent.shape[0], math.prod(model.program.input.shape))

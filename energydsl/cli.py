@@ -193,6 +193,16 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .stacking import export, sample_shape, to_torchscript
+
+    network = export(*args.runs, pool=args.pool)
+    path = to_torchscript(network, sample_shape(args.runs[-1]), args.output)
+    print(f"wrote {path}: raw samples {list(sample_shape(args.runs[-1]))} → features ({len(network)} modules: "
+          f"{', '.join(type(m).__name__ for m in network)}); load with torch.jit.load")  # fmt: skip
+    return 0
+
+
 def describe(program: Program) -> str:
     """A readable summary of a compiled spec."""
     lines = [f"model {program.name}  ({program.spec.path})", f"  data      {program.data.text()}"]
@@ -200,7 +210,8 @@ def describe(program: Program) -> str:
                  + (f"  normalize {program.normalize}" if program.normalize else ""))  # fmt: skip
     if program.label:
         lines.append(f"  label     {program.label.name}: {program.classes} classes")
-    lines.append(f"  latent    {program.latent.name}{list(program.latent.shape)}" + ("  >= 0" if program.nonneg else ""))
+    latent_shape = list(program.latent.layout or program.latent.shape)
+    lines.append(f"  latent    {program.latent.name}{latent_shape}" + ("  >= 0" if program.nonneg else ""))
     for name, structure in program.structures.items():
         lines.append(f"  graph     {name}: {structure.kind}, {structure.size} units")
     for name, family in program.pools.items():
@@ -219,7 +230,8 @@ def describe(program: Program) -> str:
                           for m in program.methods)  # fmt: skip
     lines.append(f"  infer     {program.latent.name} by {steps}")
     training = program.training
-    lines.append(f"  train     {training.optimizer}(lr={training.lr:g}) batch {training.batch} seed {training.seed}")
+    settings = ", ".join(f"{k}={v:g}" for k, v in training.settings().items())
+    lines.append(f"  train     {training.optimizer}({settings}) batch {training.batch} seed {training.seed}")
     for phase in training.phases:
         lines.append(f"  phase     {phase.name}: {phase.epochs} epochs, terms {', '.join(phase.terms)}")
     return "\n".join(lines)
@@ -279,6 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="rewrite the pictures and report.html of a trained run")
     plot.add_argument("run", help="run directory")
     plot.set_defaults(handler=cmd_plot)
+
+    export = commands.add_parser("export", help="trained encoders as a TorchScript feature extractor (image → pooled features)")
+    export.add_argument("runs", nargs="+", metavar="DIR",
+                        help="run directories, first layer first; a stacked run brings the runs below it")
+    export.add_argument("-o", "--output", required=True, help="the TorchScript file to write, e.g. features.pt")
+    export.add_argument("--pool", type=int, default=2, help="L2 pooling window after the last layer (default 2)")
+    export.set_defaults(handler=cmd_export)
 
     prune = commands.add_parser("prune", help="remove rarely active branches of a trained tree")
     prune.add_argument("run", help="run directory of a spec with a tree")

@@ -9,18 +9,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from . import spec as S
-from .constraints import DESCRIPTIONS, MATRIX_KINDS, NORM_KINDS, SQUARE_KINDS, Constraint, sort_constraints
+from . import structures as st
+from .constraints import (
+    DESCRIPTIONS,
+    KERNEL_KINDS,
+    MATRIX_KINDS,
+    NORM_KINDS,
+    SQUARE_KINDS,
+    Constraint,
+    sort_constraints,
+)
 from .data import DataError, describe_source
+from .dictionary import DEFAULT_FORGET
 from .errors import WHOLE_SPEC, Span, SpecError, did_you_mean, one_of
 from .expr import FUNCTIONS, Closure, Env, ExprCompiler, Symbol, Value
-from . import structures as st
-from .pools import FAMILY_BUILDERS, PoolFamily, blocks, family_from_list, pool_from_ranges, unknown_builder
+from .pools import FAMILY_BUILDERS, PoolFamily, blocks, family_from_list, maps, pool_from_ranges, unknown_builder
 from .terms import TERMS, Term, inhibition
 
 INFER_METHODS = ("fista", "ista", "encoder")
@@ -37,6 +46,10 @@ INFER_DESCRIPTIONS = {
 OPTIMIZER_DESCRIPTIONS = {
     "sgd": "Stochastic gradient descent (torch.optim.SGD), with optional momentum",
     "adam": "Adam (torch.optim.Adam) with betas (beta1, beta2)",
+    "bcd": ("Online dictionary learning (Mairal et al. 2010): block-coordinate descent on the "
+            "reconstruction of every sample seen, one dictionary column at a time; old statistics weigh "
+            f"(1 − 1/t)^forget at step t (default forget = {DEFAULT_FORGET:g}). Every learned parameter must be the "
+            "dictionary D of one sqerr(x, D @ z) term, with col_norm, nonneg or mask constraints"),
 }
 STRUCTURES = {
     "grid": ("rows", "cols"),
@@ -44,8 +57,14 @@ STRUCTURES = {
     "chain": ("length",),
     "tree": ("branching", "depth", "edges", "file", "root"),
 }
-OPTIMIZERS = {"sgd": ("lr", "momentum", "weight_decay", "nesterov"), "adam": ("lr", "beta1", "beta2", "weight_decay")}
-DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3}
+OPTIMIZERS = {
+    "sgd": ("lr", "momentum", "weight_decay", "nesterov"),
+    "adam": ("lr", "beta1", "beta2", "weight_decay"),
+    "bcd": ("forget",),  # online dictionary learning (energydsl.dictionary): no learning rate
+}
+DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "bcd": 1.0}
+# the constraints that optimizer bcd can apply to one column at a time
+BCD_CONSTRAINTS = ("col_norm", "nonneg", "mask")
 LEARN_MODES = ("descent", "ascent", "fixed")
 # learning-rate schedules over a phase: the optimizer's rates times a factor of the epoch
 SCHEDULES = {
@@ -73,8 +92,9 @@ class DataCall:
 @dataclass(frozen=True)
 class Variable:
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[int, ...]  # a latent is always a vector here: its values, stored flat
     span: Span
+    layout: tuple[int, ...] | None = None  # an image latent's [maps, rows, cols] (channel-major storage)
 
 
 @dataclass(frozen=True)
@@ -131,6 +151,11 @@ class Training:
     batch: int
     seed: int
     phases: tuple[Phase, ...]
+    decoders: tuple[tuple[str, str], ...] = ()  # optimizer bcd: (parameter, its sqerr term)
+
+    def settings(self) -> dict:
+        """The optimizer's settings as the user would write them (bcd has no learning rate)."""
+        return dict(self.options) if self.optimizer == "bcd" else {"lr": self.lr, **self.options}
 
 
 @dataclass
@@ -220,6 +245,8 @@ class _Compiler:
         chosen = [t for t in terms if inference_terms is None or t.name in inference_terms]
         methods = self._infer(latent, encoder, chosen)
         training = self._training(terms)
+        if training.optimizer == "bcd":
+            training = replace(training, decoders=self._decoders(params, latent))
         return Program(
             spec=spec,
             name=spec.name.name if spec.name else _stem(spec.path),
@@ -362,16 +389,23 @@ class _Compiler:
     def _latent(self) -> tuple[Variable, bool]:
         decl = self._only(self.spec.latents, "latent", True)
         shape = self._shape(decl.shape)
-        if len(shape) != 1:
-            raise SpecError("the latent must be a vector, e.g. z[400]", decl.span)
-        if shape[0] > st.MAX_UNITS:  # its pools and structures are built when the spec is checked
-            raise SpecError(f"a latent of more than {st.MAX_UNITS:,} units is too large", decl.shape[0].span)
+        if len(shape) not in (1, 3):
+            raise SpecError("the latent is a vector, e.g. z[400], or code maps [maps, rows, cols], e.g. z[16, 28, 28]",
+                            decl.span)  # fmt: skip
+        units = math.prod(shape)
+        if units > st.MAX_UNITS:  # its pools and structures are built when the spec is checked
+            raise SpecError(f"a latent of more than {st.MAX_UNITS:,} units is too large",
+                            _join(decl.shape[0].span, decl.shape[-1].span))  # fmt: skip
         nonneg = decl.lower_bound is not None
         if nonneg and self.consts.constant(decl.lower_bound) != 0:
             raise SpecError("a latent can only be bounded below by 0 ('>= 0')", decl.lower_bound.span)
-        variable = Variable(decl.name.name, shape, decl.name.span)
-        symbol = Symbol("latent", Value(shape, batched=True, degree=1), lambda env, n=variable.name: env[n])
-        self._declare(decl.name, symbol)
+        layout = shape if len(shape) == 3 else None
+        variable = Variable(decl.name.name, (units,), decl.name.span, layout)
+        if layout is None:
+            read = lambda env, n=variable.name: env[n]
+        else:  # stored flat for inference and pools; read as maps by the image operators
+            read = lambda env, n=variable.name: env[n].unflatten(1, layout)
+        self._declare(decl.name, Symbol("latent", Value(shape, batched=True, degree=1), read))
         return variable, nonneg
 
     # ------------------------------------------------------------ structures
@@ -533,7 +567,11 @@ class _Compiler:
     def _check_constraint_shape(node: S.ConstraintDecl, shape) -> None:
         dims = ", ".join(map(str, shape))
         if node.kind in MATRIX_KINDS and len(shape) != 2:
-            raise SpecError(f"'{node.kind}' needs a matrix, this parameter is [{dims}]", node.kind_span)
+            hint = "for the filters of a kernel, write filter_norm" if len(shape) >= 4 and "norm" in node.kind else None
+            raise SpecError(f"'{node.kind}' needs a matrix, this parameter is [{dims}]", node.kind_span, hint=hint)
+        if node.kind in KERNEL_KINDS and len(shape) < 4:
+            raise SpecError(f"'{node.kind}' needs a kernel [out, channels, kh, kw] (or a locally connected one), "
+                            f"this parameter is [{dims}]", node.kind_span)  # fmt: skip
         if node.kind in SQUARE_KINDS and shape[0] != shape[1]:
             raise SpecError(f"'{node.kind}' needs a square matrix, this parameter is [{dims}]", node.kind_span)
 
@@ -606,6 +644,20 @@ class _Compiler:
                 raise SpecError(f"blocks() groups units of the latent: its first argument is '{latent.name}'",
                                 slots[0].span)  # fmt: skip
             return blocks(name, latent.shape[0], self.consts.integer(slots[1], "the block size"))
+        if node.func == "maps":
+            if not isinstance(slots[0], S.Name) or slots[0].id != latent.name:
+                raise SpecError(f"maps() groups the code maps of the latent: its first argument is '{latent.name}'",
+                                slots[0].span)  # fmt: skip
+            if latent.layout is None:
+                raise SpecError(f"maps() needs code maps, e.g. 'latent {latent.name}[16, 28, 28]'; "
+                                f"'{latent.name}' is a vector", slots[0].span)  # fmt: skip
+            size = self.consts.integer(slots[1], "the number of maps per pool")
+            window = self.consts.integer(slots[2], "the window") if slots[2] is not None else 1
+            stride = self.consts.integer(slots[3], "the stride") if slots[3] is not None else window
+            if window > min(latent.layout[1:]):
+                raise SpecError(f"a window of {window}x{window} does not fit {latent.layout[1]}x{latent.layout[2]} "
+                                "code maps", slots[2].span)  # fmt: skip
+            return maps(name, latent.layout, size, window, stride)
         return self._structured_family(name, node, slots)
 
     def _structured_family(self, name: str, node: S.Call, slots) -> PoolFamily:
@@ -643,6 +695,8 @@ class _Compiler:
             reason = "a plain encoder cannot read the latent it computes; write recurrent(T) { ... } to iterate"
             value, fn = ExprCompiler(without_latent, "model", unavailable={latent.name: reason}).compile(decl.value)
             self._check_latent_shaped(value, latent, decl.value.span, "the encoder")
+        if latent.layout is not None:  # code maps are stored flat, as inference keeps them
+            return lambda env: fn(env).flatten(1)
         return fn
 
     def _recurrence(self, node: S.Recurrent, latent: Variable, model: ExprCompiler) -> tuple[Value, Closure]:
@@ -652,7 +706,7 @@ class _Compiler:
         return value, fn
 
     def _check_latent_shaped(self, value: Value, latent: Variable, span: Span, what: str) -> None:
-        if value.shape != latent.shape or not value.batched:
+        if value.shape != self.scope[latent.name].value.shape or not value.batched:
             raise SpecError(f"{what} gives {value.describe()}, but '{latent.name}' is "
                             f"{self.scope[latent.name].value.describe()}", span)  # fmt: skip
 
@@ -845,6 +899,33 @@ class _Compiler:
             phases.append(Phase(phase.name.name, epochs, active, self._schedule(phase)))
         return Training(optimizer, options, lr, batch, seed, tuple(phases))
 
+    def _decoders(self, params: list[ParamPlan], latent: Variable) -> tuple[tuple[str, str], ...]:
+        """Optimizer bcd's (parameter, term) pairs: every learned parameter must be the
+        dictionary D of exactly one term ``w * sqerr(target, D @ z)``."""
+        optimizer = self.spec.train.optimizer
+        decoders = {}
+        for decl in self.spec.energy:
+            _, call = self._split_weight(decl.value)
+            decoded = call.args[1] if call.func == "sqerr" and len(call.args) == 2 else None
+            if (isinstance(decoded, S.BinOp) and decoded.op == "@" and isinstance(decoded.left, S.Name)
+                    and isinstance(decoded.right, S.Name) and decoded.right.id == latent.name):  # fmt: skip
+                decoders.setdefault(decoded.left.id, []).append(decl)
+        for plan in params:
+            if plan.learn == "fixed":
+                continue
+            if plan.learn == "ascent" or len(decoders.get(plan.name, ())) != 1:
+                found = "is learned by ascent" if plan.learn == "ascent" else (
+                    f"decodes {len(decoders[plan.name])} terms" if plan.name in decoders else "is not a decoder")
+                raise SpecError(f"optimizer bcd learns dictionaries only: parameter '{plan.name}' {found}",
+                                optimizer.func_span, hint=f"bcd needs one term 'sqerr(x, {plan.name} @ "
+                                f"{latent.name})' per learned parameter; fix the others with 'learn fixed'")  # fmt: skip
+            unsupported = [c.kind for c in plan.constraints if c.kind not in BCD_CONSTRAINTS]
+            if unsupported or len(plan.shape) != 2:
+                what = f"constraint '{unsupported[0]}'" if unsupported else f"shape {list(plan.shape)}"
+                raise SpecError(f"optimizer bcd updates one column at a time; parameter '{plan.name}' has {what}",
+                                plan.span, hint=f"bcd takes matrices with {', '.join(BCD_CONSTRAINTS)} constraints")  # fmt: skip
+        return tuple((plan.name, decoders[plan.name][0].name.name) for plan in params if plan.learn != "fixed")
+
     @staticmethod
     def _schedule(phase: S.PhaseDecl) -> str:
         if phase.schedule is None:
@@ -943,10 +1024,10 @@ def _check_proximable(terms: list[BoundTerm], latent: Variable, methods) -> None
 
 
 def _default_init(shape: tuple[int, ...]) -> Closure:
-    """Vectors start at zero; matrices at N(0, 1/fan_in)."""
+    """Vectors start at zero; matrices at N(0, 1/fan_in); kernels at N(0, 1/(in·kh·kw)), the size of one filter."""
     if len(shape) == 1:
         return lambda env: env["reference"].new_zeros(shape)
-    std = 1 / math.sqrt(shape[-1])
+    std = 1 / math.sqrt(shape[-1] if len(shape) == 2 else math.prod(shape[-3:]))
     return lambda env: torch.randn(shape, generator=env["generator"], dtype=env["reference"].dtype).to(
         env["reference"].device
     ) * std
@@ -977,12 +1058,16 @@ def _initialisers(shape: tuple[int, ...], input_var: Variable) -> dict:
 
     def samples(compiler, node):
         """``samples(x)``: random training samples of the input, scaled to unit norm, as the columns
-        (or rows) of the matrix."""
+        (or rows) of the matrix; for a kernel [out, channels, kh, kw] of an image input, random
+        kh×kw patches of the training images (the most contrasted of several draws), unit norm."""
         slots = compiler.arguments(node, 1)
         compiler.required(node, slots, 1)
         if not isinstance(slots[0], S.Name) or slots[0].id != input_var.name:
             raise SpecError(f"samples() draws from the input '{input_var.name}'", slots[0].span)
         dim = math.prod(input_var.shape)
+        image = input_var.shape
+        if len(shape) == 4 and len(image) == 3 and shape[1] == image[0] and shape[2] <= image[1] and shape[3] <= image[2]:
+            return Value(shape), lambda env: _draw_patches(env, shape, image)
         if len(shape) != 2 or dim not in shape:
             raise SpecError(f"samples({input_var.name}) fills a matrix with {dim} rows or columns; "
                             f"this one is {list(shape)}", node.span)  # fmt: skip
@@ -1024,11 +1109,37 @@ def _as_name_or_call(name: str, value: Value, builder: Closure, square: bool = T
 
 
 def _draw_samples(env: Env, shape, dim: int) -> torch.Tensor:
-    """Columns (or rows) of random training samples, each scaled to unit norm."""
+    """Columns (or rows) of random training samples, each scaled to unit norm.  A blank
+    sample (a flat patch is 0 once centred) has no direction: it is drawn again."""
     data = env["train_x"].flatten(1)
     count = shape[1] if shape[0] == dim else shape[0]
     index = torch.randint(0, data.shape[0], (count,), generator=env["generator"])
+    norms = data.norm(dim=1)
+    blank = norms[index] <= 1e-6 * norms.max()
+    for _ in range(100):  # redraws only where needed, so data without blank samples draw as before
+        if not bool(blank.any()):
+            break
+        index[blank] = torch.randint(0, data.shape[0], (int(blank.sum()),), generator=env["generator"])
+        blank = norms[index] <= 1e-6 * norms.max()
     chosen = data[index]
     chosen = chosen / chosen.norm(dim=1, keepdim=True).clamp_min(1e-12)
     chosen = chosen.to(env["reference"])
     return chosen.T.contiguous() if shape[0] == dim else chosen
+
+
+def _draw_patches(env: Env, shape, image: tuple[int, ...]) -> torch.Tensor:
+    """Filters [out, channels, kh, kw] cut from random training images at random places, each
+    scaled to unit norm; of four candidates per filter the largest-norm ones are kept, so that
+    few filters start from a blank corner."""
+    out, _, kh, kw = shape
+    data = env["train_x"].reshape((-1,) + tuple(image))
+    generator = env["generator"]
+    count = 4 * out
+    index = torch.randint(0, data.shape[0], (count,), generator=generator)
+    rows = torch.randint(0, image[1] - kh + 1, (count,), generator=generator)
+    cols = torch.randint(0, image[2] - kw + 1, (count,), generator=generator)
+    patches = torch.stack([data[i, :, r : r + kh, c : c + kw] for i, r, c in zip(index, rows, cols)])
+    norms = patches.flatten(1).norm(dim=1)
+    chosen = patches[norms.argsort(descending=True)[:out]]
+    chosen = chosen / chosen.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
+    return chosen.to(env["reference"])

@@ -18,8 +18,9 @@ from collections.abc import Callable
 
 import torch
 
-ORDER = ("mask", "symmetric", "nonneg", "zero_diag", "col_norm", "row_norm", "norm")
-NORM_KINDS = ("col_norm", "row_norm", "norm")
+ORDER = ("mask", "symmetric", "nonneg", "zero_diag", "col_norm", "row_norm", "filter_norm", "norm")
+NORM_KINDS = ("col_norm", "row_norm", "filter_norm", "norm")
+KERNEL_KINDS = ("filter_norm",)  # parameters of rank 4 or more: convolution and locally connected kernels
 SQUARE_KINDS = ("symmetric", "zero_diag")
 MATRIX_KINDS = ("col_norm", "row_norm", "symmetric", "zero_diag")
 DESCRIPTIONS = {
@@ -29,6 +30,10 @@ DESCRIPTIONS = {
     "zero_diag": "zero diagonal (square matrices)",
     "col_norm": "col_norm <= c or == c: the l2 norm of every column",
     "row_norm": "row_norm <= c or == c: the l2 norm of every row",
+    "filter_norm": (
+        "filter_norm <= c or == c: the l2 norm of every filter of a kernel (its last three axes: channels, "
+        "kh, kw), e.g. each of the 16 filters of K[16, 1, 7, 7]"
+    ),
     "norm": "norm <= c or == c: the Frobenius norm of the whole parameter",
 }
 
@@ -58,6 +63,8 @@ class Constraint:
             norms = p.norm(dim=0, keepdim=True)
         elif self.kind == "row_norm":
             norms = p.norm(dim=1, keepdim=True)
+        elif self.kind == "filter_norm":
+            norms = p.flatten(-3).norm(dim=-1)[..., None, None, None]
         else:
             norms = p.norm()
         if self.compare == "<=":

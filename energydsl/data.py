@@ -814,6 +814,42 @@ def file(
     )
 
 
+def stacked(run: str, spec: str | None = None, pooling: int = 2, *, base_dir: Path | None = None) -> Dataset:
+    """The L2-pooled output of another trained run: stacking a layer on another.
+
+    Each training and test sample of the run's own data goes through the run's encoder
+    (its code maps), then √(Σ z²) over non-overlapping ``pooling``×``pooling`` windows of each
+    map; labels are kept.  Samples are ``[maps, rows / pooling, cols / pooling]``.
+
+    Args:
+        run: the trained run directory, relative to the current directory (where
+            ``energydsl run`` writes ``runs/<model>``).
+        spec: the spec that run trains (relative to this spec, like data files): lets
+            ``energydsl check`` find the sample shape before the run exists.
+        pooling: the side of the pooling windows (1: no pooling).
+        base_dir: directory that ``spec`` is relative to; supplied by the compiler, not by
+            the spec.
+    """
+    _check_stacked(run, spec, pooling)
+    from .stacking import stacked_dataset
+
+    return stacked_dataset(run, spec, pooling, base_dir)
+
+
+def _check_stacked(run, spec, pooling) -> None:
+    args = _Args("stacked")
+    args.path("run", run)
+    args.path("spec", spec, optional=True)
+    args.integer("pooling", pooling, 1, 64)
+
+
+def _describe_stacked(run, spec, pooling, base_dir):
+    _check_stacked(run, spec, pooling)
+    from .stacking import describe_stacked
+
+    return describe_stacked(run, spec, pooling, base_dir)
+
+
 # --------------------------------------------------------------------------- registry
 
 SOURCES: dict[str, Callable[..., Dataset]] = {
@@ -821,6 +857,7 @@ SOURCES: dict[str, Callable[..., Dataset]] = {
     "patches": patches,
     "synthetic": synthetic,
     "file": file,
+    "stacked": stacked,
 }
 """Every data source by name.  A source's positional-or-keyword parameters are what a spec
 may pass; keyword-only parameters (``base_dir``) are context supplied by the compiler."""
@@ -858,6 +895,7 @@ _DESCRIBERS: dict[str, Callable[..., tuple[tuple[int, ...], int | None]]] = {
     "patches": _describe_patches,
     "synthetic": _describe_synthetic,
     "file": _describe_file,
+    "stacked": _describe_stacked,
 }
 
 

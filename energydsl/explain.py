@@ -29,6 +29,7 @@ from .compile import BoundTerm, Method, ParamPlan, Program
 from .errors import Span
 from .expr import ExprCompiler, Symbol, Value, _hoist
 from .infer import affine_gradient, lipschitz, smooth_and_grad
+from .stepsize import DENSE_GRAM_MAX_UNITS
 from .model import EnergyModel
 from .pools import PoolFamily
 from .terms import TERMS, GroupTerm, SeparableTerm, inhibition
@@ -313,9 +314,10 @@ def _group_prox(family: PoolFamily, tau: str) -> str:
     layout = family.layout()
     if family.weights or family.laminar_levels() is None:
         units = _memberships(family)
-        return (f"dual prox ({layout} pools, {units}): min ‖v − Aᵀξ‖² over ‖ξⱼ‖ ≤ {tau}, "
-                "by accelerated projected gradient in float64, warm-started, "
-                "until the duality gap is small")  # fmt: skip
+        return (f"{layout} pools, {units}: with a quadratic smooth part (a reconstruction) FISTA hands the "
+                "whole problem to ADMM (split y = Az, one product with a precomputed inverse and block "
+                f"soft-thresholds per iteration); otherwise the dual prox min ‖v − Aᵀξ‖² over ‖ξⱼ‖ ≤ {tau}, "
+                "by accelerated projected gradient in float64, warm-started, until the duality gap is small")  # fmt: skip
     shrink = f"z_P ← z_P·max(0, 1 − {tau}/‖z_P‖)"
     if layout == "disjoint":
         return f"group soft-threshold (disjoint pools): {shrink}"
@@ -425,7 +427,8 @@ def _solver_cost(model: EnergyModel, xp, y, names) -> SolverCost | None:
     generator = torch.Generator().manual_seed(MEASURE_SEED)
     z = torch.randn((xp.shape[0],) + model.program.latent.shape, generator=generator)
     autograd, _ = _flops(lambda: smooth_and_grad(problem, z))
-    setup, affine = _flops(lambda: affine_gradient(problem, z)) if problem.quadratic else (0, None)
+    dense = problem.quadratic and problem.lipschitz is None  # large code maps never build the Gram matrix
+    setup, affine = _flops(lambda: affine_gradient(problem, z)) if dense else (0, None)
     if affine is not None:
         H, c = affine
         gradient, _ = _flops(lambda: torch.addmm(c, z, H))
@@ -557,7 +560,8 @@ def _gradient_verdict(solver: SolverCost) -> str:
                 "the check fails falls back to autograd.")  # fmt: skip
     if solver.quadratic:
         return ("autograd (forward and backward of the smooth energy): the smooth part is quadratic, but "
-                "its Hessian differs between samples (checked on a random batch); step size from power "
+                "its Hessian differs between samples (checked on a random batch) or the latent is code maps of "
+                f"more than {DENSE_GRAM_MAX_UNITS} units (no dense Gram matrix); step size from power "
                 "iterations of Hessian-vector products.")  # fmt: skip
     return (
         "autograd (forward and backward of the smooth energy): the smooth part is not quadratic; "
@@ -605,11 +609,15 @@ def _solver_rows(program: Program, solver: SolverCost) -> list[tuple[str, int]]:
 
 def _training(program: Program) -> list[str]:
     training = program.training
-    values = {"lr": training.lr, **training.options}
+    values = training.settings()
     options = ", ".join(f"{k} = {str(v).lower() if isinstance(v, bool) else f'{v:g}'}" for k, v in values.items())
     lines = [f"Training  {training.optimizer}({options}), batch {training.batch}, seed {training.seed}"]
     z = program.latent.name
-    if all(m.kind == "encoder" for m in program.methods):
+    if training.optimizer == "bcd":
+        step = (f"each batch: infer {z}* with the dictionaries frozen; add the batch's statistics "
+                f"Σ {z}{z}ᵀ and Σ x{z}ᵀ to the forgetful sums; minimise the reconstruction of every sample "
+                "seen over one dictionary column at a time (Mairal et al. 2010); then the projections")  # fmt: skip
+    elif all(m.kind == "encoder" for m in program.methods):
         step = (f"each batch: {z} = encoder(x), kept differentiable so the energy's gradient reaches the "
                 "encoder's parameters; one step on every learned parameter; then the projections")  # fmt: skip
     else:

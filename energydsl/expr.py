@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from . import conv
 from . import spec as S
 from .errors import SpecError, did_you_mean, one_of
 
@@ -94,7 +95,7 @@ ELEMENTWISE: dict[str, Callable] = {
 SCALAR_MATH = {"relu": lambda a: max(a, 0.0), "tanh": math.tanh, "abs": abs, "exp": math.exp,
                "log": math.log, "sqrt": math.sqrt,
                "sigmoid": lambda a: 1 / (1 + math.exp(-a)), "softplus": lambda a: math.log1p(math.exp(a))}  # fmt: skip
-FUNCTIONS = sorted(ELEMENTWISE) + ["flatten", "normalize", "shrink"]
+FUNCTIONS = sorted(ELEMENTWISE) + ["flatten", "normalize", "shrink"] + list(conv.OPERATORS)
 # One line per function, for the language reference (reference.py).
 FUNCTION_DESCRIPTIONS = {
     "abs": "``abs(v)``: |v|, elementwise",
@@ -110,6 +111,7 @@ FUNCTION_DESCRIPTIONS = {
     "shrink": (
         "``shrink(value, threshold)``: soft-thresholding, sign(v)·max(|v| − θ, 0), with θ a scalar or shaped like v"
     ),
+    **{name: text for name, (_, text) in conv.OPERATORS.items()},
 }
 
 
@@ -225,6 +227,10 @@ class ExprCompiler:
         degree = self._degree(node.op, left, right)
         value = Value(shape, batched=left.batched or right.batched, degree=degree)
         op = _TORCH_OPS[node.op]
+        if _per_map(left, right):
+            return value, lambda env: op(_map_axis(left_fn(env)), right_fn(env))
+        if _per_map(right, left):
+            return value, lambda env: op(left_fn(env), _map_axis(right_fn(env)))
         return value, lambda env: op(left_fn(env), right_fn(env))
 
     def _fold(self, node: S.BinOp, a: float, b: float):
@@ -268,6 +274,8 @@ class ExprCompiler:
             return right.shape
         if right.is_scalar or left.shape == right.shape:
             return left.shape
+        if _per_map(left, right) or _per_map(right, left):
+            return max(left.shape, right.shape, key=len)
         raise SpecError(
             f"shape mismatch in '{node.op}': {left.describe()} {node.op} {right.describe()}", node.span
         )
@@ -303,6 +311,8 @@ class ExprCompiler:
             return self._flatten(node)
         if node.func == "shrink":
             return self._shrink(node)
+        if node.func in conv.OPERATORS:
+            return self._image_operator(node)
         known = FUNCTIONS + sorted(self.extra_functions)
         raise SpecError(f"unknown function '{node.func}'", node.func_span,
                         hint=did_you_mean(node.func, known) or one_of(known))  # fmt: skip
@@ -374,6 +384,31 @@ class ExprCompiler:
         result = Value(value.shape, value.batched or theta.batched, degree=degree)
         return result, lambda env: _shrink(fn(env), theta_fn(env))
 
+    def _image_operator(self, node: S.Call):
+        """``conv(K, v, stride, padding)`` and the other operators of :mod:`energydsl.conv`."""
+        slots = self.arguments(node, 4, ("kernel", "value") + conv.OPTIONS)
+        self.required(node, slots, 2)
+        rank = conv.OPERATORS[node.func][0]
+        kernel, kernel_fn = self.compile(slots[0])
+        if kernel.batched or len(kernel.shape) != rank:
+            example = "[out, in, kh, kw]" if rank == 4 else "[out, rows, cols, in, kh, kw]"
+            raise SpecError(f"{node.func}() needs a kernel parameter {example}, this is {self._kind(kernel)}",
+                            slots[0].span)  # fmt: skip
+        image, image_fn = self.compile(slots[1])
+        if not image.batched or len(image.shape) != 3:
+            raise SpecError(f"{node.func}() needs a per-sample image [channels, rows, cols], this is "
+                            f"{self._kind(image)}", slots[1].span,
+                            hint="declare it as an image, e.g. 'input x[1, 28, 28]' or 'latent z[16, 28, 28]'")  # fmt: skip
+        stride = self.integer(slots[2], "the stride") if slots[2] is not None else 1
+        padding = self.integer(slots[3], "the padding", 0) if slots[3] is not None else 0
+        geometry = conv.Geometry(stride, padding)
+        try:
+            shape = conv.output_shape(node.func, kernel.shape, image.shape, geometry)
+        except ValueError as error:
+            raise SpecError(f"{node.func}(): {error}", node.span) from None
+        value = Value(shape, batched=True, degree=kernel.degree + image.degree)
+        return value, lambda env: conv.apply(node.func, kernel_fn(env), image_fn(env), geometry, shape)
+
     # ------------------------------------------------------------ recurrence
 
     def _compile_recurrent(self, node: S.Recurrent):
@@ -404,6 +439,16 @@ class ExprCompiler:
 
         degree = 0 if body_value.degree == 0 else INF
         return Value(state_value.shape, True, degree=degree), run
+
+
+def _per_map(vector: Value, image: Value) -> bool:
+    """A vector [C] beside an image [C, H, W]: one number per map (a per-map scale or bias)."""
+    return len(vector.shape) == 1 and len(image.shape) == 3 and vector.shape[0] == image.shape[0]
+
+
+def _map_axis(vector: torch.Tensor) -> torch.Tensor:
+    """[C] (or (B, C)) → [C, 1, 1], to broadcast over the rows and columns of C maps."""
+    return vector[..., None, None]
 
 
 def _batch_size(env: Env) -> int:

@@ -16,6 +16,7 @@ from torch import nn
 from .compile import BoundTerm, Program
 from .expr import Env
 from .infer import Problem, fista, make_prox
+from .stepsize import FEW_SAMPLES, PowerIteration, uses_power_iteration
 
 
 class EnergyModel(nn.Module):
@@ -29,6 +30,7 @@ class EnergyModel(nn.Module):
         self.program = program
         self.params = nn.ParameterDict()
         self.masks: dict[str, list[torch.Tensor]] = {}
+        self._power_iteration = PowerIteration()  # FISTA's step for code maps, warm across batches
         generator = torch.Generator().manual_seed(program.training.seed if seed is None else seed)
         self._initialize(train_x, generator)
 
@@ -166,14 +168,25 @@ class EnergyModel(nn.Module):
         smooth = [t for t in active if t.term.smooth]
         nonsmooth = [t for t in active if not t.term.smooth]
 
-        def smooth_energy(z):
-            env = self._env(xp, z, y, detach=True)
-            return sum((t.energy(env) for t in smooth), z.new_zeros(z.shape[0]))
+        def smooth_of(xs, ys):
+            def smooth_energy(z):
+                env = self._env(xs, z, ys, detach=True)
+                return sum((t.energy(env) for t in smooth), z.new_zeros(z.shape[0]))
+
+            return smooth_energy
+
+        smooth_energy = smooth_of(xp, y)
 
         fixed = self._env(xp, None, y, detach=True)  # the nonsmooth terms' other arguments (S)
         parts = [(t, tuple(arg(fixed) for arg in t.args[1:])) for t in nonsmooth]
         prox, curvature = make_prox(parts, self.program.nonneg)
-        return Problem(smooth_energy, prox, all(t.quadratic for t in smooth), curvature)
+        quadratic = all(t.quadratic for t in smooth)
+        problem = Problem(smooth_energy, prox, quadratic, curvature)
+        if quadratic and uses_power_iteration(self.program.latent):  # large code maps: no Gram matrix
+            few = smooth_of(xp[:FEW_SAMPLES], None if y is None else y[:FEW_SAMPLES])
+            L = self._power_iteration(smooth_energy, few, xp.new_zeros((xp.shape[0],) + self.program.latent.shape))
+            problem = Problem(smooth_energy, prox, quadratic, curvature, lipschitz=L)
+        return problem
 
     # ------------------------------------------------------------ classification
 

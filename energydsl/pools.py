@@ -15,6 +15,9 @@ import torch
 from . import spec as S
 from .errors import SpecError, did_you_mean, one_of
 
+# above this many entries (units × pools) the pools of one level are a table of indices (see GroupNorms)
+DENSE_LEVEL_LIMIT = 4_000_000
+
 
 @dataclass(frozen=True)
 class PoolFamily:
@@ -24,6 +27,9 @@ class PoolFamily:
     members: tuple[tuple[int, ...], ...]
     # fixed weights w inside each pool (the pool's norm is sqrt(Σ w_i z_i²)), or None
     weights: tuple[tuple[float, ...], ...] | None = None
+    # pools of maps(...) that tile the code maps exactly: (maps, rows, cols, maps per pool, window),
+    # so that a pool's units are a block of a reshaped (maps, rows, cols) array
+    tiling: tuple[int, int, int, int, int] | None = None
 
     def layout(self) -> str:
         """How the pools sit on the units, which decides the group prox:
@@ -109,7 +115,11 @@ class GroupNorms:
         self.unit_weight = squares[:m]  # Σ a² over each unit's pools: the diagonal of AᵀA
         self.lipschitz = float(squares[:m].max())
         levels = family.laminar_levels() if family.weights is None else None
-        self.levels = None if levels is None else [self._level_matrix(lv) for lv in levels]
+        # a dense units × pools table per level is fastest (one matrix product) while it is small;
+        # code maps have thousands of units and pools, and there a table of indices takes its place
+        dense = levels is None or m * len(family.members) <= DENSE_LEVEL_LIMIT
+        make = self._level_matrix if dense else self._level_index
+        self.levels = None if levels is None else [make(lv) for lv in levels]
         self.gap_tol = gap_tol
         self.max_iter = max_iter
         self._dual: torch.Tensor | None = None  # warm start
@@ -121,6 +131,14 @@ class GroupNorms:
         for column, pool in enumerate(pools):
             matrix[list(self.family.members[pool]), column] = 1
         return matrix
+
+    def _level_index(self, pools: list[int]) -> torch.Tensor:
+        """pools × width of one level (disjoint pools): their units, padded with the dummy unit m."""
+        width = max(len(self.family.members[pool]) for pool in pools)
+        table = torch.full((len(pools), width), self.size, dtype=torch.long)
+        for row, pool in enumerate(pools):
+            table[row, : len(self.family.members[pool])] = torch.tensor(self.family.members[pool])
+        return table
 
     def _on(self, v: torch.Tensor, name: str):
         key = (name, v.dtype, v.device)
@@ -149,6 +167,8 @@ class GroupNorms:
 
     def norms(self, v: torch.Tensor) -> torch.Tensor:
         """‖aⱼ ⊙ v_{Pⱼ}‖ per sample and pool, ``(B, G)``."""
+        if self.family.tiling is not None:
+            return _tile_norms(_tiled(v, self.family.tiling)).flatten(1)
         return self.pool_norms(self.slots(v))
 
     def prox(self, v: torch.Tensor, tau, l1: torch.Tensor | float | None = None) -> torch.Tensor:
@@ -156,8 +176,15 @@ class GroupNorms:
         if self.levels is not None:
             if l1 is not None:
                 v = torch.sign(v) * torch.clamp(v.abs() - l1, min=0)
+            if self.family.tiling is not None:  # blocks of the reshaped code maps: no index tables
+                blocks = _tiled(v, self.family.tiling)
+                norms = _tile_norms(blocks)[:, :, None, :, None, :, None]
+                tau = torch.as_tensor(tau, dtype=v.dtype, device=v.device)
+                tau = tau.reshape((-1,) + (1,) * 6) if tau.dim() else tau
+                return (blocks * torch.clamp(1 - tau / norms.clamp_min(1e-30), min=0)).reshape(v.shape)
             for number in range(len(self.levels)):
-                v = block_shrink(v, self._on(v, f"level{number}"), tau)
+                level = self._on(v, f"level{number}")
+                v = (indexed_block_shrink if level.dtype == torch.long else block_shrink)(v, level, tau)
             return v
         return self._dual_prox(v, tau, l1)
 
@@ -244,6 +271,66 @@ def block_shrink(v: torch.Tensor, membership: torch.Tensor, tau) -> torch.Tensor
     return v * (scale @ membership.T + outside)
 
 
+def _tiled(v: torch.Tensor, tiling) -> torch.Tensor:
+    """Flat code maps ``(B, maps·rows·cols)`` as ``(B, groups, size, block rows, window, block cols, window)``."""
+    maps, rows, cols, size, window = tiling
+    return v.reshape(v.shape[0], maps // size, size, rows // window, window, cols // window, window)
+
+
+def _tile_norms(blocks: torch.Tensor) -> torch.Tensor:
+    """‖block‖ of every tile of ``_tiled(v)``, ``(B, groups, block rows, block cols)``.  Summing
+    slices is several times faster on the CPU than a norm over several strided axes."""
+    squares = blocks * blocks
+    if blocks.shape[4] > 1 or blocks.shape[6] > 1:
+        squares = squares.sum(dim=(4, 6), keepdim=True)
+    squares = squares[:, :, :, :, 0, :, 0]  # (B, groups, size, block rows, block cols)
+    return sum(squares[:, :, i] for i in range(squares.shape[2])).sqrt()
+
+
+def indexed_block_shrink(v: torch.Tensor, table: torch.Tensor, tau) -> torch.Tensor:
+    """:func:`block_shrink` with the blocks given as a pools × width table of unit indices,
+    padded with the index m (a dummy unit): memory linear in the units."""
+    batch, m = v.shape
+    padded = torch.cat([v, v.new_zeros(batch, 1)], dim=1)
+    blocks = padded[:, table]  # (B, pools, width)
+    norms = blocks.norm(dim=-1, keepdim=True)
+    tau = torch.as_tensor(tau, dtype=v.dtype, device=v.device)
+    tau = tau.reshape(-1, 1, 1) if tau.dim() else tau
+    shrunk = blocks * torch.clamp(1 - tau / norms.clamp_min(1e-30), min=0)
+    padded = padded.clone()
+    padded[:, table.flatten()] = shrunk.flatten(1)  # disjoint blocks: each unit is written once
+    return padded[:, :m]
+
+
+def maps(name: str, layout: tuple[int, int, int], size: int, window: int = 1, stride: int | None = None) -> PoolFamily:
+    """Pools over code maps (``maps(z, size, window, stride)``, for a latent z[maps, rows, cols]): at
+    each position, ``size`` consecutive maps form a pool — L2 pooling across feature maps; with
+    ``window`` > 1 a pool also spans a window×window block of positions.  By default the blocks
+    tile the maps (stride = window): disjoint pools, whose prox is a closed-form block
+    soft-threshold.  A smaller ``stride`` makes overlapping windows (solved by ADMM, for small
+    latents only).  Pool ``P[g,r,c]`` is group g of maps at window row r, window column c."""
+    channels, rows, cols = layout
+    stride = window if stride is None else stride
+
+    def starts(length: int) -> range:
+        return range(0, length, stride) if stride == window else range(0, max(length - window, 0) + 1, stride)
+
+    members, names = [], []
+    for group, first in enumerate(range(0, channels, size)):
+        for block_row, top in enumerate(starts(rows)):
+            for block_col, left in enumerate(starts(cols)):
+                members.append(tuple(
+                    (c * rows + i) * cols + j
+                    for c in range(first, min(first + size, channels))
+                    for i in range(top, min(top + window, rows))
+                    for j in range(left, min(left + window, cols))
+                ))  # fmt: skip
+                names.append(f"{name}[{group},{block_row},{block_col}]")
+    exact = stride == window and channels % size == 0 and rows % window == 0 and cols % window == 0
+    tiling = (channels, rows, cols, size, window) if exact else None
+    return PoolFamily(name, channels * rows * cols, tuple(names), tuple(members), tiling=tiling)
+
+
 def pool_from_ranges(decl: S.PoolDecl, size: int, integer) -> PoolFamily:
     """``pool a = z[0:32, 40]`` → a family holding the one pool ``a``."""
     units: list[int] = []
@@ -265,7 +352,9 @@ def blocks(name: str, size: int, block: int) -> PoolFamily:
     starts = range(0, size, block)
     members = tuple(tuple(range(s, min(s + block, size))) for s in starts)
     names = tuple(f"{name}[{i}]" for i in range(len(members)))
-    return PoolFamily(name, size, names, members)
+    # equal blocks are a reshape of the code (as maps of one pixel), with no index tables
+    tiling = (size, 1, 1, block, 1) if size % block == 0 else None
+    return PoolFamily(name, size, names, members, tiling=tiling)
 
 
 def family_from_list(name: str, node: S.ListExpr, known: dict[str, PoolFamily]) -> PoolFamily:
@@ -288,6 +377,7 @@ def family_from_list(name: str, node: S.ListExpr, known: dict[str, PoolFamily]) 
 # builder → its arguments, by position
 FAMILY_BUILDERS = {
     "blocks": ("of", "size"),
+    "maps": ("of", "size", "window", "stride"),
     "windows": ("map", "size", "stride", "sigma"),
     "neighborhoods": ("graph", "radius"),
     "subtrees": ("tree",),

@@ -350,7 +350,8 @@ def _optimizers() -> list[str]:
     out = _heading("Optimizers")
     descriptions = _required(OPTIMIZER_DESCRIPTIONS, OPTIMIZERS, "optimizer")
     for name, options in OPTIMIZERS.items():
-        summary = f"{_inline(descriptions[name])}; default `lr = {DEFAULT_LR[name]:g}`."
+        default = "no learning rate" if "lr" not in options else f"default `lr = {DEFAULT_LR[name]:g}`"
+        summary = f"{_inline(descriptions[name])}; {default}."
         out += ["", f"### `{name}({', '.join(options)})`", "", summary]
     out += ["", "Learning-rate schedules, per phase (`phase NAME epochs N schedule cosine`):", ""]
     out += [f"- `{name}`: {_inline(text)}" for name, text in SCHEDULES.items()]

@@ -62,6 +62,7 @@ import torch
 from . import spec as S
 from .compile import Program
 from .errors import UserError
+from .stepsize import uses_power_iteration
 from .expr import ExprCompiler, Symbol, Value
 from .terms import GroupTerm, inhibition
 from .train import EVAL_BATCH
@@ -182,7 +183,7 @@ def estimate(program: Program, samples: int = 0, dtype: torch.dtype | None = Non
             "parameters": values * size,
             "masks": masks * size,
             "gradients": learning * size,
-            "optimizer state": _optimizer_copies(program) * learning * size,
+            "optimizer state": _optimizer_state_values(program, learning) * size,
             "activations": activations * size,
             "gram": _gram_bytes(program, size),
             "dual variables": _dual_bytes(program, max(batch, eval_batch)),
@@ -217,12 +218,15 @@ def check_fits(program: Program, samples: int, available: int | None = None) -> 
 # ---------------------------------------------------------------- the parts
 
 
-def _optimizer_copies(program: Program) -> int:
-    """Copies of each learning parameter that the optimizer keeps."""
+def _optimizer_state_values(program: Program, learning: int) -> int:
+    """Values the optimizer keeps, for ``learning`` values of learning parameters."""
     training = program.training
+    if training.optimizer == "bcd":  # per dictionary D[n, m]: A (m × m) and B (n × m)
+        shapes = [p.shape for p in program.params if p.learn != "fixed"]
+        return sum(m * m + n * m for n, m in shapes)
     if training.optimizer == "adam":
-        return 2  # exp_avg, exp_avg_sq
-    return 1 if training.options.get("momentum", 0) > 0 else 0  # momentum_buffer
+        return 2 * learning  # exp_avg, exp_avg_sq
+    return learning if training.options.get("momentum", 0) > 0 else 0  # momentum_buffer
 
 
 def _uses_prox(program: Program) -> bool:
@@ -235,7 +239,8 @@ def _gram_path(program: Program) -> bool:
     Terms that need a label are left out, as inference at evaluation time has none.
     """
     smooth = [t for t in program.terms if t.term.smooth and t.degree > 0 and not t.term.needs_label]
-    return _uses_prox(program) and all(t.quadratic for t in smooth)
+    dense = not uses_power_iteration(program.latent)  # large code maps never build it
+    return _uses_prox(program) and dense and all(t.quadratic for t in smooth)
 
 
 def _activations(program: Program, batch: int, training: bool) -> int:

@@ -11,6 +11,7 @@ returns ``(B,)``.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
@@ -95,12 +96,12 @@ class GroupTerm(Term):
 
     def check(self, values, node):
         family = self.family()
-        if not values[0].batched or values[0].shape != (family.size,):
+        if not values[0].batched or math.prod(values[0].shape) != family.size:
             raise SpecError(f"{self.name}() pools index {family.size} units, "
                             f"but the value is {values[0].describe()}", node.span)  # fmt: skip
 
     def energy(self, v):
-        return self.norms.norms(v).sum(dim=1)
+        return self.norms.norms(v.flatten(1)).sum(dim=1)  # code maps: their units in storage order
 
     def prox(self, v, tau, l1=None):
         """argmin_u ½‖u − v‖² + τ·term(u) + Σᵢ l1ᵢ|uᵢ|."""

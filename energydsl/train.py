@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .compile import Phase
 from .data import DataError, Dataset
+from .dictionary import BlockCoordinateDictionary
 from .distributed import SINGLE, Workers
 from .errors import NumericalError
-from .compile import Phase
 from .model import EnergyModel
 
 EVAL_BATCH = 1024
@@ -46,6 +47,9 @@ class Optimizers:
 def make_optimizers(model: EnergyModel) -> Optimizers:
     """One optimizer per direction; each parameter its own group and learning rate."""
     training = model.program.training
+    if training.optimizer == "bcd":  # every learned parameter is a dictionary (checked by the compiler)
+        decoders = [(model.params[name], _column_projection(model, name)) for name, _ in training.decoders]
+        return Optimizers(BlockCoordinateDictionary(decoders, **training.options), None)
     groups: dict[str, list[dict]] = {"descent": [], "ascent": []}
     for plan in model.program.params:
         if plan.learn == "fixed":
@@ -63,6 +67,20 @@ def _optimizer(training, groups: list[dict], maximize: bool):
         return torch.optim.SGD(groups, lr=training.lr, maximize=maximize, **options)
     betas = (options.pop("beta1", 0.9), options.pop("beta2", 0.999))
     return torch.optim.Adam(groups, lr=training.lr, betas=betas, maximize=maximize, **options)
+
+
+def _column_projection(model: EnergyModel, name: str):
+    """project(D, j): column j of parameter ``name`` onto its constraints, in place (bcd's
+    constraints — col_norm, nonneg, mask — act on each column alone)."""
+    plan = next(p for p in model.program.params if p.name == name)
+    masks = iter(model.masks[name])
+    steps = [(c, next(masks) if c.kind == "mask" else None) for c in plan.constraints]
+
+    def project(D: torch.Tensor, j: int) -> None:
+        for constraint, mask in steps:
+            constraint.project(D[:, j : j + 1], None if mask is None else mask[:, j : j + 1])
+
+    return project
 
 
 class Interrupted(Exception):
@@ -111,16 +129,38 @@ def train_step(model: EnergyModel, optimizers: Optimizers, x, y, terms, workers:
     loss = model._energy_of(xp, z, y, terms).sum() / (batch_size or x.shape[0])
     value = workers.sum_(loss.detach().clone()).item()
     if not math.isfinite(value):
+        check_parameters(model)  # a parameter the previous step broke is the likelier cause
         raise NumericalError(f"the energy is {value}: {_nonfinite_terms(model, xp, z, y, terms)}")
     optimizers.zero_grad()
-    loss.backward()
-    workers.sum_gradients_(model.params.values())
+    if isinstance(optimizers.descent, BlockCoordinateDictionary):
+        _accumulate_dictionary_statistics(model, optimizers.descent, xp, z, y, terms, batch_size or x.shape[0])
+        workers.sum_all_(optimizers.descent.statistics())
+    else:
+        loss.backward()
+        workers.sum_gradients_(model.params.values())
     optimizers.step()
     model.project_()
+    return value
+
+
+def check_parameters(model: EnergyModel) -> None:
+    """Raise if a step made a parameter non-finite.  Not run after every step (it reads every
+    parameter, a tenth of a DrSAE step): a broken parameter makes the next step's energy
+    non-finite, which is checked, and every checkpoint is checked before it is written."""
     broken = [name for name, p in model.params.items() if not bool(p.isfinite().all())]
     if broken:
         raise NumericalError(f"parameter {', '.join(broken)} became non-finite (nan or inf)")
-    return value
+
+
+@torch.no_grad()
+def _accumulate_dictionary_statistics(model: EnergyModel, optimizer: BlockCoordinateDictionary, xp, z, y, terms,
+                                      batch_size: int) -> None:  # fmt: skip
+    """Give bcd each active dictionary's batch statistics: its term's target and the codes."""
+    env = model._env(xp, z.detach(), y, detach=True)
+    for name, term_name in model.program.training.decoders:
+        if term_name in terms:
+            term = next(t for t in model.program.terms if t.name == term_name)
+            optimizer.accumulate(model.params[name], z.detach(), term.args[0](env), 1 / batch_size)
 
 
 @torch.no_grad()
@@ -197,6 +237,10 @@ def train(
                 y = None if y_train is None else y_train[mine]
                 try:
                     energy = train_step(model, state.optimizers, x_train[mine], y, phase.terms, workers, len(batch))
+                    stopping = workers.any(interrupted())
+                    due = checkpoint_every and (state.step + 1) % checkpoint_every == 0
+                    if stopping or due or state.batch + 1 == len(batches):
+                        check_parameters(model)  # before anything is saved
                 except NumericalError as error:
                     raise NumericalError(f"step {state.step + 1} (epoch {state.epoch + 1}, phase {phase.name}): "
                                          f"{error}") from None  # fmt: skip
@@ -204,10 +248,10 @@ def train(
                 state.batch += 1
                 if on_step is not None and workers.main:
                     on_step(state.batch, len(batches), energy)
-                if workers.any(interrupted()):
+                if stopping:
                     save(state)
                     raise Interrupted(state.step)
-                if checkpoint_every and state.step % checkpoint_every == 0:
+                if due:
                     save(state)
             state.epoch, state.batch, state.order = state.epoch + 1, 0, None
             if workers.main:

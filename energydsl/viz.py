@@ -1,7 +1,8 @@
 """Pictures of a trained model, written as PNG into its run directory.
 
 - ``filters.png``: the decoder's columns as image tiles, laid out on the spec's map
-  (grid, torus) or tree when it has one, else in a square-ish grid;
+  (grid, torus) or tree when it has one, else in a square-ish grid; for a convolutional
+  decoder its filters, for a locally connected one its filters at their positions;
 - ``<S>.png``: every square matrix that an inhibition term uses, as a heat map;
 - ``curves.png``: held-out energy, each term and the errors, epoch by epoch;
 - ``sparsity.png``: the histogram of L0 per sample and each unit's activation frequency;
@@ -21,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .analysis import CATEGORICAL_ABOVE, PART_BELOW, decoder_name, unit_angles  # noqa: E402
+from .analysis import CATEGORICAL_ABOVE, PART_BELOW, decoder_name, kernel_decoder_name, unit_angles  # noqa: E402
 from .structures import Structure  # noqa: E402
 
 
@@ -37,6 +38,11 @@ def write_pictures(model, directory: Path, history: list[dict] | None = None, z=
         path = directory / "filters.png"
         filters_png(model.params[decoder].detach().cpu().numpy(), path, model.program.input.shape,
                     _layout_structure(model))  # fmt: skip
+        written.append(path)
+    kernel = kernel_decoder_name(model) if decoder is None else None
+    if kernel is not None:
+        path = directory / "filters.png"
+        kernel_png(model.params[kernel].detach().cpu().numpy(), path, f"decoder filters {kernel}")
         written.append(path)
     for name in _inhibition_matrices(model):
         path = directory / f"{name}.png"
@@ -195,6 +201,47 @@ def filters_png(decoder: np.ndarray, path: Path, input_shape, layout: Structure 
     axes.imshow(canvas, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
     axes.set_axis_off()
     title = f"decoder columns on the {layout.kind} {layout.name}" if layout is not None else "decoder columns"
+    axes.set_title(title)
+    _save(figure, path)
+
+
+def kernel_grid(kernel: np.ndarray) -> np.ndarray:
+    """A kernel's filters as a grid of tiles ``(rows, cols, kh, kw)`` (NaN: a gap).
+
+    [maps, 1, kh, kw]: the maps in a square-ish grid; [maps, channels, kh, kw]: one row
+    per map, one column per input channel; a locally connected [maps, H', W', channels,
+    kh, kw]: each map's filters (first channel) at their H'×W' positions, the maps side by side.
+    """
+    kh, kw = kernel.shape[-2:]
+    if kernel.ndim == 6:
+        maps, rows, cols = kernel.shape[:3]
+        grid = np.full((rows, maps * (cols + 1) - 1, kh, kw), np.nan)
+        for m in range(maps):
+            grid[:, m * (cols + 1) : m * (cols + 1) + cols] = kernel[m, :, :, 0]
+        return grid
+    maps, channels = kernel.shape[:2]
+    if channels > 1:
+        return kernel
+    cols = math.ceil(math.sqrt(maps))
+    grid = np.full((math.ceil(maps / cols), cols, kh, kw), np.nan)
+    for m in range(maps):
+        grid[m // cols, m % cols] = kernel[m, 0]
+    return grid
+
+
+def kernel_png(kernel: np.ndarray, path: Path, title: str) -> None:
+    """The filters of a convolutional or locally connected kernel, each scaled to [-1, 1]."""
+    grid = kernel_grid(kernel)
+    rows, cols, h, w = grid.shape
+    scale = np.abs(np.nan_to_num(grid)).max(axis=(2, 3), keepdims=True)  # gap tiles stay NaN
+    grid = grid / np.where(scale > 0, scale, 1.0)
+    canvas = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1), np.nan)
+    for r in range(rows):
+        for c in range(cols):
+            canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = grid[r, c]
+    figure, axes = plt.subplots(figsize=(min(16, 0.12 * cols * (w + 1) + 1), min(16, 0.12 * rows * (h + 1) + 1)))
+    axes.imshow(canvas, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+    axes.set_axis_off()
     axes.set_title(title)
     _save(figure, path)
 

@@ -109,3 +109,22 @@ def test_bad_input_shape_is_a_clear_error(sparse_coding_source):
     model = energydsl.load(sparse_coding_source)
     with pytest.raises(ValueError, match="16 values each"):
         model.infer(torch.zeros(3, 15))
+
+
+def test_samples_init_draws_again_where_a_sample_is_blank(tmp_path):
+    """A flat patch is 0 once centred: as a dictionary column it would have no direction."""
+    import numpy as np
+
+    x = np.zeros((400, 6), dtype=np.float32)
+    x[1::5] = np.random.default_rng(0).standard_normal((80, 6))  # 4 samples in 5 are blank
+    np.save(tmp_path / "x.npy", x)
+    spec = f"""
+    data file("{tmp_path / 'x.npy'}")
+    input x[6]
+    latent z[50]
+    param W[6, 50] init samples(x)
+    energy
+      recon : 0.5 * sqerr(x, W @ z)
+    """
+    W = energydsl.load(spec).params["W"].detach()
+    torch.testing.assert_close(W.norm(dim=0), torch.ones(50))

@@ -448,8 +448,8 @@ def test_describe_agrees_with_load_for_every_source(tmp_path):
 # --------------------------------------------------------------------------- arguments
 
 
-def test_registry_holds_the_four_sources():
-    assert set(SOURCES) == {"mnist", "patches", "synthetic", "file"}
+def test_registry_holds_the_five_sources():
+    assert set(SOURCES) == {"mnist", "patches", "synthetic", "file", "stacked"}
 
 
 def test_unknown_source_lists_sources_and_suggests_the_closest():

@@ -45,7 +45,7 @@ TERM_CASES = [
     ("drsae", "recon", "recon = 0.5 · ‖x − D @ z‖²", "inference is by the encoder"),
     ("drsae", "sparse", "sparse = 0.01 · ‖z‖₁", "inference is by the encoder"),
     ("drsae", "class", "class = −log softmax(C @ normalize(z))[y]", "inference is by the encoder"),
-    ("topographic", "group", "group = 0.05 · Σⱼ ‖z[Pⱼ]‖₂", "prox = dual prox (weighted pools, each unit in 25 pools)"),
+    ("topographic", "group", "group = 0.05 · Σⱼ ‖z[Pⱼ]‖₂", "prox = weighted pools, each unit in 25 pools: with a quadratic smooth part (a reconstruction) FISTA hands the whole problem to ADMM"),
     ("tree_inhibition", "sparse", "sparse = 0.05 · ‖z‖₁", "prox = soft-threshold"),
     ("tree_inhibition", "inhibit", "inhibit = 0.15 · |z|ᵀ S |z|",
      "prox = per-unit soft-threshold at τ·0.15·((S + Sᵀ)|z|)ᵢ"),
