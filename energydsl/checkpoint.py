@@ -171,6 +171,8 @@ def save_state(directory: Path, model, state, source: str) -> None:
     tensors["rng/torch"] = torch.get_rng_state()
     if state.order is not None:
         tensors["order"] = state.order.cpu()
+    if model._power_iteration.vector is not None:  # the warm start of code maps' step size
+        tensors["power_iteration"] = model._power_iteration.vector.cpu()
     optimizers = {}
     for direction in ("descent", "ascent"):
         optimizer = getattr(state.optimizers, direction)
@@ -224,6 +226,8 @@ def load_state(directory: Path, model, state, source: str) -> None:
     state.generator.set_state(tensors["rng/order"])
     torch.set_rng_state(tensors["rng/torch"])
     state.order = tensors.get("order")
+    if "power_iteration" in tensors:
+        model._power_iteration.vector = tensors["power_iteration"].to(model.device)
     state.step, state.epoch, state.batch = position["step"], position["epoch"], position["batch"]
     state.history = position["history"]
 
