@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import subprocess
 import sys
 from contextlib import redirect_stderr, redirect_stdout
@@ -179,7 +180,12 @@ def _source_lines(path: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("fuzz")
+    """Where mutants are written, beside copies of the specs: a stacked spec names the spec
+    of the layer below it by a path relative to its own directory."""
+    directory = tmp_path_factory.mktemp("fuzz")
+    for spec in SPECS:
+        shutil.copy(spec, directory / spec.name)
+    return directory
 
 
 def check_bytes(workdir: Path, data: bytes, name: str = "mutant.energy") -> tuple[int, str]:
