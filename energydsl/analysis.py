@@ -61,8 +61,12 @@ def decoder_name(model: EnergyModel) -> str | None:
     recon = model.program.reconstruction
     if recon is None:
         return None
-    decl = next(t for t in model.program.spec.energy if t.name.name == recon.name)
-    return _matmul_parameter(model, [decl.value], model.program.latent.name)
+    return _matmul_parameter(model, [_declaration(model, recon).value], model.program.latent.name)
+
+
+def _declaration(model: EnergyModel, term):
+    """The spec's declaration of a compiled term."""
+    return next(t for t in model.program.spec.energy if t.name.name == term.name)
 
 
 def kernel_decoder_name(model: EnergyModel) -> str | None:
@@ -70,8 +74,7 @@ def kernel_decoder_name(model: EnergyModel) -> str | None:
     recon = model.program.reconstruction
     if recon is None:
         return None
-    decl = next(t for t in model.program.spec.energy if t.name.name == recon.name)
-    for node in _walk(decl.value):
+    for node in _walk(_declaration(model, recon).value):
         is_decoder = isinstance(node, S.Call) and node.func in ("conv_t", "local_t") and node.args
         kernel = node.args[0] if is_decoder else None
         if isinstance(kernel, S.Name) and kernel.id in model.params:
@@ -91,8 +94,7 @@ def classifier_name(model: EnergyModel) -> str | None:
     term = model.program.classifier
     if term is None:
         return None
-    decl = next(t for t in model.program.spec.energy if t.name.name == term.name)
-    for node in _walk(decl.value):
+    for node in _walk(_declaration(model, term).value):
         if isinstance(node, S.BinOp) and node.op == "@" and isinstance(node.left, S.Name):
             if node.left.id in model.params and model.params[node.left.id].dim() == 2:
                 return node.left.id
