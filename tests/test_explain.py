@@ -117,7 +117,7 @@ def test_training_plan_lists_each_phase_with_its_terms():
     text = report("drsae")
     assert "Training  adam(lr = 0.0003), batch 64, seed 0" in text
     assert "phase pretrain: 10 epochs, terms recon, sparse\n" in text
-    assert "phase finetune: 30 epochs, terms recon, sparse, class, cosine learning-rate schedule\n" in text
+    assert "phase finetune: 50 epochs, terms recon, sparse, class, cosine learning-rate schedule\n" in text
 
 
 # ---------------------------------------------------------------- FLOPs against hand counts
