@@ -132,12 +132,15 @@ def unit_angles(model: EnergyModel) -> torch.Tensor | None:
     return torch.arccos(cosine.clamp(-1, 1))
 
 
-def unit_kinds(model: EnergyModel) -> dict[str, float]:
-    """Counts of part and categorical units, and each group's mean classifier column norm."""
+def unit_kinds(model: EnergyModel, alive: torch.Tensor | None = None) -> dict[str, float]:
+    """Counts of part and categorical units, and each group's mean classifier column norm;
+    only the ``alive`` units (a boolean mask) when given: a unit that never fires is
+    neither, whatever its angle."""
     angles = unit_angles(model)
     if angles is None:
         return {}
-    groups = {"part": angles < PART_BELOW, "categorical": angles > CATEGORICAL_ABOVE}
+    alive = torch.ones_like(angles, dtype=torch.bool) if alive is None else alive.to(angles.device)
+    groups = {"part": (angles < PART_BELOW) & alive, "categorical": (angles > CATEGORICAL_ABOVE) & alive}
     metrics = {f"units.{kind}": int(mask.sum()) for kind, mask in groups.items()}
     classifier = classifier_name(model)
     if classifier is not None:
@@ -166,5 +169,5 @@ def run_metrics(model: EnergyModel, z: torch.Tensor) -> dict[str, float]:
             metrics[f"{name}.neighbour_cosine_ratio"] = round(ratio, 6)
     frequency = (z != 0).double().mean(dim=0)
     metrics["units.dead"] = int((frequency == 0).sum())
-    metrics.update(unit_kinds(model))
+    metrics.update(unit_kinds(model, alive=frequency > 0))
     return metrics

@@ -103,6 +103,8 @@ infer z by encoder
         model.params["E"].copy_(rows)
     assert torch.allclose(unit_angles(model).float(), angles, atol=1e-6)
     assert unit_kinds(model) == {"units.part": 1, "units.categorical": 1}
+    # a unit that never fires is neither kind, whatever its angle
+    assert unit_kinds(model, alive=torch.tensor([True, True, False])) == {"units.part": 1, "units.categorical": 0}
 
 
 def test_progress_bar_on_a_terminal_and_plain_lines_elsewhere():
