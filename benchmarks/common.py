@@ -74,15 +74,20 @@ def exact_held_out_objective(X: torch.Tensor, D: torch.Tensor, lam: float = LAMB
     return float(lasso_objective(X, D, Z, lam).mean())
 
 
-def plain_fista(X: torch.Tensor, D: torch.Tensor, steps: int, lam: float = LAMBDA) -> torch.Tensor:
-    """What a user writes: batched FISTA with a precomputed Gram matrix, a fixed number of steps."""
+def soft_threshold(v: torch.Tensor, tau: float) -> torch.Tensor:
+    return v - v.clamp(-tau, tau)
+
+
+def plain_fista(X: torch.Tensor, D: torch.Tensor, steps: int, lam: float = LAMBDA, prox=soft_threshold) -> torch.Tensor:
+    """What a user writes: batched FISTA with a precomputed Gram matrix, a fixed number of
+    steps; ``prox(v, τ)`` is the prox of τ·(the penalty), the lasso's by default."""
     H, c = D.T @ D, -(X @ D)
     L = float(torch.linalg.eigvalsh(H.double())[-1])
     z = y = torch.zeros(X.shape[0], D.shape[1], dtype=X.dtype)
     t = 1.0
     for _ in range(steps):
         v = y - (y @ H + c) / L
-        z_next = v - v.clamp(-lam / L, lam / L)
+        z_next = prox(v, lam / L)
         t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
         y, z, t = z_next + (t - 1) / t_next * (z_next - z), z_next, t_next
     return z

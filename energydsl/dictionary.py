@@ -86,8 +86,9 @@ class BlockCoordinateDictionary(torch.optim.Optimizer):
     def _sweep(D: torch.Tensor, A: torch.Tensor, B: torch.Tensor, project: ColumnProjection) -> None:
         """One pass of exact minimisation over each column (units that never fired are left alone)."""
         diagonal = A.diagonal().tolist()
+        never_fired = 1e-12 * max(diagonal)
         for j, a_jj in enumerate(diagonal):
-            if a_jj <= 1e-12 * max(diagonal):
+            if a_jj <= never_fired:
                 continue
             D[:, j : j + 1] += (B[:, j : j + 1] - D @ A[:, j : j + 1]) / a_jj
             project(D, j)

@@ -23,6 +23,7 @@ import torch
 from . import conv
 from . import spec as S
 from .errors import SpecError, did_you_mean, one_of
+from .pools import soft_threshold
 
 INF = math.inf
 
@@ -69,10 +70,6 @@ class Symbol:
 
 
 # ---------------------------------------------------------------- elementwise functions
-
-
-def _shrink(v, theta):
-    return torch.sign(v) * torch.clamp(v.abs() - theta, min=0)
 
 
 def _l2_normalize(v):
@@ -382,7 +379,7 @@ class ExprCompiler:
                             slots[1].span)  # fmt: skip
         degree = 0 if value.degree == theta.degree == 0 else INF
         result = Value(value.shape, value.batched or theta.batched, degree=degree)
-        return result, lambda env: _shrink(fn(env), theta_fn(env))
+        return result, lambda env: soft_threshold(fn(env), theta_fn(env))
 
     def _image_operator(self, node: S.Call):
         """``conv(K, v, stride, padding)`` and the other operators of :mod:`energydsl.conv`."""

@@ -37,7 +37,7 @@ import torch
 
 from .compile import BoundTerm
 from .errors import NumericalError
-from .pools import GroupNorms
+from .pools import GroupNorms, soft_threshold
 from .terms import GroupTerm, SeparableTerm, l1
 
 # Power iteration is exact for the top eigenvalue only in the limit; the step
@@ -99,7 +99,7 @@ class ExactProx:
             return v.clamp(min=0) if self.nonneg else v  # removes the dual solver's rounding below 0
         if thresholds is None:
             return v
-        return torch.sign(v) * torch.clamp(v.abs() - thresholds, min=0)
+        return soft_threshold(v, thresholds)
 
     def at_fixed_step(self, step: float) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """v ↦ prox(v) for one step size, when no threshold depends on the point (l1 terms,
@@ -111,7 +111,7 @@ class ExactProx:
         if self.group is None and self.nonneg:
             return lambda v: v.sub_(theta).clamp_(min=0)
         if self.group is None:
-            return lambda v: v.sub_(v.clamp(-theta, theta))
+            return lambda v: soft_threshold(v, theta, inplace=True)
         return lambda v: self(v, torch.full((v.shape[0], 1), step, dtype=v.dtype, device=v.device), v)
 
     def splitting(self) -> Splitting | None:
@@ -258,7 +258,7 @@ def admm(H: torch.Tensor, c: torch.Tensor, split: Splitting, z0: torch.Tensor, s
         y_next = norms.shrink_slots(Az_relaxed + u, split.group_weight / rho)
         s_next = z_relaxed + w
         if split.l1_weight:
-            s_next = torch.sign(s_next) * torch.clamp(s_next.abs() - split.l1_weight / rho, min=0)
+            s_next = soft_threshold(s_next, split.l1_weight / rho)
         if split.nonneg:
             s_next = s_next.clamp(min=0)
         u = u + Az_relaxed - y_next
@@ -343,9 +343,10 @@ def fista(problem: Problem, z0: torch.Tensor, steps: int, tol: float, accelerate
     L = (L + problem.curvature).clamp_min(1e-12)
     if not bool(L.isfinite().all()):
         raise NumericalError("the smooth terms' curvature is not finite (a parameter has grown too large)")
-    prox = problem.prox.at_fixed_step(1 / float(L[0, 0])) if isinstance(problem.prox, ExactProx) else None
-    if affine is not None and prox is not None:
-        return _fista_affine(H, c, float(L[0, 0]), prox, z, steps, tol, accelerate)
+    if affine is not None and isinstance(problem.prox, ExactProx):
+        prox = problem.prox.at_fixed_step(1 / float(L[0, 0]))
+        if prox is not None:
+            return _fista_affine(H, c, float(L[0, 0]), prox, z, steps, tol, accelerate)
     for k in range(steps):
         if affine is not None:
             grad = torch.addmm(c, y, H)
