@@ -66,11 +66,11 @@ def spams_lasso(X: torch.Tensor, D: torch.Tensor, lam: float = LAMBDA) -> torch.
 
 def exact_held_out_objective(X: torch.Tensor, D: torch.Tensor, lam: float = LAMBDA) -> float:
     """Mean lasso objective of held-out samples under dictionary D, codes solved exactly
-    (SPAMS' LARS when installed, else energydsl's FISTA to 1e-7)."""
-    if spams_or_none() is not None:
-        Z = spams_lasso(X, D, lam)
-    else:
-        Z = plain_fista(X.double(), D.double(), 20_000, lam)
+    (by energydsl's homotopy, in float64)."""
+    from energydsl.homotopy import lasso_homotopy
+
+    D = D.double()
+    Z, _ = lasso_homotopy(D.T @ D, -(X.double() @ D), lam)
     return float(lasso_objective(X, D, Z, lam).mean())
 
 

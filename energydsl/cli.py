@@ -226,8 +226,7 @@ def describe(program: Program) -> str:
     for term in program.terms:
         lines.append(f"  term      {term.name}: {term.weight:g} * {term.term.name}"
                      + ("" if term.term.smooth else "  (prox)"))  # fmt: skip
-    steps = " then ".join(m.kind if m.kind == "encoder" else f"{m.kind}(steps={m.steps}, tol={m.tol:g})"
-                          for m in program.methods)  # fmt: skip
+    steps = " then ".join(str(m) for m in program.methods)
     lines.append(f"  infer     {program.latent.name} by {steps}")
     training = program.training
     settings = ", ".join(f"{k}={v:g}" for k, v in training.settings().items())

@@ -32,7 +32,7 @@ from .expr import FUNCTIONS, Closure, Env, ExprCompiler, Symbol, Value
 from .pools import FAMILY_BUILDERS, PoolFamily, blocks, family_from_list, maps, pool_from_ranges, unknown_builder
 from .terms import TERMS, Term, inhibition
 
-INFER_METHODS = ("fista", "ista", "encoder")
+INFER_METHODS = ("fista", "ista", "lars", "encoder")
 INFER_OPTIONS = ("steps", "tol")
 # One line per inference method and optimizer, for the language reference (reference.py).
 INFER_DESCRIPTIONS = {
@@ -41,6 +41,10 @@ INFER_DESCRIPTIONS = {
         "stops when every sample's step is at most tol times its code's norm"
     ),
     "ista": "Proximal gradient without momentum: every step lowers the energy, as inhibition terms need",
+    "lars": (
+        "The exact lasso solution by homotopy (LARS-lasso), one Cholesky update per atom that joins or "
+        "leaves the active set; for l1 terms (and z >= 0) beside a reconstruction, no options"
+    ),
     "encoder": "The spec's encoder, one forward pass; 'encoder then fista(...)' starts FISTA from its prediction",
 }
 OPTIMIZER_DESCRIPTIONS = {
@@ -129,10 +133,15 @@ class BoundTerm:
 
 @dataclass(frozen=True)
 class Method:
-    kind: str  # fista | ista | encoder
+    kind: str  # fista | ista | lars | encoder
     steps: int = DEFAULT_STEPS
     tol: float = DEFAULT_TOL
     span: Span | None = None
+
+    def __str__(self) -> str:
+        if self.kind in ("encoder", "lars"):
+            return self.kind
+        return f"{self.kind}(steps = {self.steps}, tol = {self.tol:g})"
 
 
 @dataclass(frozen=True)
@@ -141,6 +150,7 @@ class Phase:
     epochs: int
     terms: tuple[str, ...]
     schedule: str = "constant"  # how the learning rates move over the phase's epochs
+    lr_scale: float = 1.0  # every learning rate times this during the phase
 
 
 @dataclass(frozen=True)
@@ -828,6 +838,8 @@ class _Compiler:
                             hint=f"add 'encoder {latent.name} = ...'")  # fmt: skip
         if any(m.kind in ("fista", "ista") for m in methods):
             _check_proximable(terms, latent, methods)
+        if any(m.kind == "lars" for m in methods):
+            _check_lasso(terms, latent, next(m.span for m in methods if m.kind == "lars"))
         return methods
 
     def _inference_terms(self, terms: list[BoundTerm]) -> tuple[str, ...] | None:
@@ -856,6 +868,14 @@ class _Compiler:
                 raise SpecError("the encoder can only start the inference", node.span,
                                 hint="write 'by encoder then fista(...)'")  # fmt: skip
             return Method("encoder", span=node.span)
+        if kind == "lars":
+            if position > 0:
+                raise SpecError("lars follows the lasso path from z = 0, so nothing can start it", node.span,
+                                hint="write 'by lars' alone, or 'by encoder then fista(...)'")  # fmt: skip
+            if node.args or node.kwargs:
+                raise SpecError("lars is exact, so it takes no options (no steps, no tol)",
+                                (node.args or node.kwargs)[0].span, hint="write 'by lars'")  # fmt: skip
+            return Method("lars", span=node.span)
         if position > 0 and (position != 1 or self.spec.infer.methods[0].name.name != "encoder"):
             raise SpecError("only the encoder can be followed by 'then'", node.span,
                             hint="write 'by fista(...)' or 'by encoder then fista(...)'")  # fmt: skip
@@ -896,7 +916,8 @@ class _Compiler:
                         raise SpecError(f"phase '{phase.name.name}' names unknown term '{ident.name}'", ident.span,
                                         hint=did_you_mean(ident.name, all_terms) or one_of(all_terms))  # fmt: skip
                 active = tuple(t for t in all_terms if t in {i.name for i in phase.terms})
-            phases.append(Phase(phase.name.name, epochs, active, self._schedule(phase)))
+            lr_scale = self._phase_lr_scale(phase, optimizer)
+            phases.append(Phase(phase.name.name, epochs, active, self._schedule(phase), lr_scale))
         return Training(optimizer, options, lr, batch, seed, tuple(phases))
 
     def _decoders(self, params: list[ParamPlan], latent: Variable) -> tuple[tuple[str, str], ...]:
@@ -925,6 +946,14 @@ class _Compiler:
                 raise SpecError(f"optimizer bcd updates one column at a time; parameter '{plan.name}' has {what}",
                                 plan.span, hint=f"bcd takes matrices with {', '.join(BCD_CONSTRAINTS)} constraints")  # fmt: skip
         return tuple((plan.name, decoders[plan.name][0].name.name) for plan in params if plan.learn != "fixed")
+
+    def _phase_lr_scale(self, phase: S.PhaseDecl, optimizer: str) -> float:
+        if phase.lr_scale is None:
+            return 1.0
+        if optimizer == "bcd":
+            raise SpecError(f"phase '{phase.name.name}': optimizer bcd has no learning rate to scale",
+                            phase.lr_scale.span, hint="remove 'lr_scale' from the phase")  # fmt: skip
+        return self.consts.positive(phase.lr_scale, "lr_scale")
 
     @staticmethod
     def _schedule(phase: S.PhaseDecl) -> str:
@@ -1021,6 +1050,29 @@ def _check_proximable(terms: list[BoundTerm], latent: Variable, methods) -> None
                             term.span, hint="infer by ista(...), whose steps always decrease the energy")  # fmt: skip
     if len(groups) > 1:
         raise SpecError("FISTA composes the prox of one group term only", groups[1].span)
+
+
+def _check_lasso(terms: list[BoundTerm], latent: Variable, span: Span | None) -> None:
+    """lars solves ½zHzᵀ + c·z + λ‖z‖₁ (+ z ≥ 0): quadratic smooth terms, l1 terms of the latent."""
+    from .stepsize import DENSE_GRAM_MAX_UNITS  # stepsize imports infer, which imports this module
+    if latent.shape[0] > DENSE_GRAM_MAX_UNITS:
+        raise SpecError(f"lars needs the dense Gram matrix of the latent, but it has {latent.shape[0]:,} units "
+                        f"(at most {DENSE_GRAM_MAX_UNITS:,})", span, hint="infer by fista(...)")  # fmt: skip
+    l1_terms = 0
+    for term in terms:
+        if term.degree == 0:
+            continue
+        if term.term.smooth and not term.quadratic:
+            raise SpecError(f"lars needs every smooth term to be quadratic in '{latent.name}', "
+                            f"and '{term.name}' is not", term.span, hint="infer by fista(...)")  # fmt: skip
+        if not term.term.smooth:
+            if term.term.name != "l1" or term.first_arg != latent.name:
+                raise SpecError(f"lars solves l1 penalties of '{latent.name}' only, not '{term.name}'",
+                                term.span, hint="infer by fista(...)")  # fmt: skip
+            l1_terms += 1
+    if l1_terms == 0:
+        raise SpecError(f"lars follows the lasso path down to the l1 weight, but no term is l1({latent.name})",
+                        span, hint="infer by fista(...)")  # fmt: skip
 
 
 def _default_init(shape: tuple[int, ...]) -> Closure:

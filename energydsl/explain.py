@@ -29,9 +29,9 @@ from .compile import BoundTerm, Method, ParamPlan, Program
 from .errors import Span
 from .expr import ExprCompiler, Symbol, Value, _hoist
 from .infer import affine_gradient, lipschitz, smooth_and_grad
-from .stepsize import DENSE_GRAM_MAX_UNITS
 from .model import EnergyModel
 from .pools import PoolFamily
+from .stepsize import DENSE_GRAM_MAX_UNITS
 from .terms import TERMS, GroupTerm, SeparableTerm, inhibition
 
 # Random samples that stand in for the training data: ``samples(x)`` initialisers draw from them.
@@ -45,7 +45,8 @@ COUNTING_RULE = (
     "batch of {batch}; backward passes are measured too (one product per operand that needs a gradient, "
     "so about 2× the forward). Not counted: elementwise work (activations, soft-thresholds, the dual "
     "prox's iterations), eigenvalue solves and the optimizer's update. Inference counts are upper "
-    "bounds: FISTA/ISTA stop early once tol is met (checked every 5 steps)."
+    "bounds: FISTA/ISTA stop early once tol is met (checked every 5 steps). The lars homotopy runs outside "
+    "torch (numba kernels); only its Gram matrix is counted."
 )
 
 
@@ -281,12 +282,20 @@ def _fista_method(program: Program) -> Method | None:
     return next((m for m in program.methods if m.kind in ("fista", "ista")), None)
 
 
+def _by_lars(program: Program) -> bool:
+    return any(m.kind == "lars" for m in program.methods)
+
+
 def _handling(program: Program, term: BoundTerm) -> str:
     """How inference treats the term: smooth (and how), or which prox."""
     z = program.latent.name
     label = "; left out of inference when the label is unknown (always at test time)" if term.term.needs_label else ""
     if term.degree == 0:
         return f"constant in {z}: shapes learning only, no part in inference{label}"
+    if _by_lars(program):
+        if term.term.smooth:
+            return f"smooth, quadratic in {z}: its Gram matrix H and linear part enter the homotopy{label}"
+        return "nonsmooth: the l1 penalty whose solution path the homotopy follows exactly"
     if _fista_method(program) is None:
         kind = "smooth" if term.term.smooth else "nonsmooth"
         return f"{kind} in {z}; inference is by the encoder, so the term shapes learning only"
@@ -414,13 +423,18 @@ def _measure(model: EnergyModel) -> Costs:
 def _inference_flops(program: Program, encoder: int | None, solver: SolverCost | None) -> int:
     total = encoder or 0
     method = _fista_method(program)
-    if method is not None and solver is not None:
-        total += solver.setup + method.steps * solver.step
+    if solver is not None:
+        total += solver.setup + (method.steps * solver.step if method is not None else 0)
     return total
 
 
 def _solver_cost(model: EnergyModel, xp, y, names) -> SolverCost | None:
     """One FISTA/ISTA solve's FLOPs, by running its pieces as :func:`energydsl.infer.fista` does."""
+    if _by_lars(model.program):
+        problem = model._problem(xp, y, names)
+        z = xp.new_zeros((xp.shape[0],) + model.program.latent.shape)
+        setup, _ = _flops(lambda: affine_gradient(problem, z))
+        return SolverCost(True, True, setup, 0, 0, 0, 0)
     if _fista_method(model.program) is None:
         return None
     problem = model._problem(xp, y, names)
@@ -475,18 +489,32 @@ def _energy_backward(model: EnergyModel, xp, y, names, z) -> None:
 
 def _inference(program: Program, costs: Costs) -> list[str]:
     z = program.latent.name
-    steps = " then ".join(_method_text(m) for m in program.methods)
+    steps = " then ".join(str(m) for m in program.methods)
     lines = [f"Inference  {z} by {steps}"]
     if any(m.kind == "encoder" for m in program.methods):
         lines += _encoder_lines(program)
     method = _fista_method(program)
     if method is not None:
         lines += _solver_lines(program, method, costs.solver)
+    if _by_lars(program):
+        lines += _lars_lines(program)
     return lines
 
 
-def _method_text(method: Method) -> str:
-    return method.kind if method.kind == "encoder" else f"{method.kind}(steps = {method.steps}, tol = {method.tol:g})"
+def _lars_lines(program: Program) -> list[str]:
+    z = program.latent.name
+    active = [t for t in program.terms if t.degree > 0]
+    lam = sum(t.weight for t in active if not t.term.smooth)
+    path = (f"LARS-lasso homotopy: the exact solution path from {z} = 0 (where the penalty is max|c|) down to "
+            f"λ = {lam:g}, one step per unit that joins or leaves the active set, each a solve with the "
+            "active block of H through a Cholesky factor updated in place; float64, in numba kernels on "
+            "the CPU, samples shared among threads; exact, so it has no steps or tol")  # fmt: skip
+    lines = _wrapped(path, "    ", "  ")
+    smooth = ", ".join(t.name for t in active if t.term.smooth)
+    lines.append(f"  ½{z}H{z}ᵀ + c·{z} from: {smooth} (H read off the energy once per batch, then checked)")
+    if program.nonneg:
+        lines.append(f"  {z} ≥ 0: units join the path only with positive coefficients")
+    return lines
 
 
 def _encoder_lines(program: Program) -> list[str]:
@@ -591,6 +619,8 @@ def _costs(program: Program, costs: Costs) -> list[str]:
 
 
 def _solver_rows(program: Program, solver: SolverCost) -> list[tuple[str, int]]:
+    if _by_lars(program):
+        return [("lars setup, once per batch (Gram matrix)", solver.setup)]
     method = _fista_method(program)
     name = method.kind
     rows = [(f"{name} setup, once per batch" + (" (Gram matrix)" if solver.gram else " (step size)"), solver.setup)]
@@ -628,6 +658,7 @@ def _training(program: Program) -> list[str]:
     for phase in training.phases:
         total += phase.epochs
         schedule = f", {phase.schedule} learning-rate schedule" if phase.schedule != "constant" else ""
+        schedule += f", learning rates x {phase.lr_scale:g}" if phase.lr_scale != 1 else ""
         lines.append(f"  phase {phase.name}: {phase.epochs} epochs, terms {', '.join(phase.terms)}{schedule}")
     lines.append(f"  {total} epochs in all")
     return lines

@@ -37,6 +37,7 @@ import torch
 
 from .compile import BoundTerm
 from .errors import NumericalError
+from .homotopy import lasso_homotopy
 from .pools import GroupNorms, soft_threshold
 from .terms import GroupTerm, SeparableTerm, l1
 
@@ -101,13 +102,20 @@ class ExactProx:
             return v
         return soft_threshold(v, thresholds)
 
+    def l1_weight(self) -> float | None:
+        """λ when the nonsmooth part is λ‖z‖₁ (the l1 terms' weights summed), else None."""
+        if not all(isinstance(term.term, l1) for term, _ in self.separable):
+            return None
+        return float(sum(term.weight for term, _ in self.separable))
+
     def at_fixed_step(self, step: float) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """v ↦ prox(v) for one step size, when no threshold depends on the point (l1 terms,
         a group term); None otherwise (inhibition).  For l1 alone (+ z ≥ 0) the
         soft-threshold takes two passes over memory: v − clamp(v, −θ, θ), or max(v − θ, 0)."""
-        if not all(isinstance(term.term, l1) for term, _ in self.separable):
+        lam = self.l1_weight()
+        if lam is None:
             return None
-        theta = step * float(sum(term.weight for term, _ in self.separable))
+        theta = step * lam
         if self.group is None and self.nonneg:
             return lambda v: v.sub_(theta).clamp_(min=0)
         if self.group is None:
@@ -367,6 +375,30 @@ def fista(problem: Problem, z0: torch.Tensor, steps: int, tol: float, accelerate
         z = z_next
         if converged:
             break
+    return z
+
+
+def lars(problem: Problem, z: torch.Tensor) -> torch.Tensor:
+    """The exact lasso codes by homotopy (:mod:`energydsl.homotopy`), for a quadratic smooth
+    part with one Hessian for the batch and l1 terms (+ z ≥ 0), as the compiler checked.
+
+    A sample whose path cycles (degenerate dictionaries; not seen in practice) is
+    finished by FISTA from the path's last point, to the finest float tolerance.
+    """
+    affine = affine_gradient(problem, z)
+    if affine is None:
+        raise NumericalError("lars needs the smooth terms to share one Hessian across the samples of a batch, "
+                             "and here they do not: infer by fista(...)")  # fmt: skip
+    H, c = affine
+    if not bool(H.isfinite().all()):
+        raise NumericalError("the smooth terms' curvature is not finite (a parameter has grown too large)")
+    lam = problem.prox.l1_weight()
+    z, finished = lasso_homotopy(H, c, lam, problem.prox.nonneg)
+    if not bool(finished.all()):
+        L = float(largest_eigenvalue(H)) * SAFETY
+        rest = ~finished
+        z[rest] = _fista_affine(H, c[rest], L, problem.prox.at_fixed_step(1 / L), z[rest], 20_000,
+                                ADMM_FINEST_TOL.get(z.dtype, 1e-5), accelerate=True)  # fmt: skip
     return z
 
 

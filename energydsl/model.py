@@ -15,7 +15,7 @@ from torch import nn
 
 from .compile import BoundTerm, Program
 from .expr import Env
-from .infer import Problem, fista, make_prox
+from .infer import Problem, fista, lars, make_prox
 from .stepsize import FEW_SAMPLES, PowerIteration, uses_power_iteration
 
 
@@ -158,8 +158,11 @@ class EnergyModel(nn.Module):
             else:
                 start = z.detach() if z is not None else xp.new_zeros((xp.shape[0],) + self.program.latent.shape)
                 problem = self._problem(xp, y, names)
-                z = fista(problem, start, steps or method.steps, method.tol if tol is None else tol,
-                          accelerate=method.kind == "fista")  # fmt: skip
+                if method.kind == "lars":
+                    z = lars(problem, start)
+                else:
+                    z = fista(problem, start, steps or method.steps, method.tol if tol is None else tol,
+                              accelerate=method.kind == "fista")  # fmt: skip
         return z
 
     def _problem(self, xp, y, names) -> Problem:
