@@ -306,6 +306,9 @@ class _ToSpec(Transformer):
     def schedule_setting(self, meta, children):
         return "schedule", _ident(children[0])
 
+    def lr_scale_setting(self, meta, children):
+        return "lr_scale", children[0]
+
     def terms_setting(self, meta, children):
         return "terms", tuple(_ident(t) for t in children)
 
@@ -404,7 +407,7 @@ def _describe_terminal(name: str) -> str:
 BLOCK_WORDS = {
     "parameter option": ("init", "constrain", "lr_scale", "learn"),
     "training setting": ("optimizer", "batch", "epochs", "seed", "phase"),
-    "phase setting": ("epochs", "terms"),
+    "phase setting": ("epochs", "terms", "schedule", "lr_scale"),
     "input option": ("normalize",),
 }
 

@@ -203,6 +203,7 @@ class PhaseDecl(Node):
     epochs: Expr | None = None
     terms: tuple[Ident, ...] | None = None
     schedule: Ident | None = None
+    lr_scale: Expr | None = None  # every learning rate times this in the phase
 
 
 class TrainDecl(Node):

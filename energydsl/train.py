@@ -178,10 +178,11 @@ def epoch_plan(model: EnergyModel) -> list[tuple[Phase, int]]:
 
 
 def schedule_factor(phase: Phase, k: int) -> float:
-    """The learning-rate factor of the phase's epoch k (see compile.SCHEDULES)."""
+    """The learning-rate factor of the phase's epoch k: its lr_scale times its schedule's
+    factor (see compile.SCHEDULES)."""
     if phase.schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * k / phase.epochs))
-    return 1.0
+        return phase.lr_scale * 0.5 * (1 + math.cos(math.pi * k / phase.epochs))
+    return phase.lr_scale
 
 
 def _set_learning_rates(optimizers: Optimizers, factor: float) -> None:

@@ -311,3 +311,39 @@ def test_cosine_schedule_sets_each_epochs_learning_rate(monkeypatch):
     factors = [1, 1] + [0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
     for epoch, factor in enumerate(factors):
         assert seen[epoch * per_epoch] == pytest.approx([0.003 * factor, 0.003 * factor, 0.03 * factor])
+
+
+def test_phase_lr_scale_multiplies_every_rate_on_top_of_the_schedule(monkeypatch):
+    """A phase's `lr_scale` multiplies every group's rate (the parameters' lr_scale ratios kept),
+    alone or times the cosine factor; a phase without it keeps the optimizer's rates."""
+    loop = importlib.import_module("energydsl.train")
+    phases = "phase warm epochs 2 lr_scale 0.1\n  phase decay epochs 2 schedule cosine lr_scale 0.5\n  phase plain epochs 1"
+    source = LISTA_SPEC.replace("epochs 8", phases).replace(
+        "param theta[24] init alpha * lam", "param theta[24] init alpha * lam lr_scale 10")
+    seen = []
+    step = loop.train_step
+
+    def recording(model, optimizers, *args):
+        seen.append([group["lr"] for group in optimizers.descent.param_groups])
+        return step(model, optimizers, *args)
+
+    monkeypatch.setattr(loop, "train_step", recording)
+    history = energydsl.train(energydsl.load(source))
+    per_epoch = len(seen) // len(history)
+    factors = [0.1, 0.1, 0.5, 0.5 * 0.5 * (1 + math.cos(math.pi / 2)), 1]
+    assert len(history) == len(factors)
+    for epoch, factor in enumerate(factors):
+        assert seen[epoch * per_epoch] == pytest.approx([0.003 * factor, 0.003 * factor, 0.03 * factor])
+
+
+@pytest.mark.parametrize("setting, optimizer, message", [
+    ("lr_scale 0", "adam(lr = 0.003)", "lr_scale must be positive, got 0"),
+    ("lr_scale 0.5", "bcd(forget = 50)",
+     "phase 'warm': optimizer bcd has no learning rate to scale (remove 'lr_scale' from the phase)"),
+    ("lr_scale 0.5 lr_scale 2", "adam(lr = 0.003)", "'lr_scale' of phase 'warm' is given twice (remove one of them)"),
+])  # fmt: skip
+def test_a_wrong_phase_lr_scale_is_a_spec_error(setting, optimizer, message):
+    source = LISTA_SPEC.replace("epochs 8", f"phase warm epochs 2 {setting}").replace("adam(lr = 0.003)", optimizer)
+    with pytest.raises(energydsl.SpecError) as info:
+        energydsl.compile_program(source)
+    assert str(info.value).splitlines()[0].endswith(": " + message)
