@@ -232,7 +232,10 @@ def describe(program: Program) -> str:
     settings = ", ".join(f"{k}={v:g}" for k, v in training.settings().items())
     lines.append(f"  train     {training.optimizer}({settings}) batch {training.batch} seed {training.seed}")
     for phase in training.phases:
-        lines.append(f"  phase     {phase.name}: {phase.epochs} epochs, terms {', '.join(phase.terms)}")
+        extras = ([f"schedule {phase.schedule}"] if phase.schedule != "constant" else []) + (
+            [f"lr_scale {phase.lr_scale:g}"] if phase.lr_scale != 1 else [])
+        lines.append(f"  phase     {phase.name}: {phase.epochs} epochs, terms {', '.join(phase.terms)}"
+                     + "".join(f", {extra}" for extra in extras))  # fmt: skip
     return "\n".join(lines)
 
 

@@ -74,6 +74,13 @@ def test_check_prints_a_summary(spec_file, capsys):
     assert "phase     pretrain: 1 epochs, terms recon, sparse" in out
 
 
+def test_check_shows_a_phases_schedule_and_rate_scale(spec_file, capsys):
+    source = spec_file.read_text().replace("phase finetune epochs 1", "phase finetune epochs 1 schedule cosine lr_scale 0.1")
+    spec_file.write_text(source)
+    assert main(["check", str(spec_file)]) == 0
+    assert "phase     finetune: 1 epochs, terms recon, sparse, class, schedule cosine, lr_scale 0.1" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 
 from pathlib import Path
 
@@ -295,29 +296,16 @@ def test_lista_learns_to_approximate_fista_codes_better_than_ista():
 def test_cosine_schedule_sets_each_epochs_learning_rate(monkeypatch):
     """`schedule cosine` multiplies every group's rate (lr_scale ratios kept) by ½(1 + cos(πk/N))
     in the phase's epoch k; a constant phase keeps the optimizer's rates."""
-    loop = importlib.import_module("energydsl.train")  # the module (energydsl.train is the API function)
-    source = LISTA_SPEC.replace("epochs 8", "phase warm epochs 2\n  phase decay epochs 4 schedule cosine").replace(
-        "param theta[24] init alpha * lam", "param theta[24] init alpha * lam lr_scale 10")
-    seen = []
-    step = loop.train_step
-
-    def recording(model, optimizers, *args):
-        seen.append([group["lr"] for group in optimizers.descent.param_groups])
-        return step(model, optimizers, *args)
-
-    monkeypatch.setattr(loop, "train_step", recording)
-    history = energydsl.train(energydsl.load(source))
-    per_epoch = len(seen) // len(history)
+    rates = first_rate_of_each_epoch(monkeypatch, "phase warm epochs 2\n  phase decay epochs 4 schedule cosine")
     factors = [1, 1] + [0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
-    for epoch, factor in enumerate(factors):
-        assert seen[epoch * per_epoch] == pytest.approx([0.003 * factor, 0.003 * factor, 0.03 * factor])
+    assert len(rates) == len(factors)
+    for rate, factor in zip(rates, factors):
+        assert rate == pytest.approx([0.003 * factor, 0.003 * factor, 0.03 * factor])
 
 
-def test_phase_lr_scale_multiplies_every_rate_on_top_of_the_schedule(monkeypatch):
-    """A phase's `lr_scale` multiplies every group's rate (the parameters' lr_scale ratios kept),
-    alone or times the cosine factor; a phase without it keeps the optimizer's rates."""
-    loop = importlib.import_module("energydsl.train")
-    phases = "phase warm epochs 2 lr_scale 0.1\n  phase decay epochs 2 schedule cosine lr_scale 0.5\n  phase plain epochs 1"
+def first_rate_of_each_epoch(monkeypatch, phases: str) -> list[list[float]]:
+    """Train LISTA_SPEC with these phases (theta at lr_scale 10); each epoch's first step's rates."""
+    loop = importlib.import_module("energydsl.train")  # the module (energydsl.train is the API function)
     source = LISTA_SPEC.replace("epochs 8", phases).replace(
         "param theta[24] init alpha * lam", "param theta[24] init alpha * lam lr_scale 10")
     seen = []
@@ -330,10 +318,18 @@ def test_phase_lr_scale_multiplies_every_rate_on_top_of_the_schedule(monkeypatch
     monkeypatch.setattr(loop, "train_step", recording)
     history = energydsl.train(energydsl.load(source))
     per_epoch = len(seen) // len(history)
+    return seen[::per_epoch]
+
+
+def test_phase_lr_scale_multiplies_every_rate_on_top_of_the_schedule(monkeypatch):
+    """A phase's `lr_scale` multiplies every group's rate (the parameters' lr_scale ratios kept),
+    alone or times the cosine factor; a phase without it keeps the optimizer's rates."""
+    phases = "phase warm epochs 2 lr_scale 0.1\n  phase decay epochs 2 schedule cosine lr_scale 0.5\n  phase plain epochs 1"
+    rates = first_rate_of_each_epoch(monkeypatch, phases)
     factors = [0.1, 0.1, 0.5, 0.5 * 0.5 * (1 + math.cos(math.pi / 2)), 1]
-    assert len(history) == len(factors)
-    for epoch, factor in enumerate(factors):
-        assert seen[epoch * per_epoch] == pytest.approx([0.003 * factor, 0.003 * factor, 0.03 * factor])
+    assert len(rates) == len(factors)
+    for rate, factor in zip(rates, factors):
+        assert rate == pytest.approx([0.003 * factor, 0.003 * factor, 0.03 * factor])
 
 
 @pytest.mark.parametrize("setting, optimizer, message", [
@@ -347,3 +343,22 @@ def test_a_wrong_phase_lr_scale_is_a_spec_error(setting, optimizer, message):
     with pytest.raises(energydsl.SpecError) as info:
         energydsl.compile_program(source)
     assert str(info.value).splitlines()[0].endswith(": " + message)
+
+
+@pytest.mark.parametrize("spec, part_units", [("drsae", False), ("drsae_sgd", True)])
+def test_drsae_keeps_part_units_with_sgd_and_loses_them_with_adam(spec, part_units):
+    """One pretraining epoch of the two DrSAE specs (100 units): plain SGD with per-parameter
+    scales keeps the ISTA-consistent encoder rows aligned with the decoder columns (part
+    units, < 0.5 rad); Adam's steps of about lr on entries of about 2e-4 turn every unit away."""
+    from energydsl.analysis import infer_all, unit_kinds
+
+    source = (Path(__file__).parents[1] / "specs" / f"{spec}.energy").read_text(encoding="utf-8")
+    source = re.sub(r"  phase pretrain.*\n  phase finetune.*\n", "  phase pretrain epochs 1 terms recon, sparse\n", source)
+    model = energydsl.load(source, set={"units": 100})
+    energydsl.train(model)
+    fires = (infer_all(model, model.dataset.x_test[:500]) > 0).any(dim=0)
+    kinds = unit_kinds(model, fires)
+    if part_units:
+        assert kinds["units.part"] >= 80 and fires.sum() >= 95, kinds
+    else:
+        assert kinds["units.part"] == 0 and kinds["units.categorical"] >= 80, kinds
