@@ -37,7 +37,6 @@ import torch
 
 from .compile import BoundTerm
 from .errors import NumericalError
-from .homotopy import lasso_homotopy
 from .pools import GroupNorms, soft_threshold
 from .terms import GroupTerm, SeparableTerm, l1
 
@@ -392,6 +391,8 @@ def lars(problem: Problem, z: torch.Tensor) -> torch.Tensor:
     H, c = affine
     if not bool(H.isfinite().all()):
         raise NumericalError("the smooth terms' curvature is not finite (a parameter has grown too large)")
+    from .homotopy import lasso_homotopy  # numba's import takes 0.2 s, and only lars needs it
+
     lam = problem.prox.l1_weight()
     z, finished = lasso_homotopy(H, c, lam, problem.prox.nonneg)
     if not bool(finished.all()):
