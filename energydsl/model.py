@@ -140,7 +140,8 @@ class EnergyModel(nn.Module):
     def infer(self, x, y=None, *, steps: int | None = None, tol: float | None = None) -> torch.Tensor:
         """z* for a batch of raw samples, by the spec's inference method.
 
-        ``steps`` and ``tol`` override those of the spec's FISTA/ISTA stage.
+        ``steps`` and ``tol`` override those of the spec's FISTA/ISTA stage (``lars``
+        is exact and has neither, so they leave it unchanged).
         """
         return self._infer(self.preprocess(x), y, None, steps=steps, tol=tol)
 
