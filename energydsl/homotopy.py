@@ -38,8 +38,8 @@ TIE = 1e-13
 # An atom whose Cholesky pivot falls below this fraction of its own Gram entry is
 # (numerically) a combination of the active atoms: it never joins.
 COLLINEAR = 1e-12
-# Left-over steps after which a sample stops: the path has (generically) at most
-# a few events per atom; reaching this means cycling on a degenerate problem.
+# A sample gives up after this many steps per atom: a path has (generically) a
+# few events per atom at most, so reaching it means cycling on a degenerate problem.
 STEPS_PER_ATOM = 8
 
 _OUT, _COLLINEAR_ATOM = -1, -2  # slots in ``position`` for atoms outside the active set
@@ -197,7 +197,11 @@ def lasso_homotopy(H: torch.Tensor, c: torch.Tensor, lam: float, nonneg: bool = 
     gram = np.ascontiguousarray(H.detach().to("cpu", precision).numpy())
     R = np.ascontiguousarray(-c.detach().to("cpu", torch.float64).numpy())
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, len(R)))
+    previous = numba.get_num_threads()  # the caller's numba setting, restored below
     numba.set_num_threads(threads)
-    Z, steps = _paths(gram, R, float(lam), bool(nonneg), int(max_steps), threads)
+    try:
+        Z, steps = _paths(gram, R, float(lam), bool(nonneg), int(max_steps), threads)
+    finally:
+        numba.set_num_threads(previous)
     finished = torch.from_numpy(steps <= max_steps).to(c.device)
     return torch.from_numpy(Z).to(device=c.device, dtype=c.dtype), finished
