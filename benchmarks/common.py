@@ -93,14 +93,14 @@ def plain_fista(X: torch.Tensor, D: torch.Tensor, steps: int, lam: float = LAMBD
     return z
 
 
-def lasso_model(infer: str):
+def lasso_model(infer: str, lam: float = LAMBDA):
     """A compiled lasso spec (784 inputs, 400 units) with ``infer z by {infer}``; assign W."""
     import energydsl
 
     return energydsl.load(f"""
 model lasso
 data mnist
-const lam = {LAMBDA}
+const lam = {lam}
 input x[784]
 latent z[400]
 param W[784, 400]
