@@ -1167,12 +1167,13 @@ def _draw_samples(env: Env, shape, dim: int) -> torch.Tensor:
     count = shape[1] if shape[0] == dim else shape[0]
     index = torch.randint(0, data.shape[0], (count,), generator=env["generator"])
     norms = data.norm(dim=1)
-    blank = norms[index] <= 1e-6 * norms.max()
+    floor = 1e-6 * norms.max()
+    blank = norms[index] <= floor
     for _ in range(100):  # redraws only where needed, so data without blank samples draw as before
         if not bool(blank.any()):
             break
         index[blank] = torch.randint(0, data.shape[0], (int(blank.sum()),), generator=env["generator"])
-        blank = norms[index] <= 1e-6 * norms.max()
+        blank = norms[index] <= floor
     chosen = data[index]
     chosen = chosen / chosen.norm(dim=1, keepdim=True).clamp_min(1e-12)
     chosen = chosen.to(env["reference"])

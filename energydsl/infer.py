@@ -50,6 +50,7 @@ SAFETY = 1.05
 ADMM_RHO = 2.0
 ADMM_RELAX = 1.6
 ADMM_FINEST_TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+CURVATURE_NOT_FINITE = "the smooth terms' curvature is not finite (a parameter has grown too large)"
 
 
 @dataclass(frozen=True)
@@ -349,7 +350,7 @@ def fista(problem: Problem, z0: torch.Tensor, steps: int, tol: float, accelerate
         L = problem.lipschitz if problem.lipschitz is not None else lipschitz(problem, z) * SAFETY
     L = (L + problem.curvature).clamp_min(1e-12)
     if not bool(L.isfinite().all()):
-        raise NumericalError("the smooth terms' curvature is not finite (a parameter has grown too large)")
+        raise NumericalError(CURVATURE_NOT_FINITE)
     if affine is not None and isinstance(problem.prox, ExactProx):
         prox = problem.prox.at_fixed_step(1 / float(L[0, 0]))
         if prox is not None:
@@ -390,7 +391,7 @@ def lars(problem: Problem, z: torch.Tensor) -> torch.Tensor:
                              "and here they do not: infer by fista(...)")  # fmt: skip
     H, c = affine
     if not bool(H.isfinite().all()):
-        raise NumericalError("the smooth terms' curvature is not finite (a parameter has grown too large)")
+        raise NumericalError(CURVATURE_NOT_FINITE)
     from .homotopy import lasso_homotopy  # numba's import takes 0.2 s, and only lars needs it
 
     lam = problem.prox.l1_weight()

@@ -185,12 +185,11 @@ class EnergyModel(nn.Module):
         parts = [(t, tuple(arg(fixed) for arg in t.args[1:])) for t in nonsmooth]
         prox, curvature = make_prox(parts, self.program.nonneg)
         quadratic = all(t.quadratic for t in smooth)
-        problem = Problem(smooth_energy, prox, quadratic, curvature)
+        L = None
         if quadratic and uses_power_iteration(self.program.latent):  # large code maps: no Gram matrix
             few = smooth_of(xp[:FEW_SAMPLES], None if y is None else y[:FEW_SAMPLES])
             L = self._power_iteration(smooth_energy, few, xp.new_zeros((xp.shape[0],) + self.program.latent.shape))
-            problem = Problem(smooth_energy, prox, quadratic, curvature, lipschitz=L)
-        return problem
+        return Problem(smooth_energy, prox, quadratic, curvature, lipschitz=L)
 
     # ------------------------------------------------------------ classification
 

@@ -19,13 +19,23 @@ from .errors import SpecError, did_you_mean, one_of
 DENSE_LEVEL_LIMIT = 4_000_000
 
 
-
 def soft_threshold(v: torch.Tensor, theta, inplace: bool = False) -> torch.Tensor:
     """sign(v)·max(|v| − θ, 0), the prox of θ‖·‖₁ (θ a scalar or a tensor that broadcasts),
     computed as v − clamp(v, −θ, θ): the same values in two passes over memory, not four.
     ``inplace`` overwrites v (FISTA's inner loop, where v is a fresh product)."""
     clamped = v.clamp(-theta, theta)
     return v.sub_(clamped) if inplace else v - clamped
+
+
+def shrink_factor(norms: torch.Tensor, tau) -> torch.Tensor:
+    """max(0, 1 − τ/‖block‖): the factor by which the group soft-threshold scales a block."""
+    return torch.clamp(1 - tau / norms.clamp_min(1e-30), min=0)
+
+
+def _per_sample(tau, v: torch.Tensor, dims: int):
+    """τ (a scalar, or one value per sample) shaped to broadcast over ``dims`` axes after the batch's."""
+    tau = torch.as_tensor(tau, dtype=v.dtype, device=v.device)
+    return tau.reshape((-1,) + (1,) * dims) if tau.dim() else tau
 
 
 @dataclass(frozen=True)
@@ -188,9 +198,7 @@ class GroupNorms:
             if self.family.tiling is not None:  # blocks of the reshaped code maps: no index tables
                 blocks = _tiled(v, self.family.tiling)
                 norms = _tile_norms(blocks)[:, :, None, :, None, :, None]
-                tau = torch.as_tensor(tau, dtype=v.dtype, device=v.device)
-                tau = tau.reshape((-1,) + (1,) * 6) if tau.dim() else tau
-                return (blocks * torch.clamp(1 - tau / norms.clamp_min(1e-30), min=0)).reshape(v.shape)
+                return (blocks * shrink_factor(norms, _per_sample(tau, v, 6))).reshape(v.shape)
             for number in range(len(self.levels)):
                 level = self._on(v, f"level{number}")
                 v = (indexed_block_shrink if level.dtype == torch.long else block_shrink)(v, level, tau)
@@ -252,7 +260,7 @@ class GroupNorms:
         τ Σⱼ‖yⱼ‖ over separate copies yⱼ of the pools (no overlap between copies)."""
         blocks = slots.view(slots.shape[0], self.count, self.width)
         norms = blocks.norm(dim=-1, keepdim=True)
-        return (blocks * torch.clamp(1 - tau / norms.clamp_min(1e-30), min=0)).view_as(slots)
+        return (blocks * shrink_factor(norms, tau)).view_as(slots)
 
     def _gap_small(self, v, xi, xs, bound, unit_bound, tol) -> bool:
         """Duality gap ≤ tol·½‖v‖² for every sample (see the scale below)."""
@@ -275,7 +283,7 @@ def block_shrink(v: torch.Tensor, membership: torch.Tensor, tau) -> torch.Tensor
     ``tau`` is a scalar or ``(B, 1)``.
     """
     norms = ((v * v) @ membership).sqrt()
-    scale = torch.clamp(1 - tau / norms.clamp_min(1e-30), min=0)
+    scale = shrink_factor(norms, tau)
     outside = 1 - membership.sum(1)
     return v * (scale @ membership.T + outside)
 
@@ -303,9 +311,7 @@ def indexed_block_shrink(v: torch.Tensor, table: torch.Tensor, tau) -> torch.Ten
     padded = torch.cat([v, v.new_zeros(batch, 1)], dim=1)
     blocks = padded[:, table]  # (B, pools, width)
     norms = blocks.norm(dim=-1, keepdim=True)
-    tau = torch.as_tensor(tau, dtype=v.dtype, device=v.device)
-    tau = tau.reshape(-1, 1, 1) if tau.dim() else tau
-    shrunk = blocks * torch.clamp(1 - tau / norms.clamp_min(1e-30), min=0)
+    shrunk = blocks * shrink_factor(norms, _per_sample(tau, v, 2))
     padded = padded.clone()
     padded[:, table.flatten()] = shrunk.flatten(1)  # disjoint blocks: each unit is written once
     return padded[:, :m]
