@@ -290,6 +290,10 @@ def _gram_bytes(program: Program, size: int) -> int:
             total += 2 * m * m * FLOAT64  # eigvalsh on H.double(): the copy and its workspace
     if _uses_prox(program) and any(isinstance(t.term, inhibition) for t in program.terms):
         total += 2 * m * m * FLOAT64  # λ_max of S, the same way
+    if any(method.kind == "lars" for method in program.methods):
+        total += 3 * m * m * size  # H read off the energy, as the Gram path reads it
+        # the homotopy's copy of H, and one m × m Cholesky workspace per thread (energydsl/homotopy.py)
+        total += m * m * size + torch.get_num_threads() * m * m * FLOAT64
     return total
 
 

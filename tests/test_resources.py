@@ -230,3 +230,10 @@ def test_drsae_estimate_is_within_three_times_the_measured_peak():
     needed = estimate(energydsl.compile_program(spec), measured["samples"]).total
     ratio = needed / measured["growth"]
     assert 1 / 3 <= ratio <= 3, f"estimate {needed:,} B, measured growth {measured['growth']:,} B"
+
+
+def test_lars_counts_its_gram_matrix_and_factor_workspaces():
+    program = energydsl.compile_program(ROOT / "tests" / "specs" / "ok" / "lasso_lars.energy")
+    m = program.latent.shape[0]
+    workspaces = torch.get_num_threads() * m * m * 8  # one float64 Cholesky factor per thread
+    assert estimate(program).parts["gram"] == 4 * m * m * 4 + workspaces  # H read off, its copy (float32)
