@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from energydsl.data import mnist
+from energydsl.data.sources import mnist
 
 LAMBDA = 0.1
 
@@ -67,7 +67,7 @@ def spams_lasso(X: torch.Tensor, D: torch.Tensor, lam: float = LAMBDA) -> torch.
 def exact_held_out_objective(X: torch.Tensor, D: torch.Tensor, lam: float = LAMBDA) -> float:
     """Mean lasso objective of held-out samples under dictionary D, codes solved exactly
     (by energydsl's homotopy, in float64)."""
-    from energydsl.homotopy import lasso_homotopy
+    from energydsl.ops.homotopy import lasso_homotopy
 
     D = D.double()
     Z, _ = lasso_homotopy(D.T @ D, -(X.double() @ D), lam)

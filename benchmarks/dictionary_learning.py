@@ -29,7 +29,7 @@ import torch
 from common import LAMBDA, exact_held_out_objective, report, spams_or_none, timed
 
 import energydsl
-from energydsl.train import initial_state, train
+from energydsl.training.loop import initial_state, train
 
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "dictionary_learning.energy"
 ATOMS, BATCH = 256, 256

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from common import report
 
 import energydsl
-from energydsl.train import make_optimizers, train_step
+from energydsl.training.loop import make_optimizers, train_step
 
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "drsae.energy"
 JOINT = ("recon", "sparse", "class")

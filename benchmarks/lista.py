@@ -16,7 +16,7 @@ import time
 import torch
 
 import energydsl
-from energydsl.infer import fista
+from energydsl.solvers.infer import fista
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import time
 import torch
 
 import energydsl
-from energydsl.infer import fista
+from energydsl.solvers.infer import fista
 
 SPEC = "specs/topographic.energy"
 

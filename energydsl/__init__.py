@@ -7,11 +7,11 @@
 
 __version__ = "0.1.0"
 
-from .api import compile_program, load, load_run, train  # noqa: E402
-from .data import Dataset, DataError  # noqa: E402
-from .errors import RunError, SpecError, UserError  # noqa: E402
-from .model import EnergyModel  # noqa: E402
-from .stacking import export  # noqa: E402
+from energydsl.api import compile_program, load, load_run, train
+from energydsl.data.sources import Dataset, DataError
+from energydsl.errors import RunError, SpecError, UserError
+from energydsl.model import EnergyModel
+from energydsl.runs.stacking import export
 
 __all__ = [
     "DataError",

@@ -11,20 +11,20 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint
-from .analysis import infer_all, run_metrics
-from .compile import Program, compile_spec, spec_dir
-from .data import Dataset, load_data
-from .distributed import SINGLE, Workers
-from .errors import RunError, SpecError
-from .model import EnergyModel
-from .parser import parse, parse_file, parse_source_call
-from .spec import Spec
-from .train import evaluate, initial_state
-from .train import train as _train_loop
-from .report import REPORT_FILE, write_report
-from .resources import check_fits
-from .viz import write_pictures
+from energydsl.runs import checkpoint
+from energydsl.reporting.analysis import infer_all, run_metrics
+from energydsl.compiler import Program, compile_spec, spec_dir
+from energydsl.data.sources import Dataset, load_data
+from energydsl.training.distributed import SINGLE, Workers
+from energydsl.errors import RunError, SpecError
+from energydsl.model import EnergyModel
+from energydsl.lang.parser import parse, parse_file, parse_source_call
+from energydsl.lang.spec import Spec
+from energydsl.training.loop import evaluate, initial_state
+from energydsl.training.loop import train as _train_loop
+from energydsl.reporting.report import REPORT_FILE, write_report
+from energydsl.reporting.resources import check_fits
+from energydsl.reporting.viz import write_pictures
 
 DEFAULT_CHECKPOINT_EVERY = 200  # steps; a checkpoint also follows every epoch
 ANALYSIS_SAMPLES = 4096  # held-out samples whose codes feed the analyses and pictures

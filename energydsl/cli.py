@@ -15,14 +15,16 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, api, distributed
-from .compile import Program
-from .checkpoint import CHECKPOINT_FILE
-from .errors import UserError
-from .errors import NumericalError
-from .progress import ConsoleProgress, TensorBoardLog
-from .report import REPORT_FILE
-from .train import Interrupted
+from energydsl._version import __version__
+from energydsl import api
+from energydsl.training import distributed
+from energydsl.compiler import Program
+from energydsl.runs.checkpoint import CHECKPOINT_FILE
+from energydsl.errors import UserError
+from energydsl.errors import NumericalError
+from energydsl.training.progress import ConsoleProgress, TensorBoardLog
+from energydsl.reporting.report import REPORT_FILE
+from energydsl.training.loop import Interrupted
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -164,7 +166,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from .explain import explain
+    from energydsl.reporting.explain import explain
 
     overrides = _overrides(args.set)
     for path in args.specs:
@@ -173,20 +175,20 @@ def cmd_explain(args) -> int:
 
 
 def cmd_docs(args) -> int:
-    from .reference import reference_markdown
+    from energydsl.reporting.reference import reference_markdown
 
     print(reference_markdown(), end="")
     return 0
 
 
 def cmd_fmt(args) -> int:
-    from .fmt import format_paths
+    from energydsl.lang.fmt import format_paths
 
     return format_paths(args.specs, check=args.check)
 
 
 def cmd_prune(args) -> int:
-    from .prune import prune_run
+    from energydsl.runs.prune import prune_run
 
     report = prune_run(args.run, args.threshold, args.out)
     print(f"kept {report['units_after']} of {report['units_before']} units; wrote {args.out}/")
@@ -194,7 +196,7 @@ def cmd_prune(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .stacking import export, sample_shape, to_torchscript
+    from energydsl.runs.stacking import export, sample_shape, to_torchscript
 
     network = export(*args.runs, pool=args.pool)
     path = to_torchscript(network, sample_shape(args.runs[-1]), args.output)

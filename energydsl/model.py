@@ -13,10 +13,11 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .compile import BoundTerm, Program
-from .expr import Env
-from .infer import Problem, fista, lars, make_prox
-from .stepsize import FEW_SAMPLES, PowerIteration, uses_power_iteration
+from energydsl.compiler import Program
+from energydsl.terms import BoundTerm
+from energydsl.expr.compiler import Env
+from energydsl.solvers.infer import Problem, fista, lars, make_prox
+from energydsl.solvers.stepsize import FEW_SAMPLES, PowerIteration, uses_power_iteration
 
 
 class EnergyModel(nn.Module):

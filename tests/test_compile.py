@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import energydsl
-from energydsl.expr import INF
+from energydsl.expr.compiler import INF
 
 
 def test_recurrent_encoder_matches_hand_written_loop(drsae_source):

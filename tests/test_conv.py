@@ -18,10 +18,12 @@ import torch
 import torch.nn.functional as F
 
 import energydsl
-from energydsl import conv, infer, stepsize
-from energydsl.data import Dataset
+from energydsl.ops import conv
+from energydsl.solvers import infer
+from energydsl.solvers import stepsize
+from energydsl.data.sources import Dataset
 from energydsl.errors import SpecError
-from energydsl.pools import GroupNorms, maps
+from energydsl.ops.pools import GroupNorms, maps
 
 IMAGE = (1, 8, 8)
 
@@ -190,7 +192,7 @@ def test_the_fast_block_proxes_equal_the_dense_one(monkeypatch, layout):
     dense = GroupNorms(plain).prox(v, tau, 0.05)
     assert torch.allclose(GroupNorms(family).prox(v, tau, 0.05), dense, atol=1e-14)
     assert torch.allclose(GroupNorms(family).norms(v), GroupNorms(plain).norms(v), atol=1e-14)
-    monkeypatch.setattr("energydsl.pools.DENSE_LEVEL_LIMIT", 0)
+    monkeypatch.setattr("energydsl.ops.pools.DENSE_LEVEL_LIMIT", 0)
     indexed = GroupNorms(plain)
     assert indexed.levels[0].dtype == torch.long
     assert torch.allclose(indexed.prox(v, tau, 0.05), dense, atol=1e-14)
@@ -288,8 +290,8 @@ def test_a_resumed_code_map_run_is_bitwise_identical(tmp_path):
 
     import safetensors.torch
 
-    from energydsl.checkpoint import MODEL_FILE
-    from energydsl.train import Interrupted
+    from energydsl.runs.checkpoint import MODEL_FILE
+    from energydsl.training.loop import Interrupted
 
     spec = """
     model big_maps

@@ -18,10 +18,10 @@ import safetensors.torch
 import torch
 
 import energydsl
-from energydsl.checkpoint import MODEL_FILE
-from energydsl.dictionary import BlockCoordinateDictionary
+from energydsl.runs.checkpoint import MODEL_FILE
+from energydsl.optim.bcd import BlockCoordinateDictionary
 from energydsl.errors import SpecError
-from energydsl.train import Interrupted
+from energydsl.training.loop import Interrupted
 
 
 def _unit_ball_projection(D: torch.Tensor, j: int) -> None:

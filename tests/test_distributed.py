@@ -19,8 +19,8 @@ from conftest import SPARSE_ADAM
 
 import energydsl
 from energydsl.cli import main
-from energydsl.distributed import Workers
-from energydsl.train import Interrupted
+from energydsl.training.distributed import Workers
+from energydsl.training.loop import Interrupted
 
 # tight inference, so that sharded and whole-batch solves agree to float32 rounding
 FISTA_SPEC = SPARSE_ADAM.replace("fista(steps = 100, tol = 1e-5)", "fista(steps = 500, tol = 1e-7)").replace(
@@ -83,7 +83,7 @@ def test_two_workers_resume_a_checkpoint(tmp_path):
 WORKER_LIFE = """
 import sys
 import torch
-from energydsl.distributed import finish, from_environment
+from energydsl.training.distributed import finish, from_environment
 
 workers = from_environment(None)
 weight = torch.nn.Parameter(torch.ones(3))

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from energydsl.api import compile_program
-from energydsl.explain import explain
-from energydsl.terms import TERMS, GroupTerm
+from energydsl.reporting.explain import explain
+from energydsl.terms import TERMS
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 
@@ -210,7 +210,7 @@ def test_gram_path_is_reported_only_where_it_applies():
 def test_explain_leaves_no_warm_start_on_the_program():
     program = compile_program(SPECS / "topographic.energy")
     first = explain(program)
-    norms = [t.term.norms for t in program.terms if isinstance(t.term, GroupTerm)]
+    norms = [t.term.norms for t in program.terms if t.term.prox_kind == "group"]
     assert norms and all(n._dual is None for n in norms)
     assert explain(program) == first
 

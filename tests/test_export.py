@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 import energydsl
 from energydsl.cli import main
-from energydsl.data import DataError, describe_source, load_data
-from energydsl.stacking import ExportError
+from energydsl.data.sources import DataError, describe_source, load_data
+from energydsl.runs.stacking import ExportError
 
 LAYER1 = """
 model layer1

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from energydsl.api import compile_program
 from energydsl.errors import SpecError
-from energydsl.fmt import format_paths, format_source
+from energydsl.lang.fmt import format_paths, format_source
 from energydsl.model import EnergyModel
-from energydsl.parser import _lark
+from energydsl.lang.parser import _lark
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.energy")) + sorted((ROOT / "tests/specs/ok").glob("*.energy"))

@@ -37,7 +37,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from energydsl.cli import main
-from energydsl.parser import STATEMENT_KEYWORDS
+from energydsl.lang.parser import STATEMENT_KEYWORDS
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.energy")) + sorted((ROOT / "tests/specs/ok").glob("*.energy"))

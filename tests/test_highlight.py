@@ -7,13 +7,13 @@ import pytest
 from pygments.lexers import get_lexer_by_name, get_lexer_for_filename
 from pygments.token import Comment, Error, Keyword, Name, Number, Operator, Punctuation, Whitespace
 
-from energydsl.compile import STRUCTURES
-from energydsl.constraints import DESCRIPTIONS
-from energydsl.data import SOURCES
-from energydsl.expr import FUNCTIONS
-from energydsl.highlight import EnergyLexer, vocabulary
-from energydsl.parser import STATEMENT_KEYWORDS
-from energydsl.pools import FAMILY_BUILDERS
+from energydsl.compiler.structures import STRUCTURES
+from energydsl.ops.constraints import DESCRIPTIONS
+from energydsl.data.sources import SOURCES
+from energydsl.expr.compiler import FUNCTIONS
+from energydsl.reporting.highlight import EnergyLexer, vocabulary
+from energydsl.lang.parser import STATEMENT_KEYWORDS
+from energydsl.ops.pools import FAMILY_BUILDERS
 from energydsl.terms import TERMS
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import energydsl
-import energydsl.homotopy
+import energydsl.ops.homotopy
 from energydsl.errors import NumericalError
-from energydsl.explain import explain
-from energydsl.homotopy import lasso_homotopy
+from energydsl.reporting.explain import explain
+from energydsl.ops.homotopy import lasso_homotopy
 
 
 def random_lasso(seed: int, dim: int = 30, atoms: int = 50, samples: int = 16, coherent: bool = False):
@@ -155,7 +155,7 @@ def test_a_path_that_stops_early_is_finished_by_fista(monkeypatch):
     model, x, H, c = spec_model()
     exact = model.energy(x, model.infer(x)).detach()
     cut_short = lambda H, c, lam, nonneg: lasso_homotopy(H, c, lam, nonneg, max_steps=2)
-    monkeypatch.setattr(energydsl.homotopy, "lasso_homotopy", cut_short)
+    monkeypatch.setattr(energydsl.ops.homotopy, "lasso_homotopy", cut_short)
     z = model.infer(x)
     assert torch.allclose(model.energy(x, z).detach(), exact, rtol=1e-6)
     assert_kkt(z, H, c, 0.05, tol=3e-3)  # FISTA's finest float32 tolerance, not exact

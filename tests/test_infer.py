@@ -15,8 +15,8 @@ from scipy.special import logsumexp
 from sklearn.linear_model import Lasso
 
 import energydsl
-from energydsl.data import Dataset, synthetic
-from energydsl.infer import SAFETY, Problem, fista, lipschitz
+from energydsl.data.sources import Dataset, synthetic
+from energydsl.solvers.infer import SAFETY, Problem, fista, lipschitz
 
 DIM, ATOMS, LAM = 16, 40, 0.05
 BATCH = 12

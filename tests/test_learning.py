@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import energydsl
-from energydsl.data import Dataset
+from energydsl.data.sources import Dataset
 
 RECOVERY_SPEC = Path(__file__).parent / "specs" / "ok" / "synthetic_recovery.energy"
 
@@ -274,7 +274,7 @@ train
 def test_lista_learns_to_approximate_fista_codes_better_than_ista():
     """Two learned steps approach the optimal codes z* of the fixed dictionary better than
     two ISTA steps of size 1/L (the point of LISTA), and far better than at initialisation."""
-    from energydsl.infer import fista
+    from energydsl.solvers.infer import fista
 
     model = energydsl.load(LISTA_SPEC)
     x = model.dataset.x_test
@@ -305,7 +305,7 @@ def test_cosine_schedule_sets_each_epochs_learning_rate(monkeypatch):
 
 def first_rate_of_each_epoch(monkeypatch, phases: str) -> list[list[float]]:
     """Train LISTA_SPEC with these phases (theta at lr_scale 10); each epoch's first step's rates."""
-    loop = importlib.import_module("energydsl.train")  # the module (energydsl.train is the API function)
+    loop = importlib.import_module("energydsl.training.loop")
     source = LISTA_SPEC.replace("epochs 8", phases).replace(
         "param theta[24] init alpha * lam", "param theta[24] init alpha * lam lr_scale 10")
     seen = []
@@ -350,7 +350,7 @@ def test_drsae_keeps_part_units_with_sgd_and_loses_them_with_adam(spec, part_uni
     """One pretraining epoch of the two DrSAE specs (100 units): plain SGD with per-parameter
     scales keeps the ISTA-consistent encoder rows aligned with the decoder columns (part
     units, < 0.5 rad); Adam's steps of about lr on entries of about 2e-4 turn every unit away."""
-    from energydsl.analysis import infer_all, unit_kinds
+    from energydsl.reporting.analysis import infer_all, unit_kinds
 
     source = (Path(__file__).parents[1] / "specs" / f"{spec}.energy").read_text(encoding="utf-8")
     source = re.sub(r"  phase pretrain.*\n  phase finetune.*\n", "  phase pretrain epochs 1 terms recon, sparse\n", source)

@@ -8,14 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from energydsl import reference
-from energydsl.compile import INFER_METHODS, LEARN_MODES, OPTIMIZERS, SCHEDULES, STRUCTURES, _initialisers
-from energydsl.constraints import DESCRIPTIONS
-from energydsl.data import SOURCES
-from energydsl.expr import FUNCTION_DESCRIPTIONS, FUNCTIONS
-from energydsl.parser import STATEMENT_KEYWORDS
-from energydsl.pools import FAMILY_BUILDERS
-from energydsl.reference import REGENERATE, reference_markdown
+from energydsl.reporting import reference
+from energydsl.compiler.inference import INFER_METHODS
+from energydsl.compiler.initialisers import _initialisers
+from energydsl.compiler.params import LEARN_MODES
+from energydsl.compiler.structures import STRUCTURES
+from energydsl.compiler.training import OPTIMIZERS, SCHEDULES
+from energydsl.ops.constraints import DESCRIPTIONS
+from energydsl.data.sources import SOURCES
+from energydsl.expr.compiler import FUNCTION_DESCRIPTIONS, FUNCTIONS
+from energydsl.lang.parser import STATEMENT_KEYWORDS
+from energydsl.ops.pools import FAMILY_BUILDERS
+from energydsl.reporting.reference import REGENERATE, reference_markdown
 from energydsl.terms import TERMS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +43,7 @@ def test_the_checked_in_reference_is_up_to_date():
 
 
 def test_running_the_module_prints_the_reference():
-    result = subprocess.run([sys.executable, "-m", "energydsl.reference"], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-m", "energydsl.reporting.reference"], capture_output=True, text=True, check=True)
     assert result.stdout == MARKDOWN
 
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import energydsl
-from energydsl import resources
+from energydsl.reporting import resources
 from energydsl.cli import main
-from energydsl.resources import ResourceError, check_fits, estimate, format_bytes, parse_size
-from energydsl.train import make_optimizers, train_step
+from energydsl.reporting.resources import ResourceError, check_fits, estimate, format_bytes, parse_size
+from energydsl.training.loop import make_optimizers, train_step
 
 ROOT = Path(__file__).resolve().parent.parent
 GiB = 2**30
@@ -191,8 +191,8 @@ def test_only_overlapping_pools_get_dual_variables():
 MEASURE = """
 import json, sys, torch, energydsl
 torch.set_num_threads(1)  # one allocator arena's worth of noise, and fair to a busy machine
-from energydsl.data import Dataset
-from energydsl.train import evaluate, make_optimizers, train_step
+from energydsl.data.sources import Dataset
+from energydsl.training.loop import evaluate, make_optimizers, train_step
 
 def status(field):
     with open("/proc/self/status") as lines:

@@ -21,10 +21,10 @@ import safetensors.torch
 import torch
 
 import energydsl
-from energydsl.checkpoint import CHECKPOINT_FILE, MODEL_FILE
+from energydsl.runs.checkpoint import CHECKPOINT_FILE, MODEL_FILE
 from energydsl.cli import EXIT_INTERRUPTED, main
 from energydsl.errors import RunError
-from energydsl.train import Interrupted
+from energydsl.training.loop import Interrupted
 
 from conftest import SPARSE_ADAM
 

@@ -5,8 +5,8 @@ map from group sparsity over overlapping windows."""
 import torch
 
 import energydsl
-from energydsl.analysis import neighbour_cosine_ratio, related_coactive_share, rooted_fraction
-from energydsl.train import make_optimizers, train_step
+from energydsl.reporting.analysis import neighbour_cosine_ratio, related_coactive_share, rooted_fraction
+from energydsl.training.loop import make_optimizers, train_step
 
 TREE_SPEC = """
 model tree_small
@@ -119,7 +119,7 @@ def test_ascent_keeps_every_constraint_and_grows_coactive_entries():
 
 
 def test_pruning_removes_rare_branches_and_saves_like_any_run(tmp_path):
-    from energydsl.prune import activation_frequency, prune_run
+    from energydsl.runs.prune import activation_frequency, prune_run
 
     model = energydsl.load(TREE_GROUP_SPEC)
     energydsl.train(model, out=tmp_path / "run")

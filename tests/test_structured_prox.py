@@ -18,9 +18,9 @@ import pytest
 import torch
 
 import energydsl
-from energydsl import structures as st
-from energydsl.infer import Splitting, admm, fista, make_prox
-from energydsl.pools import GroupNorms, PoolFamily
+from energydsl.ops import structures as st
+from energydsl.solvers.infer import Splitting, admm, fista, make_prox
+from energydsl.ops.pools import GroupNorms, PoolFamily
 
 REL = 1e-6  # relative objective gap allowed
 DIST = 1e-5  # max |ours − cvxpy| per coordinate, for strongly convex problems

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import energydsl
-from energydsl import structures as st
-from energydsl.pools import PoolFamily, blocks
-from energydsl.structures import StructureError
+from energydsl.ops import structures as st
+from energydsl.ops.pools import PoolFamily, blocks
+from energydsl.ops.structures import StructureError
 
 # ---------------------------------------------------------------- helpers
 

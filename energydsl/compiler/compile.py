@@ -1,0 +1,179 @@
+"""Spec → :class:`Program`: every semantic check, and the closures that compute.
+
+The program holds no tensors: it is what ``energydsl check`` validates and what
+:class:`~energydsl.model.EnergyModel` instantiates.  Checks run in declaration
+order, so a name is known from its declaration on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+
+
+from energydsl.lang import spec as S
+from energydsl.data.sources import DataError, describe_source
+from energydsl.errors import WHOLE_SPEC, Span, SpecError, did_you_mean, one_of
+from energydsl.expr.compiler import ExprCompiler, Symbol, Value
+from energydsl.compiler.common import _EXAMPLES, _override_value, _stem, spec_dir
+from energydsl.compiler.program import DataCall, Program
+from energydsl.compiler.variables import VariablesStage
+from energydsl.compiler.structures import StructuresStage
+from energydsl.compiler.params import ParamsStage
+from energydsl.compiler.expressions import ExpressionsStage
+from energydsl.compiler.energy import EnergyStage
+from energydsl.compiler.inference import InferenceStage
+from energydsl.compiler.training import TrainingStage
+
+
+def compile_spec(
+    spec: S.Spec,
+    overrides: Mapping[str, object] | None = None,
+    data: S.Call | None = None,
+    data_info: tuple[tuple[int, ...], int | None] | None = None,
+) -> Program:
+    """Check ``spec`` and compile it; ``data_info`` skips asking the data source."""
+    try:
+        return Compiler(spec, dict(overrides or {}), data, data_info).run()
+    except SpecError as error:
+        raise error.located(spec.path, spec.source) from None
+    except RecursionError:
+        raise SpecError("an expression is nested too deeply", WHOLE_SPEC, path=spec.path) from None
+
+
+# ---------------------------------------------------------------- the checker
+
+
+class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, EnergyStage, InferenceStage,
+               TrainingStage):
+    def __init__(self, spec: S.Spec, overrides: dict, data: S.Call | None, data_info):
+        self.spec = spec
+        self.overrides = overrides
+        self.data_node = data
+        self.data_info = data_info
+        self.scope: dict[str, Symbol] = {}
+        self.declared: dict[str, Span] = {}
+        self.consts = ExprCompiler(self.scope, "const")
+
+    def run(self) -> Program:
+        spec = self.spec
+        constants = self._constants()
+        data = self._data()
+        sample_shape, data_classes = self._data_info(data)
+        input_var, normalize = self._input(sample_shape)
+        label = self._label(data_classes)
+        latent, nonneg = self._latent()
+        self.structures = {decl.name.name: self._structure(decl, latent) for decl in spec.graphs}
+        params = [self._param(decl, input_var) for decl in spec.params]
+        later_lets = {d.name.name: "lets are computed in the order they are declared" for d in spec.lets}
+        model = ExprCompiler(self.scope, "model", unavailable=later_lets)
+        lets = {decl.name.name: self._let(decl, model, latent) for decl in spec.lets}
+        pools = self._pools(latent)
+        encoder = self._encoder(latent, model)
+        terms = self._terms(model, latent, pools, label)
+        inference_terms = self._inference_terms(terms)
+        chosen = [t for t in terms if inference_terms is None or t.name in inference_terms]
+        methods = self._infer(latent, encoder, chosen)
+        training = self._training(terms)
+        if training.optimizer == "bcd":
+            training = replace(training, decoders=self._decoders(params, latent))
+        return Program(
+            spec=spec,
+            name=spec.name.name if spec.name else _stem(spec.path),
+            constants=constants,
+            data=data,
+            sample_shape=sample_shape,
+            input=input_var,
+            normalize=normalize,
+            label=label,
+            latent=latent,
+            nonneg=nonneg,
+            params=params,
+            structures=self.structures,
+            pools=pools,
+            lets=lets,
+            encoder=encoder,
+            terms=terms,
+            methods=methods,
+            training=training,
+            inference_terms=inference_terms,
+        )
+
+    # ------------------------------------------------------------ names
+
+    def _declare(self, ident: S.Ident, symbol: Symbol | None = None) -> None:
+        if ident.name in self.declared:
+            first = self.declared[ident.name]
+            raise SpecError(f"'{ident.name}' is already declared (line {first.line})", ident.span)
+        if ident.name in ("I", "eye", "zeros", "ones"):
+            raise SpecError(f"'{ident.name}' is a built-in name", ident.span, hint="choose another name")
+        self.declared[ident.name] = ident.span
+        if symbol is not None:
+            self.scope[ident.name] = symbol
+
+    # ------------------------------------------------------------ constants and data
+
+    def _constants(self) -> dict[str, float]:
+        names = [decl.name.name for decl in self.spec.consts]
+        for name in self.overrides:
+            if name not in names:
+                hint = did_you_mean(name, names) or (one_of(names) if names else "this spec has no constants")
+                raise SpecError(f"--set: unknown constant '{name}'", hint=hint)
+        values = {}
+        for decl in self.spec.consts:
+            name = decl.name.name
+            if name in self.overrides:
+                value = _override_value(name, self.overrides[name])
+            else:
+                value = self.consts.constant(decl.value)
+            values[name] = value
+            self._declare(decl.name, Symbol("const", Value((), const=value), lambda env, v=value: v))
+        return values
+
+    def _data(self) -> DataCall:
+        node = self.data_node or (self.spec.data.call if self.spec.data else None)
+        if node is None:
+            raise SpecError("no data: add a line such as 'data mnist', or pass --data", WHOLE_SPEC)
+        seen = set()
+        for kw in node.kwargs:
+            if kw.name in seen:
+                raise SpecError(f"argument '{kw.name}' is given twice", kw.span)
+            seen.add(kw.name)
+        args = tuple(self._data_argument(a) for a in node.args)
+        kwargs = tuple((kw.name, self._data_argument(kw.value)) for kw in node.kwargs)
+        self._data_span = node.span
+        return DataCall(node.func, args, kwargs)
+
+    def _data_argument(self, node: S.Expr):
+        if isinstance(node, S.String):
+            return node.value
+        if isinstance(node, S.Name) and node.id not in self.scope:
+            return node.id  # a bare word such as whiten = zca
+        value = self.consts.constant(node)
+        return int(value) if value == int(value) and abs(value) < 2**53 else value
+
+    def _data_info(self, data: DataCall):
+        if self.data_info is not None:
+            self.data_name = "the data"  # given as tensors: the spec's data line may not describe it
+            return tuple(self.data_info[0]), self.data_info[1]
+        self.data_name = f"the data {data.text()}"  # messages about the data name its source
+        base = spec_dir(self.spec.path)
+        try:
+            return describe_source(data.name, data.args, dict(data.kwargs), base_dir=base)
+        except DataError as error:
+            if self.data_node is not None:
+                raise  # from --data (or data=): no line of the spec to point at
+            raise SpecError(str(error), self._data_span) from None
+
+    def _only(self, decls, what: str, required: bool):
+        noun = what if what == "encoder" else f"{what} variable"
+        if len(decls) > 1:
+            raise SpecError(f"only one {noun} is supported (the first is at line {decls[0].span.line})",
+                            decls[1].span)  # fmt: skip
+        if required and not decls:
+            hint = f"add a line such as '{what} {_EXAMPLES[what]}'"
+            raise SpecError(f"the spec declares no {noun}", WHOLE_SPEC, hint=hint)
+        return decls[0] if decls else None
+
+    def _shape(self, dims: tuple[S.Expr, ...]) -> tuple[int, ...]:
+        return tuple(self.consts.integer(d, "a size") for d in dims)

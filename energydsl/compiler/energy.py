@@ -1,0 +1,117 @@
+"""The energy: named, weighted terms from the registry."""
+
+from __future__ import annotations
+
+
+
+from energydsl.lang import spec as S
+from energydsl.errors import WHOLE_SPEC, SpecError, did_you_mean, one_of
+from energydsl.expr.compiler import FUNCTIONS, Closure, ExprCompiler
+from energydsl.ops.pools import PoolFamily
+from energydsl.terms import TERMS
+from energydsl.compiler.program import Variable, BoundTerm
+
+
+
+
+class EnergyStage:
+    """A part of :class:`~energydsl.compiler.compile.Compiler`: see its docstring."""
+
+    def _terms(self, model: ExprCompiler, latent: Variable, pools, label) -> list[BoundTerm]:
+        if not self.spec.energy:
+            raise SpecError("the spec has no energy block", WHOLE_SPEC,
+                            hint="add 'energy' followed by terms such as 'recon : 0.5 * sqerr(x, W @ z)'")  # fmt: skip
+        terms, seen = [], {}
+        for decl in self.spec.energy:
+            if decl.name.name in seen:
+                raise SpecError(f"term '{decl.name.name}' is already defined (line {seen[decl.name.name]})",
+                                decl.name.span)  # fmt: skip
+            seen[decl.name.name] = decl.span.line
+            terms.append(self._term(decl, model, latent, pools, label))
+        return terms
+
+    def _term(self, decl: S.TermDecl, model: ExprCompiler, latent, pools, label) -> BoundTerm:
+        weight, call = self._split_weight(decl.value)
+        cls = TERMS[call.func]
+        slots = model.arguments(call, len(cls.arguments), cls.arguments)
+        model.required(call, slots, len(cls.arguments))
+        static, values, closures = {"units": latent.shape[0]}, [], []
+        for kind, node in zip(cls.kinds, slots):
+            if kind == "pools":
+                static["pools"] = self._pool_argument(node, pools)
+            elif kind == "structure":
+                static["structure"] = self.structure_argument(node, f"{call.func}()", ("tree",))
+            elif kind == "label":
+                closures.append(self._label_argument(node, label))
+                static["classes"] = label.shape[0]
+            else:
+                value, fn = model.compile(node)
+                values.append(value)
+                closures.append(fn)
+        term = cls(static)
+        term.check(values, call)
+        degree = max((v.degree for v in values), default=0)
+        first_arg = slots[0].id if isinstance(slots[0], S.Name) else None
+        if weight < 0:
+            raise SpecError(f"the weight of term '{decl.name.name}' is negative ({weight:g})", decl.value.span,
+                            hint="an energy term must have a weight >= 0")  # fmt: skip
+        return BoundTerm(decl.name.name, term, weight, tuple(closures), degree,
+                         term.is_quadratic(values), first_arg, decl.span)  # fmt: skip
+
+    def _split_weight(self, node: S.Expr) -> tuple[float, S.Call]:
+        """``lam * 0.5 * l1(z)`` → (0.5·lam, the l1 call)."""
+        factors: list[tuple[S.Expr, bool]] = []  # (factor, divides)
+
+        def flatten(n: S.Expr, divides: bool = False):
+            if isinstance(n, S.BinOp) and n.op == "*" and not divides:
+                flatten(n.left)
+                flatten(n.right)
+            elif isinstance(n, S.BinOp) and n.op == "/" and not divides:
+                flatten(n.left)
+                factors.append((n.right, True))
+            else:
+                factors.append((n, divides))
+
+        flatten(node)
+        calls = [f for f, divides in factors if isinstance(f, S.Call) and f.func in TERMS and not divides]
+        if len(calls) != 1:
+            raise self._not_a_term(node, calls, factors)
+        weight = 1.0
+        for factor, divides in factors:
+            if factor is calls[0]:
+                continue
+            value = self.consts.constant(factor)
+            if divides and value == 0:
+                raise SpecError("division by zero", factor.span)
+            weight = weight / value if divides else weight * value
+        return weight, calls[0]
+
+    @staticmethod
+    def _not_a_term(node: S.Expr, calls, factors) -> SpecError:
+        if len(calls) > 1:
+            return SpecError("a term holds one energy function; split it into two named terms", calls[1].span)
+        if isinstance(node, S.Neg):
+            return SpecError("a term's weight must be >= 0", node.span, hint="an energy term cannot be negated")
+        for factor, _ in factors:
+            if isinstance(factor, S.Call) and factor.func not in TERMS and factor.func not in FUNCTIONS:
+                hint = did_you_mean(factor.func, TERMS) or one_of(TERMS)
+                return SpecError(f"unknown energy term '{factor.func}'", factor.func_span, hint=hint)
+        return SpecError("a term is 'weight * function(...)' with a function from the registry", node.span,
+                         hint=one_of(TERMS))  # fmt: skip
+
+    def _pool_argument(self, node: S.Expr, pools) -> PoolFamily:
+        if not isinstance(node, S.Name) or node.id not in pools:
+            label = node.id if isinstance(node, S.Name) else None
+            hint = (did_you_mean(label, pools) if label else None) or (
+                one_of(pools) if pools else "declare one with 'pools P = blocks(z, 4)'"
+            )
+            raise SpecError("expected the name of a pool family", node.span, hint=hint)
+        return pools[node.id]
+
+    def _label_argument(self, node: S.Expr, label: Variable | None) -> Closure:
+        if label is None:
+            raise SpecError("this term needs a label, and the spec declares none", node.span,
+                            hint="add a line such as 'label y : 10 classes'")  # fmt: skip
+        if not isinstance(node, S.Name) or node.id != label.name:
+            raise SpecError(f"expected the label '{label.name}' here", node.span)
+        return lambda env, n=label.name: env[n]

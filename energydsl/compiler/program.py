@@ -1,0 +1,127 @@
+"""What a spec compiles to: the :class:`Program` and its parts (no tensors)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+from energydsl.lang import spec as S
+from energydsl.ops import structures as st
+from energydsl.ops.constraints import Constraint
+from energydsl.errors import Span
+from energydsl.expr.compiler import Closure
+from energydsl.ops.pools import PoolFamily
+from energydsl.terms import BoundTerm
+
+DEFAULT_STEPS, DEFAULT_TOL = 200, 1e-4
+
+
+# ---------------------------------------------------------------- the program
+
+
+@dataclass(frozen=True)
+class DataCall:
+    name: str
+    args: tuple = ()
+    kwargs: tuple[tuple[str, object], ...] = ()
+
+    def text(self) -> str:
+        items = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs]
+        return f"{self.name}({', '.join(items)})" if items else self.name
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    shape: tuple[int, ...]  # a latent is always a vector here: its values, stored flat
+    span: Span
+    layout: tuple[int, ...] | None = None  # an image latent's [maps, rows, cols] (channel-major storage)
+
+
+@dataclass(frozen=True)
+class ParamPlan:
+    name: str
+    shape: tuple[int, ...]
+    init: Closure  # Env (with "init:target" etc.) -> tensor or float
+    learn: str  # descent | ascent | fixed
+    lr: float | None  # explicit learning rate, else base lr * lr_scale
+    lr_scale: float
+    constraints: tuple[Constraint, ...]
+    masks: tuple[Closure, ...]  # one per "mask" constraint, same order
+    span: Span
+
+
+@dataclass(frozen=True)
+class Method:
+    kind: str  # fista | ista | lars | encoder
+    steps: int = DEFAULT_STEPS
+    tol: float = DEFAULT_TOL
+    span: Span | None = None
+
+    def __str__(self) -> str:
+        if self.kind in ("encoder", "lars"):
+            return self.kind
+        return f"{self.kind}(steps = {self.steps}, tol = {self.tol:g})"
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    epochs: int
+    terms: tuple[str, ...]
+    schedule: str = "constant"  # how the learning rates move over the phase's epochs
+    lr_scale: float = 1.0  # every learning rate times this during the phase
+
+
+@dataclass(frozen=True)
+class Training:
+    optimizer: str
+    options: dict
+    lr: float
+    batch: int
+    seed: int
+    phases: tuple[Phase, ...]
+    decoders: tuple[tuple[str, str], ...] = ()  # optimizer bcd: (parameter, its sqerr term)
+
+    def settings(self) -> dict:
+        """The optimizer's settings as the user would write them (bcd has no learning rate)."""
+        return dict(self.options) if self.optimizer == "bcd" else {"lr": self.lr, **self.options}
+
+
+@dataclass
+class Program:
+    spec: S.Spec
+    name: str
+    constants: dict[str, float]
+    data: DataCall
+    sample_shape: tuple[int, ...]  # as the data gives it
+    input: Variable
+    normalize: str | None
+    label: Variable | None  # shape (classes,)
+    latent: Variable
+    nonneg: bool
+    params: list[ParamPlan]
+    structures: dict[str, st.Structure]
+    pools: dict[str, PoolFamily]
+    lets: dict[str, Closure]
+    encoder: Closure | None
+    terms: list[BoundTerm]
+    methods: tuple[Method, ...]
+    training: Training
+    inference_terms: tuple[str, ...] | None = None  # what FISTA minimises (None: every term)
+
+    @property
+    def classes(self) -> int | None:
+        return self.label.shape[0] if self.label else None
+
+    @property
+    def reconstruction(self) -> BoundTerm | None:
+        """The first ``sqerr(x, ...)`` term: what 'reconstruction error' measures."""
+        for term in self.terms:
+            if term.term.role == "reconstruction" and term.first_arg == self.input.name:
+                return term
+        return None
+
+    @property
+    def classifier(self) -> BoundTerm | None:
+        return next((t for t in self.terms if t.term.role == "classifier"), None)

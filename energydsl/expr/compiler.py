@@ -1,0 +1,512 @@
+"""Expressions → (static type, closure).
+
+One walk over an expression both checks it (names, roles, shapes) and builds the
+closure that computes it, so checking a spec and compiling it cannot disagree.
+Closures take an :class:`Env` — the tensors of one evaluation — and return a
+tensor (or a float for compile-time scalars).
+
+Tensors that vary per sample carry a leading batch axis: a latent ``z[400]`` is a
+``(B, 400)`` tensor, a parameter ``W[784, 400]`` a plain ``(784, 400)`` matrix, and
+``W @ z`` is computed as ``z @ W.T`` → ``(B, 784)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from energydsl.ops import conv
+from energydsl.lang import spec as S
+from energydsl.errors import SpecError, did_you_mean, one_of
+from energydsl.ops.pools import soft_threshold
+
+INF = math.inf
+
+
+@dataclass(frozen=True)
+class Value:
+    """What the checker knows about an expression before any tensor exists."""
+
+    shape: tuple[int, ...]  # per sample when batched
+    batched: bool = False  # varies with the sample (depends on x, y or z)
+    const: float | None = None  # the value, for compile-time scalars
+    degree: float = 0  # polynomial degree in the latent: 0, 1, 2 or INF
+
+    @property
+    def is_scalar(self) -> bool:
+        return self.shape == ()
+
+    def describe(self) -> str:
+        dims = ", ".join(map(str, self.shape))
+        return f"[{dims}]" if self.shape else "a scalar"
+
+
+Closure = Callable[["Env"], Any]
+
+
+@dataclass
+class Env:
+    """The tensors of one evaluation: variables, parameters, and a cache for lets."""
+
+    tensors: dict[str, Any]
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str):
+        return self.tensors[name]
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """A name in scope: its role, its static type, and how to read it."""
+
+    role: str  # const | input | label | latent | param | let | state | builtin
+    value: Value
+    read: Closure
+
+
+# ---------------------------------------------------------------- elementwise functions
+
+
+def _l2_normalize(v):
+    flat = v.flatten(1)
+    norm = flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return (flat / norm).view_as(v)
+
+
+# elementwise functions: on a tensor, and on a compile-time number
+ELEMENTWISE: dict[str, Callable] = {
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "abs": torch.abs,
+    "exp": torch.exp,
+    "log": torch.log,
+    "sqrt": torch.sqrt,
+    "softplus": torch.nn.functional.softplus,
+}
+SCALAR_MATH = {"relu": lambda a: max(a, 0.0), "tanh": math.tanh, "abs": abs, "exp": math.exp,
+               "log": math.log, "sqrt": math.sqrt,
+               "sigmoid": lambda a: 1 / (1 + math.exp(-a)), "softplus": lambda a: math.log1p(math.exp(a))}  # fmt: skip
+FUNCTIONS = sorted(ELEMENTWISE) + ["flatten", "normalize", "shrink"] + list(conv.OPERATORS)
+# One line per function, for the language reference (reference.py).
+FUNCTION_DESCRIPTIONS = {
+    "abs": "``abs(v)``: |v|, elementwise",
+    "exp": "``exp(v)``: eᵛ, elementwise",
+    "log": "``log(v)``: the natural logarithm, elementwise",
+    "relu": "``relu(v)``: max(v, 0), elementwise",
+    "sigmoid": "``sigmoid(v)``: 1 / (1 + e⁻ᵛ), elementwise",
+    "softplus": "``softplus(v)``: log(1 + eᵛ), elementwise",
+    "sqrt": "``sqrt(v)``: the square root, elementwise",
+    "tanh": "``tanh(v)``: the hyperbolic tangent, elementwise",
+    "flatten": "``flatten(v)``: each sample as one vector",
+    "normalize": "``normalize(v)``: each sample scaled to unit l2 norm",
+    "shrink": (
+        "``shrink(value, threshold)``: soft-thresholding, sign(v)·max(|v| − θ, 0), with θ a scalar or shaped like v"
+    ),
+    **{name: text for name, (_, text) in conv.OPERATORS.items()},
+}
+
+
+class ExprCompiler:
+    """Checks and compiles expressions against a scope of symbols.
+
+    ``context`` says where the expression stands and so what it may use:
+    ``const`` (numbers and constants only), ``init`` (earlier parameters and the
+    initialisers), ``model`` (variables, parameters, lets).
+    """
+
+    def __init__(
+        self,
+        scope: dict[str, Symbol],
+        context: str,
+        extra_functions: dict | None = None,
+        unavailable: dict[str, str] | None = None,
+    ):
+        self.scope = scope
+        self.context = context
+        # name → callable(compiler, call) -> (Value, Closure); e.g. the initialisers
+        self.extra_functions = extra_functions or {}
+        # names that exist but not here → why (shown as the hint)
+        self.unavailable = unavailable or {}
+
+    # ------------------------------------------------------------ entry points
+
+    def compile(self, node: S.Expr) -> tuple[Value, Closure]:
+        method = getattr(self, f"_compile_{node.kind}")
+        return method(node)
+
+    def constant(self, node: S.Expr) -> float:
+        value, _ = self.compile(node)
+        if value.const is None:
+            raise SpecError("expected a constant number here", node.span)
+        if math.isnan(value.const) or math.isinf(value.const):
+            raise SpecError(f"this constant evaluates to {value.const}", node.span)
+        return value.const
+
+    def integer(self, node: S.Expr, what: str, minimum: int = 1) -> int:
+        number = self.constant(node)
+        if number != int(number):
+            raise SpecError(f"{what} must be a whole number, got {number:g}", node.span)
+        if number < minimum:
+            raise SpecError(f"{what} must be at least {minimum}, got {number:g}", node.span)
+        return int(number)
+
+    def positive(self, node: S.Expr, what: str) -> float:
+        number = self.constant(node)
+        if number <= 0:
+            raise SpecError(f"{what} must be positive, got {number:g}", node.span)
+        return number
+
+    # ------------------------------------------------------------ leaves
+
+    def _compile_number(self, node: S.Number):
+        number = node.value
+        return Value((), const=number), lambda env: number
+
+    def _compile_string(self, node: S.String):
+        raise SpecError("a string is only allowed as a data source argument", node.span)
+
+    def _compile_name(self, node: S.Name):
+        symbol = self.scope.get(node.id)
+        builtin = self.extra_functions.get(node.id)
+        if symbol is None and getattr(builtin, "as_name", False):
+            return builtin(self, S.Call(span=node.span, func=node.id, func_span=node.span))
+        if symbol is None:
+            raise self.unknown_name(node.id, node.span)
+        if symbol.role == "label":
+            raise SpecError(
+                f"'{node.id}' is a label: it can only be the second argument of xent(...)", node.span
+            )
+        if symbol.role == "graph":
+            raise SpecError(f"'{node.id}' is a structure: use it in a pool family, a matrix or a tree term",
+                            node.span)  # fmt: skip
+        if symbol.role == "pools":
+            raise SpecError(f"'{node.id}' is a pool family: it can only be an argument of a group term", node.span)
+        return symbol.value, symbol.read
+
+    def unknown_name(self, name: str, span) -> SpecError:
+        if name in self.unavailable:
+            return SpecError(f"'{name}' cannot be used here", span, hint=self.unavailable[name])
+        hint = did_you_mean(name, list(self.scope) + list(self.extra_functions))
+        return SpecError(f"unknown name '{name}'", span, hint=hint)
+
+    def _compile_list(self, node: S.ListExpr):
+        raise SpecError("a list is only allowed as an argument of a structure or pool builder", node.span)
+
+    # ------------------------------------------------------------ operators
+
+    def _compile_neg(self, node: S.Neg):
+        value, fn = self.compile(node.operand)
+        if value.const is not None:
+            negated = -value.const
+            return Value((), const=negated), lambda env: negated
+        return value, lambda env: -fn(env)
+
+    def _compile_transpose(self, node: S.Transpose):
+        value, fn = self.compile(node.operand)
+        if value.batched or len(value.shape) != 2:
+            raise SpecError(f".T needs a parameter matrix, this is {self._kind(value)}", node.span)
+        return Value(value.shape[::-1], degree=value.degree), lambda env: fn(env).T
+
+    def _compile_binop(self, node: S.BinOp):
+        left, left_fn = self.compile(node.left)
+        right, right_fn = self.compile(node.right)
+        if left.const is not None and right.const is not None:
+            return self._fold(node, left.const, right.const)
+        if node.op == "@":
+            return self._matmul(node, left, left_fn, right, right_fn)
+        shape = self._broadcast(node, left, right)
+        degree = self._degree(node.op, left, right)
+        value = Value(shape, batched=left.batched or right.batched, degree=degree)
+        op = _TORCH_OPS[node.op]
+        if _per_map(left, right):
+            return value, lambda env: op(_map_axis(left_fn(env)), right_fn(env))
+        if _per_map(right, left):
+            return value, lambda env: op(left_fn(env), _map_axis(right_fn(env)))
+        return value, lambda env: op(left_fn(env), right_fn(env))
+
+    def _fold(self, node: S.BinOp, a: float, b: float):
+        if node.op == "@":
+            raise SpecError("'@' needs matrices and vectors, not numbers", node.span)
+        try:
+            result = _SCALAR_OPS[node.op](a, b)
+        except ZeroDivisionError:
+            raise SpecError("division by zero", node.span) from None
+        except OverflowError:
+            raise SpecError("number too large", node.span) from None
+        if isinstance(result, complex):
+            raise SpecError(f"({a:g}) ** {b:g} has no real value", node.span)
+        return Value((), const=float(result)), lambda env: result
+
+    def _matmul(self, node, left: Value, left_fn, right: Value, right_fn):
+        if left.batched or len(left.shape) != 2:
+            raise SpecError(
+                f"the left side of '@' must be a parameter matrix, this is {self._kind(left)}", node.left.span
+            )
+        if right.batched and len(right.shape) != 1:
+            raise SpecError(f"a per-sample value on the right of '@' must be a vector, this is {right.describe()}",
+                            node.right.span, hint="declare the input flat, e.g. x[784], or use flatten(x)")  # fmt: skip
+        if len(right.shape) not in (1, 2):
+            raise SpecError(f"the right side of '@' must be a vector or a matrix, this is {self._kind(right)}",
+                            node.right.span)  # fmt: skip
+        if left.shape[1] != right.shape[0]:
+            raise SpecError(
+                f"shape mismatch in '@': {left.describe()} @ {right.describe()}",
+                node.span,
+                hint=f"the left side has {left.shape[1]} columns, the right side {right.shape[0]} rows",
+            )
+        shape = (left.shape[0],) + right.shape[1:]
+        value = Value(shape, batched=right.batched, degree=left.degree + right.degree)
+        if right.batched:
+            return value, lambda env: right_fn(env) @ left_fn(env).T  # (B, n) @ (n, m) -> (B, m)
+        return value, lambda env: left_fn(env) @ right_fn(env)
+
+    def _broadcast(self, node: S.BinOp, left: Value, right: Value) -> tuple[int, ...]:
+        if left.is_scalar:
+            return right.shape
+        if right.is_scalar or left.shape == right.shape:
+            return left.shape
+        if _per_map(left, right) or _per_map(right, left):
+            return max(left.shape, right.shape, key=len)
+        raise SpecError(
+            f"shape mismatch in '{node.op}': {left.describe()} {node.op} {right.describe()}", node.span
+        )
+
+    @staticmethod
+    def _degree(op: str, left: Value, right: Value) -> float:
+        if op in "+-":
+            return max(left.degree, right.degree)
+        if op == "*":
+            return left.degree + right.degree
+        if op == "/":
+            return left.degree if right.degree == 0 else INF
+        return 0 if left.degree == right.degree == 0 else INF  # '**'
+
+    @staticmethod
+    def _kind(value: Value) -> str:
+        if value.is_scalar:
+            return "a scalar"
+        return f"a per-sample {value.describe()} value" if value.batched else f"a {value.describe()} parameter"
+
+    # ------------------------------------------------------------ calls
+
+    def _compile_call(self, node: S.Call):
+        if node.func == "__once__":
+            return compile_once(self, node)
+        if node.func in self.extra_functions:
+            return self.extra_functions[node.func](self, node)
+        if node.func in ELEMENTWISE:
+            return self._elementwise(node)
+        if node.func == "normalize":
+            return self._normalize(node)
+        if node.func == "flatten":
+            return self._flatten(node)
+        if node.func == "shrink":
+            return self._shrink(node)
+        if node.func in conv.OPERATORS:
+            return self._image_operator(node)
+        known = FUNCTIONS + sorted(self.extra_functions)
+        raise SpecError(f"unknown function '{node.func}'", node.func_span,
+                        hint=did_you_mean(node.func, known) or one_of(known))  # fmt: skip
+
+    def arguments(self, node: S.Call, count: int, keywords: tuple[str, ...] = ()) -> list[S.Expr | None]:
+        """Positional or keyword arguments, by position; missing ones are None."""
+        names = tuple(keywords) or tuple(f"#{i}" for i in range(count))
+        if len(node.args) > count:
+            raise SpecError(f"{node.func}() takes at most {count} argument(s), got {len(node.args)}",
+                            node.args[count].span)  # fmt: skip
+        slots: list[S.Expr | None] = list(node.args) + [None] * (count - len(node.args))
+        for kw in node.kwargs:
+            if kw.name not in names:
+                raise SpecError(f"{node.func}() has no argument '{kw.name}'", kw.span,
+                                hint=did_you_mean(kw.name, names) or (one_of(names) if keywords else None))  # fmt: skip
+            position = names.index(kw.name)
+            if slots[position] is not None:
+                raise SpecError(f"{node.func}() got '{kw.name}' twice", kw.span)
+            slots[position] = kw.value
+        return slots
+
+    def required(self, node: S.Call, slots, count: int) -> None:
+        for i in range(count):
+            if slots[i] is None:
+                raise SpecError(f"{node.func}() needs {count} argument(s)", node.span)
+
+    def _elementwise(self, node: S.Call):
+        slots = self.arguments(node, 1)
+        self.required(node, slots, 1)
+        value, fn = self.compile(slots[0])
+        torch_fn = ELEMENTWISE[node.func]
+        if value.const is not None:
+            try:
+                result = float(SCALAR_MATH[node.func](value.const))
+            except (ValueError, OverflowError):
+                raise SpecError(f"{node.func}({value.const:g}) is not defined", node.span) from None
+            return Value((), const=result), lambda env: result
+        degree = 0 if value.degree == 0 else INF
+        return Value(value.shape, value.batched, degree=degree), lambda env: torch_fn(fn(env))
+
+    def _normalize(self, node: S.Call):
+        slots = self.arguments(node, 1)
+        self.required(node, slots, 1)
+        value, fn = self.compile(slots[0])
+        if not value.batched:
+            raise SpecError("normalize() scales each sample to unit l2 norm: it needs a per-sample value",
+                            node.span)  # fmt: skip
+        degree = 0 if value.degree == 0 else INF
+        return Value(value.shape, True, degree=degree), lambda env: _l2_normalize(fn(env))
+
+    def _flatten(self, node: S.Call):
+        slots = self.arguments(node, 1)
+        self.required(node, slots, 1)
+        value, fn = self.compile(slots[0])
+        if not value.batched:
+            raise SpecError("flatten() makes each sample a vector: it needs a per-sample value", node.span)
+        flat = Value((math.prod(value.shape),), True, degree=value.degree)
+        return flat, lambda env: fn(env).flatten(1)
+
+    def _shrink(self, node: S.Call):
+        slots = self.arguments(node, 2, ("value", "threshold"))
+        self.required(node, slots, 2)
+        value, fn = self.compile(slots[0])
+        theta, theta_fn = self.compile(slots[1])
+        if not (theta.is_scalar or theta.shape == value.shape):
+            raise SpecError(f"shrink() threshold must be a scalar or {value.describe()}, got {theta.describe()}",
+                            slots[1].span)  # fmt: skip
+        degree = 0 if value.degree == theta.degree == 0 else INF
+        result = Value(value.shape, value.batched or theta.batched, degree=degree)
+        return result, lambda env: soft_threshold(fn(env), theta_fn(env))
+
+    def _image_operator(self, node: S.Call):
+        """``conv(K, v, stride, padding)`` and the other operators of :mod:`energydsl.conv`."""
+        slots = self.arguments(node, 4, ("kernel", "value") + conv.OPTIONS)
+        self.required(node, slots, 2)
+        rank = conv.OPERATORS[node.func][0]
+        kernel, kernel_fn = self.compile(slots[0])
+        if kernel.batched or len(kernel.shape) != rank:
+            example = "[out, in, kh, kw]" if rank == 4 else "[out, rows, cols, in, kh, kw]"
+            raise SpecError(f"{node.func}() needs a kernel parameter {example}, this is {self._kind(kernel)}",
+                            slots[0].span)  # fmt: skip
+        image, image_fn = self.compile(slots[1])
+        if not image.batched or len(image.shape) != 3:
+            raise SpecError(f"{node.func}() needs a per-sample image [channels, rows, cols], this is "
+                            f"{self._kind(image)}", slots[1].span,
+                            hint="declare it as an image, e.g. 'input x[1, 28, 28]' or 'latent z[16, 28, 28]'")  # fmt: skip
+        stride = self.integer(slots[2], "the stride") if slots[2] is not None else 1
+        padding = self.integer(slots[3], "the padding", 0) if slots[3] is not None else 0
+        geometry = conv.Geometry(stride, padding)
+        try:
+            shape = conv.output_shape(node.func, kernel.shape, image.shape, geometry)
+        except ValueError as error:
+            raise SpecError(f"{node.func}(): {error}", node.span) from None
+        value = Value(shape, batched=True, degree=kernel.degree + image.degree)
+        return value, lambda env: conv.apply(node.func, kernel_fn(env), image_fn(env), geometry, shape)
+
+    # ------------------------------------------------------------ recurrence
+
+    def _compile_recurrent(self, node: S.Recurrent):
+        raise SpecError("recurrent(...) { ... } can only define the encoder or a let", node.span)
+
+    def recurrent(self, node: S.Recurrent, state: str, state_value: Value) -> tuple[Value, Closure]:
+        """``recurrent(T) { body }`` where ``state`` names the state inside the body.
+
+        Subexpressions of the body that do not read the state (``E @ x``) are
+        computed once, before the loop.
+        """
+        steps = self.integer(node.steps, "the step count of recurrent(...)")
+        state_symbol = Symbol("state", Value(state_value.shape, True, degree=state_value.degree),
+                              lambda env: env.cache["state:" + state])  # fmt: skip
+        inner = ExprCompiler({**self.scope, state: state_symbol}, self.context, self.extra_functions, self.unavailable)
+        body_value, body_fn = inner.compile(_hoist(node.body, state))
+        if body_value.shape != state_value.shape or not body_value.batched:
+            raise SpecError(f"the body of recurrent(...) gives {body_value.describe()}, "
+                            f"but {state} is {state_value.describe()}", node.body.span)  # fmt: skip
+
+        def run(env: Env):
+            batch = _batch_size(env)
+            reference = env.tensors["reference"]
+            env.cache["state:" + state] = reference.new_zeros((batch,) + state_value.shape)
+            for _ in range(steps):
+                env.cache["state:" + state] = body_fn(env)
+            return env.cache.pop("state:" + state)
+
+        degree = 0 if body_value.degree == 0 else INF
+        return Value(state_value.shape, True, degree=degree), run
+
+
+def _per_map(vector: Value, image: Value) -> bool:
+    """A vector [C] beside an image [C, H, W]: one number per map (a per-map scale or bias)."""
+    return len(vector.shape) == 1 and len(image.shape) == 3 and vector.shape[0] == image.shape[0]
+
+
+def _map_axis(vector: torch.Tensor) -> torch.Tensor:
+    """[C] (or (B, C)) → [C, 1, 1], to broadcast over the rows and columns of C maps."""
+    return vector[..., None, None]
+
+
+def _batch_size(env: Env) -> int:
+    return env.tensors["batch_size"]
+
+
+def _reads(node: S.Expr, name: str) -> bool:
+    if isinstance(node, S.Name):
+        return node.id == name
+    children = [getattr(node, f) for f in ("left", "right", "operand", "steps", "body") if hasattr(node, f)]
+    children += list(getattr(node, "args", ())) + [kw.value for kw in getattr(node, "kwargs", ())]
+    children += list(getattr(node, "items", ()))
+    return any(_reads(child, name) for child in children)
+
+
+def _hoist(node: S.Expr, state: str) -> S.Expr:
+    """Mark state-free subtrees of a recurrent body so they are computed once.
+
+    The marking is a ``Call`` to the internal function ``__once__``, which
+    :class:`ExprCompiler` caches per evaluation.
+    """
+    if not _reads(node, state):
+        if isinstance(node, (S.Number, S.Name)):
+            return node
+        return S.Call(span=node.span, func="__once__", func_span=node.span, args=(node,))
+    updates = {}
+    for attr in ("left", "right", "operand"):
+        if hasattr(node, attr):
+            updates[attr] = _hoist(getattr(node, attr), state)
+    if isinstance(node, S.Call):
+        updates["args"] = tuple(_hoist(a, state) for a in node.args)
+        updates["kwargs"] = tuple(kw.model_copy(update={"value": _hoist(kw.value, state)}) for kw in node.kwargs)
+    return node.model_copy(update=updates)
+
+
+def compile_once(compiler: ExprCompiler, node: S.Call) -> tuple[Value, Closure]:
+    """``__once__(e)``: e computed at most once per evaluation (see :func:`_hoist`)."""
+    value, fn = compiler.compile(node.args[0])
+    key = f"once:{next(_once_ids)}"
+
+    def cached(env: Env):
+        if key not in env.cache:
+            env.cache[key] = fn(env)
+        return env.cache[key]
+
+    return value, cached
+
+
+_once_ids = itertools.count()
+
+_TORCH_OPS = {
+    "+": torch.add,
+    "-": torch.sub,
+    "*": torch.mul,
+    "/": torch.div,
+    "**": torch.pow,
+}
+_SCALAR_OPS = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "/": lambda a, b: a / b,
+    "**": lambda a, b: a**b,
+}

@@ -1,0 +1,173 @@
+"""Measurements of what structure a trained model learned.
+
+- On a tree: how many inferred supports are rooted subtrees (closed under taking
+  ancestors), and which share of co-active unit pairs lie on one branch.
+- On a map (grid, torus): how much more alike the decoder columns of neighbouring
+  units are than those of random pairs (a topographic map).
+- With an encoder and a decoder (DrSAE): the angle between each unit's encoder row
+  and decoder column, which splits units into *part* units (< 0.5 rad: the encoder
+  matches the decoder, as in ISTA) and *categorical* units (> 0.7 rad), with the
+  classifier weight each group carries (Rolfe & LeCun 2013, section 4).
+- For every spec: how often each unit is active, and how many units each sample uses.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from energydsl.lang import spec as S
+from energydsl.model import EnergyModel
+from energydsl.ops.structures import Structure
+
+
+def rooted_fraction(z: torch.Tensor, tree: Structure) -> float:
+    """Share of samples whose support contains the parent of every active non-root unit."""
+    active = (z != 0).cpu().numpy()
+    parents = tree.parents
+    child = parents >= 0
+    orphan = active[:, child] & ~active[:, parents[child]]
+    return float((~orphan.any(axis=1)).mean())
+
+
+def related_coactive_share(z: torch.Tensor, tree: Structure) -> float:
+    """Among pairs of distinct units active in the same sample, the share on one branch
+    (one is an ancestor of the other)."""
+    active = (z != 0).double()
+    together = (active.T @ active).cpu().numpy()  # (m, m) co-activation counts
+    np.fill_diagonal(together, 0)
+    total = together.sum()
+    return float((together * tree.related).sum() / total) if total else 0.0
+
+
+def neighbour_cosine_ratio(decoder: torch.Tensor, structure: Structure) -> float:
+    """Mean |cosine| of decoder columns over neighbouring units / over all pairs of units."""
+    columns = decoder.detach().double()
+    columns = columns / columns.norm(dim=0, keepdim=True).clamp_min(1e-30)
+    cosine = (columns.T @ columns).abs().cpu().numpy()
+    edges = np.array(list(structure.graph.edges))
+    neighbours = cosine[edges[:, 0], edges[:, 1]].mean()
+    off_diagonal = ~np.eye(cosine.shape[0], dtype=bool)
+    return float(neighbours / cosine[off_diagonal].mean())
+
+
+PART_BELOW, CATEGORICAL_ABOVE = 0.5, 0.7  # radians, the paper's thresholds
+
+
+def decoder_name(model: EnergyModel) -> str | None:
+    """The parameter W of the reconstruction term ``sqerr(x, W @ z)``, if there is one."""
+    recon = model.program.reconstruction
+    if recon is None:
+        return None
+    return _matmul_parameter(model, [_declaration(model, recon).value], model.program.latent.name)
+
+
+def _declaration(model: EnergyModel, term):
+    """The spec's declaration of a compiled term."""
+    return next(t for t in model.program.spec.energy if t.name.name == term.name)
+
+
+def kernel_decoder_name(model: EnergyModel) -> str | None:
+    """The kernel K of a convolutional or locally connected reconstruction ``sqerr(x, conv_t(K, z))``."""
+    recon = model.program.reconstruction
+    if recon is None:
+        return None
+    for node in _walk(_declaration(model, recon).value):
+        is_decoder = isinstance(node, S.Call) and node.func in ("conv_t", "local_t") and node.args
+        kernel = node.args[0] if is_decoder else None
+        if isinstance(kernel, S.Name) and kernel.id in model.params:
+            return kernel.id
+    return None
+
+
+def encoder_name(model: EnergyModel) -> str | None:
+    """The parameter E of ``E @ x`` in the encoder, when it maps inputs to latent units."""
+    shape = (model.program.latent.shape[0], math.prod(model.program.input.shape))
+    name = _matmul_parameter(model, [d.value for d in model.program.spec.encoders], model.program.input.name)
+    return name if name is not None and tuple(model.params[name].shape) == shape else None
+
+
+def classifier_name(model: EnergyModel) -> str | None:
+    """The parameter C of the classifier's logits ``C @ f(z)``, if there is one."""
+    term = model.program.classifier
+    if term is None:
+        return None
+    for node in _walk(_declaration(model, term).value):
+        if isinstance(node, S.BinOp) and node.op == "@" and isinstance(node.left, S.Name):
+            if node.left.id in model.params and model.params[node.left.id].dim() == 2:
+                return node.left.id
+    return None
+
+
+def _matmul_parameter(model: EnergyModel, roots, operand: str) -> str | None:
+    """The first parameter P in ``P @ operand`` under the expressions ``roots``."""
+    for root in roots:
+        for node in _walk(root):
+            if isinstance(node, S.BinOp) and node.op == "@" and isinstance(node.left, S.Name):
+                right = node.right
+                if isinstance(right, S.Name) and right.id == operand and node.left.id in model.params:
+                    return node.left.id
+    return None
+
+
+def _walk(node):
+    yield node
+    for child in (getattr(node, f, None) for f in ("left", "right", "operand", "body")):
+        if child is not None:
+            yield from _walk(child)
+    for child in getattr(node, "args", ()):
+        yield from _walk(child)
+
+
+def unit_angles(model: EnergyModel) -> torch.Tensor | None:
+    """Per unit, the angle in radians between its encoder row and its decoder column."""
+    encoder, decoder = encoder_name(model), decoder_name(model)
+    if encoder is None or decoder is None:
+        return None
+    rows = model.params[encoder].detach().double()
+    columns = model.params[decoder].detach().double().T
+    cosine = (rows * columns).sum(dim=1) / (rows.norm(dim=1) * columns.norm(dim=1)).clamp_min(1e-30)
+    return torch.arccos(cosine.clamp(-1, 1))
+
+
+def unit_kinds(model: EnergyModel, alive: torch.Tensor | None = None) -> dict[str, float]:
+    """Counts of part and categorical units, and each group's mean classifier column norm;
+    only the ``alive`` units (a boolean mask) when given: a unit that never fires is
+    neither, whatever its angle."""
+    angles = unit_angles(model)
+    if angles is None:
+        return {}
+    alive = torch.ones_like(angles, dtype=torch.bool) if alive is None else alive.to(angles.device)
+    groups = {"part": (angles < PART_BELOW) & alive, "categorical": (angles > CATEGORICAL_ABOVE) & alive}
+    metrics = {f"units.{kind}": int(mask.sum()) for kind, mask in groups.items()}
+    classifier = classifier_name(model)
+    if classifier is not None:
+        norms = model.params[classifier].detach().double().norm(dim=0)
+        for kind, mask in groups.items():
+            metrics[f"units.{kind}_classifier_norm"] = round(float(norms[mask].mean()), 6) if mask.any() else 0.0
+    return metrics
+
+
+@torch.no_grad()
+def infer_all(model: EnergyModel, x: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+    """The inferred codes of ``x``, a batch at a time."""
+    return torch.cat([model.infer(x[start : start + batch]) for start in range(0, x.shape[0], batch)])
+
+
+def run_metrics(model: EnergyModel, z: torch.Tensor) -> dict[str, float]:
+    """Everything above that applies to this spec, from the codes ``z`` of held-out samples."""
+    metrics: dict[str, float] = {}
+    decoder = decoder_name(model)
+    for name, structure in model.program.structures.items():
+        if structure.kind == "tree":
+            metrics[f"{name}.rooted_fraction"] = round(rooted_fraction(z, structure), 6)
+            metrics[f"{name}.related_coactive_share"] = round(related_coactive_share(z, structure), 6)
+        elif decoder is not None:
+            ratio = neighbour_cosine_ratio(model.params[decoder], structure)
+            metrics[f"{name}.neighbour_cosine_ratio"] = round(ratio, 6)
+    frequency = (z != 0).double().mean(dim=0)
+    metrics["units.dead"] = int((frequency == 0).sum())
+    metrics.update(unit_kinds(model, alive=frequency > 0))
+    return metrics

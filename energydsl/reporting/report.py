@@ -1,0 +1,77 @@
+"""``report.html``: one self-contained page per run — summary, pictures, curves, spec.
+
+The pictures are embedded (base64 PNG), so the file can be mailed or archived on
+its own.  It is rebuilt at the end of a run and by ``energydsl plot DIR``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from energydsl.runs.checkpoint import atomic_write
+
+REPORT_FILE = "report.html"
+
+CAPTIONS = {
+    "filters.png": "Decoder columns (dictionary atoms), laid out on the spec's map or tree when it has one.",
+    "curves.png": "Held-out energy, each term and the errors after every epoch.",
+    "sparsity.png": "Active units per held-out sample, and how often each unit is active.",
+    "tree.png": "The tree, each unit coloured by its activation frequency.",
+    "angles.png": "Angle between each unit's encoder row and decoder column: part units (< 0.5 rad) "
+                  "and categorical units (> 0.7 rad).",
+}  # fmt: skip
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+td, th { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f4f4f4; } td:first-child { text-align: left; }
+figure { margin: 1.5em 0; } img { max-width: 100%; } figcaption { color: #555; }
+pre { background: #f8f8f8; padding: 1em; overflow-x: auto; }
+"""
+
+
+def write_report(directory: Path, summary: dict, history: list[dict], pictures: list[Path], source: str) -> Path:
+    """Write ``report.html`` into the run directory; returns its path."""
+    title = f"energydsl run: {summary.get('spec', directory.name)}"
+    parts = [f"<h1>{html.escape(title)}</h1>", "<h2>Summary</h2>", _key_values(summary)]
+    if history:
+        parts += ["<h2>Epochs</h2>", _epoch_table(history)]
+    parts.append("<h2>Pictures</h2>")
+    parts += [_figure(path) for path in pictures]
+    parts += ["<h2>Spec</h2>", f"<pre>{html.escape(source)}</pre>"]
+    page = (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")  # fmt: skip
+    path = directory / REPORT_FILE
+    atomic_write(path, page.encode())
+    return path
+
+
+def _key_values(values: dict) -> str:
+    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_number(v))}</td></tr>"
+                   for k, v in values.items())  # fmt: skip
+    return f"<table>{rows}</table>"
+
+
+def _epoch_table(history: list[dict]) -> str:
+    keys = list(dict.fromkeys(key for metrics in history for key in metrics))
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(_number(m.get(k, '')))}</td>" for k in keys) + "</tr>"
+                   for m in history)  # fmt: skip
+    return f"<table><tr>{head}</tr>{rows}</table>"
+
+
+def _figure(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    caption = CAPTIONS.get(path.name, f"{path.stem} as a heat map.")
+    return (f"<figure><img alt='{html.escape(path.name)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption><b>{html.escape(path.name)}</b>: {html.escape(caption)}</figcaption></figure>")  # fmt: skip
+
+
+def _number(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value if isinstance(value, str) else json.dumps(value)

@@ -1,0 +1,284 @@
+"""Pictures of a trained model, written as PNG into its run directory.
+
+- ``filters.png``: the decoder's columns as image tiles, laid out on the spec's map
+  (grid, torus) or tree when it has one, else in a square-ish grid; for a convolutional
+  decoder its filters, for a locally connected one its filters at their positions;
+- ``<S>.png``: every square matrix that an inhibition term uses, as a heat map;
+- ``curves.png``: held-out energy, each term and the errors, epoch by epoch;
+- ``sparsity.png``: the histogram of L0 per sample and each unit's activation frequency;
+- ``tree.png``: the spec's tree drawn with networkx, units coloured by activation frequency;
+- ``angles.png``: DrSAE's encoder/decoder angle per unit (part vs categorical units).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from energydsl.reporting.analysis import CATEGORICAL_ABOVE, PART_BELOW, decoder_name, kernel_decoder_name, unit_angles
+from energydsl.ops.structures import Structure
+
+
+def write_pictures(model, directory: Path, history: list[dict] | None = None, z=None) -> list[Path]:
+    """Every picture that applies to this model; returns the files written.
+
+    ``history`` (the per-epoch metrics) and ``z`` (codes of held-out samples) add
+    the pictures that need them.
+    """
+    written = []
+    decoder = decoder_name(model)
+    if decoder is not None:
+        path = directory / "filters.png"
+        filters_png(model.params[decoder].detach().cpu().numpy(), path, model.program.input.shape,
+                    _layout_structure(model))  # fmt: skip
+        written.append(path)
+    kernel = kernel_decoder_name(model) if decoder is None else None
+    if kernel is not None:
+        path = directory / "filters.png"
+        kernel_png(model.params[kernel].detach().cpu().numpy(), path, f"decoder filters {kernel}")
+        written.append(path)
+    for name in _pictured_matrices(model):
+        path = directory / f"{name}.png"
+        matrix_png(model.params[name].detach().cpu().numpy(), path, title=f"{name} (inhibition)")
+        written.append(path)
+    if history:
+        written.append(curves_png(history, directory / "curves.png"))
+    if z is not None and z.shape[0]:
+        active = (z != 0).cpu().numpy()
+        written.append(sparsity_png(active, directory / "sparsity.png"))
+        trees = [s for s in model.program.structures.values() if s.kind == "tree" and s.size == active.shape[1]]
+        if trees:
+            written.append(tree_png(trees[0], active.mean(axis=0), directory / "tree.png"))
+    angles = unit_angles(model)
+    if angles is not None:
+        written.append(angles_png(angles.cpu().numpy(), directory / "angles.png"))
+    return written
+
+
+def curves_png(history: list[dict], path: Path) -> Path:
+    """Held-out energy and terms (left), reconstruction and test error (right), per epoch."""
+    epochs = [m["epoch"] for m in history]
+    errors = [key for key in ("recon_error", "test_error") if key in history[-1]]
+    figure, axes = plt.subplots(1, 1 + bool(errors), figsize=(11 if errors else 6, 4), squeeze=False)
+    left = axes[0, 0]
+    for key in ["energy"] + [k for k in history[-1] if k.startswith("term.")]:
+        left.plot(epochs, [m.get(key, np.nan) for m in history], marker=".", label=key.removeprefix("term."))
+    for ax in axes[0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    left.set_xlabel("epoch")
+    left.set_title("held-out energy per sample")
+    left.legend()
+    for key in errors:
+        right = axes[0, 1]
+        right.plot(epochs, [m.get(key, np.nan) for m in history], marker=".", label=key)
+        right.set_xlabel("epoch")
+        right.set_title("errors")
+        right.legend()
+    _save(figure, path)
+    return path
+
+
+def sparsity_png(active: np.ndarray, path: Path) -> Path:
+    """How many units each sample uses, and how often each unit is used."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    l0 = active.sum(axis=1)
+    left.hist(l0, bins=min(50, max(int(l0.max()) + 1, 1)), color="C0")
+    left.set_xlabel("active units per sample (L0)")
+    left.set_title(f"L0: mean {l0.mean():.1f}")
+    frequency = np.sort(active.mean(axis=0))[::-1]
+    right.plot(frequency, color="C1")
+    right.set_ylim(bottom=0)
+    right.set_xlabel("unit (sorted)")
+    right.set_title(f"activation frequency ({int((frequency == 0).sum())} units never active)")
+    _save(figure, path)
+    return path
+
+
+def tree_png(tree: Structure, frequency: np.ndarray, path: Path) -> Path:
+    """The tree with networkx, each unit coloured by how often it is active."""
+    import networkx as nx
+
+    positions = tree.positions()
+    figure, axes = plt.subplots(figsize=(min(24, 0.3 * tree.size + 3), 4))
+    nx.draw_networkx_edges(tree.graph, positions, ax=axes, edge_color="0.6")
+    nodes = nx.draw_networkx_nodes(tree.graph, positions, ax=axes, node_size=60, node_color=frequency[list(tree.graph)],
+                                   cmap="viridis", vmin=0)  # fmt: skip
+    figure.colorbar(nodes, ax=axes, label="activation frequency")
+    axes.set_axis_off()
+    axes.set_title(f"tree {tree.name}")
+    _save(figure, path)
+    return path
+
+
+def angles_png(angles: np.ndarray, path: Path) -> Path:
+    """Histogram of encoder/decoder angles with the part / categorical thresholds."""
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.hist(angles, bins=40, color="C2")
+    for threshold, label in ((PART_BELOW, "part"), (CATEGORICAL_ABOVE, "categorical")):
+        axes.axvline(threshold, color="k", linestyle="--", linewidth=0.8)
+        axes.text(threshold, axes.get_ylim()[1] * 0.95, f" {label}", ha="left" if label != "part" else "right")
+    axes.set_xlabel("angle between encoder row and decoder column (rad)")
+    axes.set_ylabel("units")
+    _save(figure, path)
+    return path
+
+
+def _layout_structure(model) -> Structure | None:
+    units = model.program.latent.shape[0]
+    for structure in model.program.structures.values():
+        if structure.size == units:
+            return structure
+    return None
+
+
+def _pictured_matrices(model) -> list[str]:
+    """Parameters that a term asks to be drawn as a matrix (inhibition's S)."""
+    names = []
+    for term in model.program.terms:
+        for argument in term.term.pictured:
+            decl = next(t for t in model.program.spec.energy if t.name.name == term.name)
+            call = _find_call(decl.value, term.term.name)
+            written = dict(zip(term.term.arguments, call.args)) if call is not None else {}
+            node = written.get(argument)
+            if getattr(node, "id", None) in model.params and node.id not in names:
+                names.append(node.id)
+    return names
+
+
+def _find_call(node, func):
+    if getattr(node, "func", None) == func:
+        return node
+    for child in (getattr(node, f, None) for f in ("left", "right", "operand")):
+        if child is not None and (found := _find_call(child, func)) is not None:
+            return found
+    return None
+
+
+def _tile_shape(input_shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """How one column reads as an image: [C, H, W] or a square number of values."""
+    if len(input_shape) == 3 and input_shape[0] == 1:
+        return input_shape[1], input_shape[2]
+    if len(input_shape) == 2:
+        return input_shape
+    side = math.isqrt(math.prod(input_shape))
+    return (side, side) if side * side == math.prod(input_shape) else None
+
+
+def _tiles(decoder: np.ndarray, shape) -> list[np.ndarray]:
+    """Each column as an image scaled to [-1, 1] by its own largest value."""
+    tiles = []
+    for column in decoder.T:
+        scale = np.abs(column).max() or 1.0
+        tiles.append((column / scale).reshape(shape))
+    return tiles
+
+
+def filters_png(decoder: np.ndarray, path: Path, input_shape, layout: Structure | None = None) -> None:
+    """Decoder columns as tiles: on the map, along the tree, or in a square-ish grid."""
+    shape = _tile_shape(tuple(input_shape))
+    if shape is None:  # not an image: show the matrix itself
+        matrix_png(decoder, path, title="decoder")
+        return
+    tiles = _tiles(decoder, shape)
+    if layout is not None and layout.kind == "tree":
+        _tree_figure(tiles, layout, path)
+        return
+    if layout is not None and layout.shape is not None:
+        rows, cols = layout.shape
+    else:
+        cols = math.ceil(math.sqrt(len(tiles)))
+        rows = math.ceil(len(tiles) / cols)
+    h, w = shape
+    canvas = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1), np.nan)
+    for unit, tile in enumerate(tiles):
+        r, c = divmod(unit, cols)
+        canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = tile
+    figure, axes = plt.subplots(figsize=(min(16, 0.4 * cols + 1), min(16, 0.4 * rows + 1)))
+    axes.imshow(canvas, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+    axes.set_axis_off()
+    title = f"decoder columns on the {layout.kind} {layout.name}" if layout is not None else "decoder columns"
+    axes.set_title(title)
+    _save(figure, path)
+
+
+def kernel_grid(kernel: np.ndarray) -> np.ndarray:
+    """A kernel's filters as a grid of tiles ``(rows, cols, kh, kw)`` (NaN: a gap).
+
+    [maps, 1, kh, kw]: the maps in a square-ish grid; [maps, channels, kh, kw]: one row
+    per map, one column per input channel; a locally connected [maps, H', W', channels,
+    kh, kw]: each map's filters (first channel) at their H'×W' positions, the maps side by side.
+    """
+    kh, kw = kernel.shape[-2:]
+    if kernel.ndim == 6:
+        maps, rows, cols = kernel.shape[:3]
+        grid = np.full((rows, maps * (cols + 1) - 1, kh, kw), np.nan)
+        for m in range(maps):
+            grid[:, m * (cols + 1) : m * (cols + 1) + cols] = kernel[m, :, :, 0]
+        return grid
+    maps, channels = kernel.shape[:2]
+    if channels > 1:
+        return kernel
+    cols = math.ceil(math.sqrt(maps))
+    grid = np.full((math.ceil(maps / cols), cols, kh, kw), np.nan)
+    for m in range(maps):
+        grid[m // cols, m % cols] = kernel[m, 0]
+    return grid
+
+
+def kernel_png(kernel: np.ndarray, path: Path, title: str) -> None:
+    """The filters of a convolutional or locally connected kernel, each scaled to [-1, 1]."""
+    grid = kernel_grid(kernel)
+    rows, cols, h, w = grid.shape
+    scale = np.abs(np.nan_to_num(grid)).max(axis=(2, 3), keepdims=True)  # gap tiles stay NaN
+    grid = grid / np.where(scale > 0, scale, 1.0)
+    canvas = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1), np.nan)
+    for r in range(rows):
+        for c in range(cols):
+            canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = grid[r, c]
+    figure, axes = plt.subplots(figsize=(min(16, 0.12 * cols * (w + 1) + 1), min(16, 0.12 * rows * (h + 1) + 1)))
+    axes.imshow(canvas, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+    axes.set_axis_off()
+    axes.set_title(title)
+    _save(figure, path)
+
+
+def _tree_figure(tiles, tree: Structure, path: Path) -> None:
+    positions = tree.positions()
+    xs = [p[0] for p in positions.values()]
+    depth = int(tree.depths.max())
+    figure, axes = plt.subplots(figsize=(min(24, 0.45 * (max(xs) + 2)), 1.2 * (depth + 1) + 0.5))
+    for parent, child in ((int(tree.parents[i]), i) for i in range(tree.size) if tree.parents[i] >= 0):
+        (x0, y0), (x1, y1) = positions[parent], positions[child]
+        axes.plot([x0, x1], [y0, y1], color="0.7", linewidth=0.8, zorder=0)
+    for unit, tile in enumerate(tiles):
+        x, y = positions[unit]
+        axes.imshow(tile, cmap="gray", vmin=-1, vmax=1, extent=(x - 0.45, x + 0.45, y - 0.4, y + 0.4), zorder=1)
+    axes.set_xlim(min(xs) - 1, max(xs) + 1)
+    axes.set_ylim(-depth - 0.6, 0.6)
+    axes.set_axis_off()
+    axes.set_title(f"decoder columns on the tree {tree.name}")
+    _save(figure, path)
+
+
+def matrix_png(matrix: np.ndarray, path: Path, title: str) -> None:
+    figure, axes = plt.subplots(figsize=(6, 5))
+    image = axes.imshow(matrix, cmap="viridis", interpolation="nearest")
+    figure.colorbar(image, ax=axes)
+    axes.set_title(title)
+    _save(figure, path)
+
+
+def _save(figure, path: Path) -> None:
+    """Write through a temporary file, so a run directory never holds half a picture."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    figure.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
+    plt.close(figure)
+    tmp.replace(path)

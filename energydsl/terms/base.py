@@ -1,0 +1,187 @@
+"""What every energy term is: the :class:`Term` interface, its two nonsmooth kinds, and the registry.
+
+Energies are per sample: every method takes batched tensors ``(B, ...)`` and returns ``(B,)``.
+A term keeps its energy and, when it is nonsmooth, its proximal operator side by side,
+with the closed form in the docstring.  The DSL word, the registry key and ``Term.name``
+are the same string.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from energydsl.errors import Span, SpecError
+from energydsl.expr.compiler import Closure, Env, Value
+from energydsl.ops.pools import GroupNorms, PoolFamily
+from energydsl.registry import Registry
+
+TERMS: Registry[type[Term]] = Registry("energy term", "energydsl.terms")
+
+
+def _per_sample_sum(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).sum(dim=1)
+
+
+class Term(ABC):
+    """One energy term.  Subclasses set the class attributes and ``energy``."""
+
+    name: ClassVar[str]
+    arguments: ClassVar[tuple[str, ...]]  # argument names, as shown in messages
+    kinds: ClassVar[tuple[str, ...]]  # per argument: "value", "label" or "pools"
+    smooth: ClassVar[bool] = True
+    needs_label: ClassVar[bool] = False
+    # the energy per sample in plain math; {argument} stands for that argument as written
+    formula: ClassVar[str] = ""
+    # How inference treats the term: "smooth" (gradient steps), "separable" (a per-unit threshold
+    # inside the prox) or "group" (pool norms with their own exact prox).  Solvers ask this,
+    # never a term's class or name.
+    prox_kind: ClassVar[str] = "smooth"
+    convex: ClassVar[bool] = True  # FISTA's momentum needs it; ISTA also takes nonconvex terms
+    lasso: ClassVar[bool] = False  # exactly ‖v‖₁: the homotopy (lars) and the two-pass soft-threshold take it
+    # what analysis and pictures look for: "reconstruction" (its decoder), "classifier" (its logits)
+    role: ClassVar[str | None] = None
+    pictured: ClassVar[tuple[str, ...]] = ()  # arguments drawn as a matrix when they are parameters
+
+    def __init__(self, static: dict):
+        """``static`` maps "pools" to a :class:`PoolFamily` and "classes" to a count."""
+        self.static = static
+
+    def check(self, values: list[Value], node) -> None:
+        """Raise :class:`SpecError` when the arguments do not fit together."""
+
+    def is_quadratic(self, values: list[Value]) -> bool:
+        """Whether the term is at most quadratic in the latent (so FISTA's step is constant)."""
+        return all(v.degree == 0 for v in values)
+
+    @abstractmethod
+    def energy(self, *args: torch.Tensor) -> torch.Tensor:
+        """The term's value for each sample, ``(B,)``."""
+
+    def prox_text(self, tau: str, inside: str) -> str:
+        """How the prox treats a nonsmooth term, for ``energydsl explain`` (τ·weight is ``tau``;
+        ``inside`` names the group prox the threshold is added to, or is empty)."""
+        return f"the prox of {self.name}"
+
+    def memory(self, batch: int, size: int, prox: bool) -> dict[str, int]:
+        """Bytes the term adds to a step, by part of the memory estimate (``size``: bytes per value;
+        ``prox``: whether inference runs proximal steps)."""
+        return {}
+
+
+class SeparableTerm(Term):
+    """A nonsmooth term that acts as a per-unit l1 threshold inside FISTA's prox.
+
+    The prox step soft-thresholds unit i by τ·weight·threshold(z)ᵢ, where z is the
+    point the gradient was taken at.  For l1 the threshold is 1 everywhere; for
+    lateral inhibition it depends on z, and ``curvature`` is what the step size
+    must add so that each step still decreases the energy (a majorise-minimise
+    step).
+    """
+
+    smooth = False
+    prox_kind = "separable"
+
+    @abstractmethod
+    def threshold(self, z: torch.Tensor, *args: torch.Tensor) -> torch.Tensor | float:
+        """Per-unit l1 weight at the current point, a scalar or ``(B, m)``."""
+
+    def curvature(self, *args: torch.Tensor) -> float:
+        return 0.0
+
+
+class GroupTerm(Term):
+    """A sum of pool norms, with an exact prox through :class:`GroupNorms`."""
+
+    smooth = False
+    prox_kind = "group"
+
+    def __init__(self, static):
+        super().__init__(static)
+        self.norms = GroupNorms(self.family())
+
+    def family(self) -> PoolFamily:
+        return self.static["pools"]
+
+    def check(self, values, node):
+        family = self.family()
+        if not values[0].batched or math.prod(values[0].shape) != family.size:
+            raise SpecError(f"{self.name}() pools index {family.size} units, "
+                            f"but the value is {values[0].describe()}", node.span)  # fmt: skip
+
+    def energy(self, v):
+        return self.norms.norms(v.flatten(1)).sum(dim=1)  # code maps: their units in storage order
+
+    def prox(self, v, tau, l1=None):
+        """argmin_u ½‖u − v‖² + τ·term(u) + Σᵢ l1ᵢ|uᵢ|."""
+        return self.norms.prox(v, tau, l1)
+
+    def needs_dual(self) -> bool:
+        """Whether the prox has no closed form (overlapping or weighted pools): FISTA solves its
+        dual, or ADMM the whole problem."""
+        return self.norms.levels is None
+
+    def prox_text(self, tau, inside):
+        family = self.family()
+        layout = family.layout()
+        if family.weights or family.laminar_levels() is None:
+            return (f"{layout} pools, {_memberships(family)}: with a quadratic smooth part (a reconstruction) FISTA "
+                    "hands the whole problem to ADMM (split y = Az, one product with a precomputed inverse and block "
+                    f"soft-thresholds per iteration); otherwise the dual prox min ‖v − Aᵀξ‖² over ‖ξⱼ‖ ≤ {tau}, "
+                    "by accelerated projected gradient in float64, warm-started, until the duality gap is small")  # fmt: skip
+        shrink = f"z_P ← z_P·max(0, 1 − {tau}/‖z_P‖)"
+        if layout == "disjoint":
+            return f"group soft-threshold (disjoint pools): {shrink}"
+        return (f"nested composition (laminar pools{_levels(family)}): group soft-thresholds {shrink}, "
+                "level by level, innermost pools first")  # fmt: skip
+
+    def memory(self, batch, size, prox):
+        norms = self.norms
+        tables = 0  # the prox's tables as built at compile time, plus their copies in the model's dtype
+        for table in [norms.unit_of, norms.scale, *(norms.levels or [])]:
+            tables += table.numel() * table.element_size()
+            if table.is_floating_point():  # GroupNorms._on caches a copy in the model's dtype
+                tables += table.numel() * size
+        parts = {"pool tables": tables}
+        if prox and self.needs_dual():  # float64 copies of the dual variables, and (B, m) vectors
+            parts["dual variables"] = batch * (DUAL_COPIES * norms.count * norms.width + DUAL_VECTORS * self.family().size) * 8
+        return parts
+
+
+DUAL_COPIES = 8  # float64 copies of the dual variables in the dual prox
+DUAL_VECTORS = 4  # float64 (B, m) vectors in the dual prox
+
+
+def _memberships(family: PoolFamily) -> str:
+    counts = [0] * family.size
+    for pool in family.members:
+        for unit in pool:
+            counts[unit] += 1
+    low, high = min(counts), max(counts)
+    return f"each unit in {low} pool{'s' if low != 1 else ''}" if low == high else f"a unit in {low} to {high} pools"
+
+
+def _levels(family: PoolFamily) -> str:
+    levels = family.laminar_levels() if not family.weights else None
+    return f", {len(levels)} levels of nesting" if levels is not None and len(levels) > 1 else ""
+
+
+@dataclass(frozen=True)
+class BoundTerm:
+    """A term of the energy with its weight and compiled arguments."""
+
+    name: str
+    term: Term
+    weight: float
+    args: tuple[Closure, ...]
+    degree: float  # in the latent: 0 means constant in z
+    quadratic: bool
+    first_arg: str | None  # the first argument's name, when it is a plain name
+    span: Span
+
+    def energy(self, env: Env) -> torch.Tensor:
+        return self.weight * self.term.energy(*(arg(env) for arg in self.args))

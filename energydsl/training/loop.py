@@ -1,0 +1,334 @@
+"""The generic loop, one for every spec.
+
+For each minibatch: infer z* with the parameters frozen (or run the encoder),
+take one descent step on the parameters that descend and one ascent step on
+those that ascend (both from the same gradient of the batch's mean energy), then
+project every parameter onto its constraints.  Phases switch terms on and off.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from energydsl.compiler import Phase
+from energydsl.data.sources import DataError, Dataset
+from energydsl.optim.bcd import BlockCoordinateDictionary
+from energydsl.training.distributed import SINGLE, Workers
+from energydsl.errors import NumericalError
+from energydsl.model import EnergyModel
+
+EVAL_BATCH = 1024
+
+
+@dataclass
+class Optimizers:
+    descent: torch.optim.Optimizer | None
+    ascent: torch.optim.Optimizer | None
+
+    def zero_grad(self) -> None:
+        for opt in (self.descent, self.ascent):
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        for opt in (self.descent, self.ascent):
+            if opt is not None:
+                opt.step()
+
+
+def make_optimizers(model: EnergyModel) -> Optimizers:
+    """One optimizer per direction; each parameter its own group and learning rate."""
+    training = model.program.training
+    if training.optimizer == "bcd":  # every learned parameter is a dictionary (checked by the compiler)
+        decoders = [(model.params[name], _column_projection(model, name)) for name, _ in training.decoders]
+        return Optimizers(BlockCoordinateDictionary(decoders, **training.options), None)
+    groups: dict[str, list[dict]] = {"descent": [], "ascent": []}
+    for plan in model.program.params:
+        if plan.learn == "fixed":
+            continue
+        lr = plan.lr if plan.lr is not None else training.lr * plan.lr_scale
+        groups[plan.learn].append({"params": [model.params[plan.name]], "lr": lr, "base_lr": lr})
+    return Optimizers(*(_optimizer(training, groups[d], maximize=d == "ascent") for d in ("descent", "ascent")))
+
+
+def _optimizer(training, groups: list[dict], maximize: bool):
+    if not groups:
+        return None
+    options = dict(training.options)
+    if training.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=training.lr, maximize=maximize, **options)
+    betas = (options.pop("beta1", 0.9), options.pop("beta2", 0.999))
+    return torch.optim.Adam(groups, lr=training.lr, betas=betas, maximize=maximize, **options)
+
+
+def _column_projection(model: EnergyModel, name: str):
+    """project(D, j): column j of parameter ``name`` onto its constraints, in place (bcd's
+    constraints — col_norm, nonneg, mask — act on each column alone)."""
+    plan = next(p for p in model.program.params if p.name == name)
+    masks = iter(model.masks[name])
+    steps = [(c, next(masks) if c.kind == "mask" else None) for c in plan.constraints]
+
+    def project(D: torch.Tensor, j: int) -> None:
+        for constraint, mask in steps:
+            constraint.project(D[:, j : j + 1], None if mask is None else mask[:, j : j + 1])
+
+    return project
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training, raised after the loop saved its state."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted at step {step}")
+        self.step = step
+
+
+@dataclass
+class LoopState:
+    """Everything the loop needs to continue exactly where it stopped.
+
+    ``order`` is the current epoch's sample order, kept so that a resumed epoch
+    visits the remaining batches in the same order.
+    """
+
+    generator: torch.Generator
+    optimizers: Optimizers
+    history: list[dict] = field(default_factory=list)
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # epochs finished
+    batch: int = 0  # batches finished in the current epoch
+    order: torch.Tensor | None = None
+
+
+def initial_state(model: EnergyModel, seed: int | None = None) -> LoopState:
+    training = model.program.training
+    generator = torch.Generator().manual_seed(training.seed if seed is None else seed)
+    return LoopState(generator, make_optimizers(model))
+
+
+def train_step(model: EnergyModel, optimizers: Optimizers, x, y, terms, workers: Workers = SINGLE,
+               batch_size: int | None = None) -> float:  # fmt: skip
+    """One minibatch of the generic loop; returns the batch's mean energy.
+
+    With several workers, ``x`` is this worker's shard of a global batch of
+    ``batch_size`` samples, and the gradients are summed over the workers.
+    A non-finite energy stops before the parameters move; a parameter that the
+    step made non-finite stops right after (the caller keeps the last checkpoint).
+    """
+    xp = model.preprocess(x)
+    by_encoder = all(m.kind == "encoder" for m in model.program.methods)
+    z = model._infer(xp, y, terms, differentiable=by_encoder)
+    loss = model._energy_of(xp, z, y, terms).sum() / (batch_size or x.shape[0])
+    value = workers.sum_(loss.detach().clone()).item()
+    if not math.isfinite(value):
+        check_parameters(model)  # a parameter the previous step broke is the likelier cause
+        raise NumericalError(f"the energy is {value}: {_nonfinite_terms(model, xp, z, y, terms)}")
+    optimizers.zero_grad()
+    if isinstance(optimizers.descent, BlockCoordinateDictionary):
+        _accumulate_dictionary_statistics(model, optimizers.descent, xp, z, y, terms, batch_size or x.shape[0])
+        workers.sum_all_(optimizers.descent.statistics())
+    else:
+        loss.backward()
+        workers.sum_gradients_(model.params.values())
+    optimizers.step()
+    model.project_()
+    return value
+
+
+def check_parameters(model: EnergyModel) -> None:
+    """Raise if a step made a parameter non-finite.  Not run after every step (it reads every
+    parameter, a tenth of a DrSAE step): a broken parameter makes the next step's energy
+    non-finite, which is checked, and every checkpoint is checked before it is written."""
+    broken = [name for name, p in model.params.items() if not bool(p.isfinite().all())]
+    if broken:
+        raise NumericalError(f"parameter {', '.join(broken)} became non-finite (nan or inf)")
+
+
+@torch.no_grad()
+def _accumulate_dictionary_statistics(model: EnergyModel, optimizer: BlockCoordinateDictionary, xp, z, y, terms,
+                                      batch_size: int) -> None:  # fmt: skip
+    """Give bcd each active dictionary's batch statistics: its term's target and the codes."""
+    env = model._env(xp, z.detach(), y, detach=True)
+    for name, term_name in model.program.training.decoders:
+        if term_name in terms:
+            term = next(t for t in model.program.terms if t.name == term_name)
+            optimizer.accumulate(model.params[name], z.detach(), term.args[0](env), 1 / batch_size)
+
+
+@torch.no_grad()
+def _nonfinite_terms(model: EnergyModel, xp, z, y, terms) -> str:
+    if not bool(z.isfinite().all()):
+        return f"the inferred {model.program.latent.name} holds nan or inf"
+    env = model._env(xp, z, y, detach=True)
+    names = [t.name for t in model._active(terms, y is not None) if not bool(t.energy(env).isfinite().all())]
+    return f"term {', '.join(repr(n) for n in names)} is not finite" if names else "the terms' sum overflows"
+
+
+def epoch_plan(model: EnergyModel) -> list[tuple[Phase, int]]:
+    """Every epoch's phase and its index within that phase, in order."""
+    return [(phase, k) for phase in model.program.training.phases for k in range(phase.epochs)]
+
+
+def schedule_factor(phase: Phase, k: int) -> float:
+    """The learning-rate factor of the phase's epoch k: its lr_scale times its schedule's
+    factor (see compile.SCHEDULES)."""
+    if phase.schedule == "cosine":
+        return phase.lr_scale * 0.5 * (1 + math.cos(math.pi * k / phase.epochs))
+    return phase.lr_scale
+
+
+def _set_learning_rates(optimizers: Optimizers, factor: float) -> None:
+    for optimizer in (optimizers.descent, optimizers.ascent):
+        for group in optimizer.param_groups if optimizer is not None else ():
+            group["lr"] = group["base_lr"] * factor
+
+
+def train(
+    model: EnergyModel,
+    data: Dataset,
+    *,
+    on_epoch: Callable[[dict], None] | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+    on_checkpoint: Callable[[LoopState], None] | None = None,
+    checkpoint_every: int = 0,
+    seed: int | None = None,
+    state: LoopState | None = None,
+    workers: Workers = SINGLE,
+) -> list[dict]:
+    """Train ``model`` on ``data`` through the spec's phases; returns one metrics dict per epoch.
+
+    ``on_step(done, total, energy)`` follows every step with the batches done
+    in this epoch, the epoch's batch count and the batch's mean energy.
+    ``on_checkpoint(state)`` is called every ``checkpoint_every`` steps, after every
+    epoch and on Ctrl-C (which then raises :class:`Interrupted`).  Passing the
+    ``state`` of a checkpoint continues that run: on CPU the result is bitwise the
+    same as a run that was never interrupted.  With several ``workers`` (see
+    :mod:`energydsl.distributed`) each one trains on its shard of every batch and
+    only rank 0 evaluates, reports and saves.
+    """
+    training = model.program.training
+    state = state if state is not None else initial_state(model, seed)
+    save = on_checkpoint if on_checkpoint is not None and workers.main else (lambda _state: None)
+    device = model.device
+    x_train = data.x_train.to(device)
+    y_train = data.y_train.to(device) if data.y_train is not None and model.program.label else None
+    if x_train.shape[0] < training.batch:
+        raise DataError(f"{data.name}: {x_train.shape[0]} training samples, fewer than one batch of {training.batch}; "
+                        "lower 'batch' in the spec's train block (or --set it through a const) or give more data")  # fmt: skip
+    plan = epoch_plan(model)
+    with _deferred_interrupts() as interrupted:
+        while state.epoch < len(plan):
+            phase, k = plan[state.epoch]
+            _set_learning_rates(state.optimizers, schedule_factor(phase, k))
+            start = time.perf_counter()
+            model.train()
+            if state.order is None:
+                state.order = torch.randperm(x_train.shape[0], generator=state.generator)
+            batches = state.order.to(device).split(training.batch)
+            for batch in batches[state.batch :]:
+                mine = workers.shard(batch)
+                y = None if y_train is None else y_train[mine]
+                try:
+                    energy = train_step(model, state.optimizers, x_train[mine], y, phase.terms, workers, len(batch))
+                    stopping = workers.any(interrupted())
+                    due = checkpoint_every and (state.step + 1) % checkpoint_every == 0
+                    if stopping or due or state.batch + 1 == len(batches):
+                        check_parameters(model)  # before anything is saved
+                except NumericalError as error:
+                    raise NumericalError(f"step {state.step + 1} (epoch {state.epoch + 1}, phase {phase.name}): "
+                                         f"{error}") from None  # fmt: skip
+                state.step += 1
+                state.batch += 1
+                if on_step is not None and workers.main:
+                    on_step(state.batch, len(batches), energy)
+                if stopping:
+                    save(state)
+                    raise Interrupted(state.step)
+                if due:
+                    save(state)
+            state.epoch, state.batch, state.order = state.epoch + 1, 0, None
+            if workers.main:
+                metrics = {"phase": phase.name, "epoch": state.epoch, **evaluate(model, data)}
+                metrics["seconds"] = round(time.perf_counter() - start, 3)
+                state.history.append(metrics)
+                if on_epoch is not None:
+                    on_epoch(metrics)
+                save(state)
+    return state.history
+
+
+@contextmanager
+def _deferred_interrupts():
+    """Turn the first Ctrl-C into a flag the loop checks between steps.
+
+    A step interrupted half-way would leave parameters and optimizer state out
+    of step with each other; the loop instead finishes the step, saves and
+    stops.  A second Ctrl-C interrupts at once.  (Signals can only be handled
+    in the main thread; elsewhere Ctrl-C behaves as usual.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    pressed = []
+
+    def handler(signum, frame):
+        if pressed:
+            raise KeyboardInterrupt
+        pressed.append(signum)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(pressed)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@torch.no_grad()
+def evaluate(model: EnergyModel, data: Dataset, split: str = "test") -> dict:
+    """Energy and each term, mean L0 of z, relative reconstruction error, test error."""
+    x = data.x_test if split == "test" and data.x_test.shape[0] else data.x_train
+    labels = data.y_test if x is data.x_test else data.y_train
+    labels = labels if model.program.label is not None else None
+    model.eval()
+    sums: dict[str, float] = {}
+    for start in range(0, x.shape[0], EVAL_BATCH):
+        xb = x[start : start + EVAL_BATCH].to(model.device)
+        yb = None if labels is None else labels[start : start + EVAL_BATCH].to(model.device)
+        for key, value in _batch_metrics(model, xb, yb).items():
+            sums[key] = sums.get(key, 0.0) + value
+    count = x.shape[0]
+    metrics = {key: value / count for key, value in sums.items() if not key.startswith("_")}
+    if "_input_energy" in sums:
+        metrics["recon_error"] = sums["_recon"] / max(sums["_input_energy"], 1e-30)
+    return {key: round(value, 6) for key, value in metrics.items()}
+
+
+def _batch_metrics(model: EnergyModel, x, y) -> dict[str, float]:
+    """Sums over the batch (divided by the sample count by the caller)."""
+    xp = model.preprocess(x)
+    z = model._infer(xp)  # labels are unknown at test time
+    env = model._env(xp, z, y)
+    out: dict[str, float] = {}
+    total = torch.zeros(x.shape[0], device=x.device)
+    for term in model._active(None, y is not None):
+        energy = term.energy(env)
+        total += energy
+        out[f"term.{term.name}"] = energy.sum().item()
+    out["energy"] = total.sum().item()
+    out["l0"] = (z != 0).sum().item()
+    recon = model.program.reconstruction
+    if recon is not None:
+        out["_recon"] = (recon.energy(env) / recon.weight).sum().item() if recon.weight else 0.0
+        out["_input_energy"] = (xp.flatten(1) ** 2).sum().item()
+    if y is not None and model.program.classifier is not None:
+        logits = model.program.classifier.args[0](env)
+        out["test_error"] = (logits.argmax(dim=1) != y).sum().item()
+    return out
