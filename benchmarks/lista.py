@@ -16,7 +16,7 @@ import time
 import torch
 
 import energydsl
-from energydsl.solvers.infer import fista
+from energydsl.solvers.fista import fista
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
         x = model.dataset.x_test[: args.test]
         xp = model.preprocess(x)
         z_star = model.infer(x, steps=5000, tol=1e-9)
-        problem = model._problem(xp, None, None)  # the spec's inference terms: recon + sparse
+        problem = model.problem(xp, None, None)  # the spec's inference terms: recon + sparse
 
         def error(z):
             return round(((z - z_star).norm() / z_star.norm()).item(), 4)

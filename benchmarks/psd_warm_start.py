@@ -16,7 +16,7 @@ import json
 import torch
 
 import energydsl
-from energydsl.solvers.infer import fista
+from energydsl.solvers.fista import fista
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     model = energydsl.load_run(args.run)
     x = energydsl.api.run_dataset(args.run, model).x_test[: args.test]
-    problem = model._problem(model.preprocess(x), None, None)
+    problem = model.problem(model.preprocess(x), None, None)
     starts = {"from_zero": torch.zeros(x.shape[0], *model.program.latent.shape), "from_encoder": model.encode(x)}
 
     def energy(z) -> float:

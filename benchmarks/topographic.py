@@ -21,7 +21,7 @@ import time
 import torch
 
 import energydsl
-from energydsl.solvers.infer import fista
+from energydsl.solvers.fista import fista
 
 SPEC = "specs/topographic.energy"
 
@@ -35,7 +35,7 @@ def model_and_inputs(run_dir: str | None, count: int = 64):
 
 
 def solve(model, x, by_admm: bool, steps: int, tol: float) -> torch.Tensor:
-    problem = model._problem(model.preprocess(x), None, None)
+    problem = model.problem(model.preprocess(x), None, None)
     if not by_admm:  # a prox that is not ExactProx: FISTA does not hand the problem to ADMM
         problem = dataclasses.replace(problem, prox=functools.partial(problem.prox))
     return fista(problem, x.new_zeros(x.shape[0], 256), steps, tol)

@@ -16,7 +16,8 @@ from torch import nn
 from energydsl.compiler import Program
 from energydsl.terms import BoundTerm
 from energydsl.expr.compiler import Env
-from energydsl.solvers.infer import Problem, fista, lars, make_prox
+from energydsl.solvers import Batch, Problem
+from energydsl.solvers.prox import make_prox
 from energydsl.solvers.stepsize import FEW_SAMPLES, PowerIteration, uses_power_iteration
 
 
@@ -98,7 +99,9 @@ class EnergyModel(nn.Module):
             x = (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)).view_as(x)
         return x
 
-    def _env(self, x: torch.Tensor, z: torch.Tensor | None, y: torch.Tensor | None, detach: bool = False) -> Env:
+    def env(self, x: torch.Tensor, z: torch.Tensor | None, y=None, detach: bool = False) -> Env:
+        """The values an expression of the spec reads: parameters (detached with ``detach``), the
+        preprocessed input ``x``, the code ``z`` and the label ``y`` when given."""
         program = self.program
         tensors = {name: (p.detach() if detach else p) for name, p in self.params.items()}
         tensors.update({program.input.name: x, "batch_size": x.shape[0], "reference": x})
@@ -108,7 +111,8 @@ class EnergyModel(nn.Module):
             tensors[program.label.name] = torch.as_tensor(y, device=x.device).long()
         return Env(tensors)
 
-    def _active(self, names: Iterable[str] | None, labelled: bool) -> list[BoundTerm]:
+    def active_terms(self, names: Iterable[str] | None, labelled: bool) -> list[BoundTerm]:
+        """The terms ``names`` (None: all), less those that need a label when there is none."""
         chosen = self.program.terms if names is None else [t for t in self.program.terms if t.name in set(names)]
         return [t for t in chosen if labelled or not t.term.needs_label]
 
@@ -116,16 +120,17 @@ class EnergyModel(nn.Module):
 
     def terms(self, x, z, y=None) -> dict[str, torch.Tensor]:
         """Each term's weighted energy per sample; terms needing a label are left out without ``y``."""
-        env = self._env(self.preprocess(x), z, y)
-        return {t.name: t.energy(env) for t in self._active(None, y is not None)}
+        env = self.env(self.preprocess(x), z, y)
+        return {t.name: t.energy(env) for t in self.active_terms(None, y is not None)}
 
     def energy(self, x, z, y=None) -> torch.Tensor:
         """Total energy per sample, ``(B,)``."""
         return torch.stack(list(self.terms(x, z, y).values())).sum(dim=0)
 
-    def _energy_of(self, xp, z, y, names, detach=False) -> torch.Tensor:
-        env = self._env(xp, z, y, detach)
-        return sum(t.energy(env) for t in self._active(names, y is not None))
+    def energy_of(self, xp, z, y=None, names=None, detach=False) -> torch.Tensor:
+        """The energy per sample of the active terms ``names`` on preprocessed inputs ``xp``."""
+        env = self.env(xp, z, y, detach)
+        return sum(t.energy(env) for t in self.active_terms(names, y is not None))
 
     # ------------------------------------------------------------ inference
 
@@ -135,7 +140,7 @@ class EnergyModel(nn.Module):
             raise ValueError(f"spec '{self.name}' declares no encoder")
         xp = self.preprocess(x)
         with torch.no_grad():
-            return self.program.encoder(self._env(xp, None, None))
+            return self.program.encoder(self.env(xp, None, None))
 
     @torch.no_grad()
     def infer(self, x, y=None, *, steps: int | None = None, tol: float | None = None) -> torch.Tensor:
@@ -144,45 +149,46 @@ class EnergyModel(nn.Module):
         ``steps`` and ``tol`` override those of the spec's FISTA/ISTA stage (``lars``
         is exact and has neither, so they leave it unchanged).
         """
-        return self._infer(self.preprocess(x), y, None, steps=steps, tol=tol)
+        return self.infer_prepared(self.preprocess(x), y, None, steps=steps, tol=tol)
 
-    def _infer(self, xp, y=None, names=None, *, differentiable=False, steps=None, tol=None) -> torch.Tensor:
-        """Inference on preprocessed inputs, with the terms ``names`` active.
+    def infer_prepared(self, xp, y=None, names=None, *, differentiable=False, steps=None, tol=None) -> torch.Tensor:
+        """Inference on preprocessed inputs ``xp``, with the terms ``names`` active (None: all).
 
-        With ``differentiable`` (training a spec inferred by its encoder alone) the
+        Each method of the spec's chain (``encoder then fista(...)``) starts from the previous
+        one's code.  With ``differentiable`` (training a spec inferred by its encoder alone) the
         code keeps its graph, so the loss reaches the encoder's parameters.
         """
+        encode_graph = differentiable and torch.is_grad_enabled()
+
+        def encode():
+            with torch.set_grad_enabled(encode_graph):
+                return self.program.encoder(self.env(xp, None, None))
+
+        batch = Batch(encode=encode, problem=lambda: self.problem(xp, y, names),
+                      zeros=lambda: xp.new_zeros((xp.shape[0],) + self.program.latent.shape), steps=steps, tol=tol)  # fmt: skip
         z = None
         for method in self.program.methods:
-            if method.kind == "encoder":
-                with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
-                    z = self.program.encoder(self._env(xp, None, None))
-            else:
-                start = z.detach() if z is not None else xp.new_zeros((xp.shape[0],) + self.program.latent.shape)
-                problem = self._problem(xp, y, names)
-                if method.kind == "lars":
-                    z = lars(problem, start)
-                else:
-                    z = fista(problem, start, steps or method.steps, method.tol if tol is None else tol,
-                              accelerate=method.kind == "fista")  # fmt: skip
+            z = method.solver.solve(batch, z, steps or method.steps, method.tol if tol is None else tol)
         return z
 
-    def _problem(self, xp, y, names) -> Problem:
+    def problem(self, xp, y=None, names=None) -> Problem:
+        """The composite problem min_z of the active terms on preprocessed inputs ``xp`` (parameters frozen):
+        what the iterative solvers minimise."""
         chosen = self.program.inference_terms
-        active = [t for t in self._active(names, y is not None) if t.degree > 0 and (chosen is None or t.name in chosen)]
+        active = [t for t in self.active_terms(names, y is not None) if t.degree > 0 and (chosen is None or t.name in chosen)]
         smooth = [t for t in active if t.term.smooth]
         nonsmooth = [t for t in active if not t.term.smooth]
 
         def smooth_of(xs, ys):
             def smooth_energy(z):
-                env = self._env(xs, z, ys, detach=True)
+                env = self.env(xs, z, ys, detach=True)
                 return sum((t.energy(env) for t in smooth), z.new_zeros(z.shape[0]))
 
             return smooth_energy
 
         smooth_energy = smooth_of(xp, y)
 
-        fixed = self._env(xp, None, y, detach=True)  # the nonsmooth terms' other arguments (S)
+        fixed = self.env(xp, None, y, detach=True)  # the nonsmooth terms' other arguments (S)
         parts = [(t, tuple(arg(fixed) for arg in t.args[1:])) for t in nonsmooth]
         prox, curvature = make_prox(parts, self.program.nonneg)
         quadratic = all(t.quadratic for t in smooth)
@@ -199,8 +205,8 @@ class EnergyModel(nn.Module):
         term = self._classifier()
         xp = self.preprocess(x)
         with torch.no_grad():
-            z = self._infer(xp)
-            return term.args[0](self._env(xp, z, None))
+            z = self.infer_prepared(xp)
+            return term.args[0](self.env(xp, z, None))
 
     def predict(self, x) -> torch.Tensor:
         """Predicted class per sample (specs with an xent term)."""

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import energydsl
 from energydsl.ops import conv
-from energydsl.solvers import infer
+from energydsl.solvers import problem as infer
 from energydsl.solvers import stepsize
 from energydsl.data.sources import Dataset
 from energydsl.errors import SpecError
@@ -253,7 +253,7 @@ def test_power_iteration_estimates_the_decoders_operator_norm(monkeypatch):
     monkeypatch.setattr(stepsize, "DENSE_GRAM_MAX_UNITS", 0)
     model = energydsl.load(CONV_SPARSE, data=image_data()).double()
     x = model.dataset.x_test.double()
-    problem = model._problem(model.preprocess(x), None, None)
+    problem = model.problem(model.preprocess(x), None, None)
     A = dense_decoder(model.params["D"].detach(), 1, (4, 8, 8))
     exact = np.linalg.eigvalsh(A.T @ A)[-1]
     assert torch.allclose(problem.lipschitz, torch.full((8, 1), exact * infer.SAFETY, dtype=torch.float64),

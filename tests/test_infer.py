@@ -16,7 +16,8 @@ from sklearn.linear_model import Lasso
 
 import energydsl
 from energydsl.data.sources import Dataset, synthetic
-from energydsl.solvers.infer import SAFETY, Problem, fista, lipschitz
+from energydsl.solvers.fista import fista
+from energydsl.solvers.problem import SAFETY, Problem, lipschitz
 
 DIM, ATOMS, LAM = 16, 40, 0.05
 BATCH = 12
@@ -232,8 +233,8 @@ def labelled_objective(W, C, x, y, z, lam=0.05):
 
 def test_xent_problem_is_not_quadratic(labelled):
     model, x, y = labelled
-    assert model._problem(model.preprocess(x), y, None).quadratic is False
-    assert model._problem(model.preprocess(x), None, None).quadratic is True  # no label: no xent
+    assert model.problem(model.preprocess(x), y, None).quadratic is False
+    assert model.problem(model.preprocess(x), None, None).quadratic is True  # no label: no xent
 
 
 def test_fista_with_xent_reaches_the_optimum(labelled):
@@ -275,7 +276,7 @@ def test_inference_without_label_ignores_xent(labelled):
 
 def test_lipschitz_matches_top_eigenvalue_of_quadratic(lasso):
     model, W, x, _ = lasso
-    problem = model._problem(model.preprocess(x), None, None)
+    problem = model.problem(model.preprocess(x), None, None)
     assert problem.quadratic
     estimate = lipschitz(problem, torch.zeros(BATCH, ATOMS))
     assert estimate.shape == (BATCH, 1)
@@ -309,7 +310,7 @@ def test_lipschitz_is_per_sample_for_non_quadratic(labelled):
     W, C = labelled_parts(model)
     gen = torch.Generator().manual_seed(9)
     z = 0.3 * torch.randn(8, 16, generator=gen)
-    estimate = lipschitz(model._problem(model.preprocess(x), y, None), z).numpy().ravel()
+    estimate = lipschitz(model.problem(model.preprocess(x), y, None), z).numpy().ravel()
     logits = z.double().numpy() @ C.T
     p = np.exp(logits - logsumexp(logits, axis=1, keepdims=True))
     tops = []

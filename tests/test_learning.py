@@ -234,15 +234,15 @@ def test_term_switched_off_gives_no_gradient(labelled_data):
     pretrain = model.program.training.phases[0].terms
     assert set(pretrain) == {"recon", "sparse"}
 
-    z = model._infer(xp, y, pretrain, differentiable=True)
-    model._energy_of(xp, z, y, pretrain).mean().backward()
+    z = model.infer_prepared(xp, y, pretrain, differentiable=True)
+    model.energy_of(xp, z, y, pretrain).mean().backward()
     grad_C = model.params["C"].grad
     assert grad_C is None or torch.count_nonzero(grad_C) == 0
     assert model.params["D"].grad is not None and torch.count_nonzero(model.params["D"].grad) > 0
 
     model.zero_grad(set_to_none=True)
-    z = model._infer(xp, y, None, differentiable=True)
-    model._energy_of(xp, z, y, None).mean().backward()
+    z = model.infer_prepared(xp, y, None, differentiable=True)
+    model.energy_of(xp, z, y, None).mean().backward()
     assert model.params["C"].grad is not None and torch.count_nonzero(model.params["C"].grad) > 0
 
 
@@ -274,7 +274,7 @@ train
 def test_lista_learns_to_approximate_fista_codes_better_than_ista():
     """Two learned steps approach the optimal codes z* of the fixed dictionary better than
     two ISTA steps of size 1/L (the point of LISTA), and far better than at initialisation."""
-    from energydsl.solvers.infer import fista
+    from energydsl.solvers.fista import fista
 
     model = energydsl.load(LISTA_SPEC)
     x = model.dataset.x_test
@@ -284,7 +284,7 @@ def test_lista_learns_to_approximate_fista_codes_better_than_ista():
         return ((z - z_star).norm() / z_star.norm()).item()
 
     xp = model.preprocess(x)
-    ista = fista(model._problem(xp, None, None), torch.zeros_like(z_star), 2, tol=0, accelerate=False)
+    ista = fista(model.problem(xp, None, None), torch.zeros_like(z_star), 2, tol=0, accelerate=False)
     before = error(model.encode(x))  # the init is 2 ISTA steps of size α
     D = snapshot(model)["D"]
     energydsl.train(model)

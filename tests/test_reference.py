@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from energydsl.reporting import reference
-from energydsl.compiler.inference import INFER_METHODS
+from energydsl.solvers import SOLVERS
 from energydsl.compiler.initialisers import _initialisers
 from energydsl.compiler.params import LEARN_MODES
 from energydsl.compiler.structures import STRUCTURES
@@ -93,7 +93,7 @@ def test_every_constraint_is_described(kind):
     assert f"- `{kind}`: {DESCRIPTIONS[kind]}" in section("Constraints")
 
 
-@pytest.mark.parametrize("method", INFER_METHODS)
+@pytest.mark.parametrize("method", SOLVERS.names())
 def test_every_inference_method_is_listed(method):
     assert f"### `{method}" in section("Inference methods")
 

@@ -19,7 +19,9 @@ import torch
 
 import energydsl
 from energydsl.ops import structures as st
-from energydsl.solvers.infer import Splitting, admm, fista, make_prox
+from energydsl.solvers.admm import admm
+from energydsl.solvers.fista import fista
+from energydsl.solvers.prox import Splitting, make_prox
 from energydsl.ops.pools import GroupNorms, PoolFamily
 
 REL = 1e-6  # relative objective gap allowed
@@ -394,7 +396,7 @@ def check_inference(z: torch.Tensor, energy, references: np.ndarray):
 @pytest.mark.parametrize("case", CASES)
 def test_fista_reaches_the_structured_optimum(case):
     model, x, W, options = structured_model(case)
-    problem = model._problem(x, None, None)  # what model.infer solves, in float64
+    problem = model.problem(x, None, None)  # what model.infer solves, in float64
     z = fista(problem, x.new_zeros(B, options["n"]), 3000, 1e-12)
     assert z.dtype == torch.float64
     energy, references = group_reference(model, x.numpy(), W, options["lam"])
@@ -403,7 +405,7 @@ def test_fista_reaches_the_structured_optimum(case):
 
 def test_fista_nonneg_tree_group_and_l1():
     model, x, W, options = structured_model("tree", bound=" >= 0", extra="  sparse : 0.05 * l1(z)")
-    z = fista(model._problem(x, None, None), x.new_zeros(B, 15), 3000, 1e-12)
+    z = fista(model.problem(x, None, None), x.new_zeros(B, 15), 3000, 1e-12)
     energy, references = group_reference(model, x.numpy(), W, options["lam"], l1=0.05, nonneg=True)
     check_inference(z, energy, references)
     assert (z >= 0).all()
@@ -421,7 +423,7 @@ def test_float64_model_infers_in_float64(case):
 
 def test_nonneg_latent_with_overlapping_groups_is_never_negative():
     model, x, W, options = structured_model("windows", bound=" >= 0")
-    z = fista(model._problem(x, None, None), x.new_zeros(B, 16), 3000, 1e-12)
+    z = fista(model.problem(x, None, None), x.new_zeros(B, 16), 3000, 1e-12)
     energy, references = group_reference(model, x.numpy(), W, options["lam"], nonneg=True)
     check_inference(z, energy, references)
     assert (z >= 0).all(), z.min()
@@ -511,7 +513,7 @@ def test_fista_takes_admm_for_overlapping_pools_only():
 
     def splitting(source):
         model = energydsl.load(source).double()
-        return model._problem(model.preprocess(model.dataset.x_train[:B]), None, None).prox.splitting()
+        return model.problem(model.preprocess(model.dataset.x_train[:B]), None, None).prox.splitting()
 
     windows = splitting(GROUP_SPEC.format(dim=DIM, bound="", extra="", **CASES["windows"]))
     assert windows is not None and windows.group_weight == 0.4 and windows.l1_weight == 0 and not windows.nonneg
@@ -566,7 +568,7 @@ def test_ista_reaches_the_optimum_of_convex_nonneg_inhibition():
     model, x, W, S, energy = inhibition_model(40, lam, beta, nonneg=True, seed=30)
     Q = W.T @ W + 2 * beta * S
     assert np.linalg.eigvalsh(Q)[0] > 0.05
-    z = fista(model._problem(x, None, None), x.new_zeros(B, 15), 3000, 1e-13, accelerate=False)
+    z = fista(model.problem(x, None, None), x.new_zeros(B, 15), 3000, 1e-13, accelerate=False)
     Z, X = z.numpy(), x.numpy()
     for b in range(B):
         v = cp.Variable(15, nonneg=True)
@@ -582,7 +584,7 @@ def test_ista_reaches_the_optimum_of_convex_nonneg_inhibition():
 def test_ista_decreases_the_signed_inhibition_energy_to_a_coordinatewise_minimum():
     lam, beta = 0.05, 0.1
     model, x, W, S, energy = inhibition_model(8, lam, beta, nonneg=False, seed=31)
-    problem = model._problem(x, None, None)
+    problem = model.problem(x, None, None)
     z0 = x.new_zeros(B, 15)
     # one ISTA step at a time is the same as several in one call
     z = z0

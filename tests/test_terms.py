@@ -16,7 +16,7 @@ from scipy.special import logsumexp
 
 from energydsl.api import compile_program
 from energydsl.ops.constraints import Constraint
-from energydsl.solvers.infer import make_prox
+from energydsl.solvers.prox import make_prox
 from energydsl.model import EnergyModel
 from energydsl.ops.pools import PoolFamily, blocks
 from energydsl.terms import TERMS
@@ -184,7 +184,7 @@ def test_model_problem_prox_is_the_composed_prox():
     source = PROX_SPEC.format(bound=">= 0")
     x = torch.randn(8, 4, generator=torch.Generator().manual_seed(20))
     model = EnergyModel(compile_program(source, set={"a": a, "b": b}, data_info=((4,), None)), x)
-    problem = model._problem(model.preprocess(x[:5]), None, None)
+    problem = model.problem(model.preprocess(x[:5]), None, None)
     v, tau = random_batch(torch.float32, 21, batch=5)
     out = problem.prox(v, tau, v)
     expected = cvx_batch(v, tau, l1=a, group=b, nonneg=True)

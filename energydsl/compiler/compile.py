@@ -63,6 +63,7 @@ class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, E
         input_var, normalize = self._input(sample_shape)
         label = self._label(data_classes)
         latent, nonneg = self._latent()
+        self.nonneg = nonneg  # what the inference methods' checks need to know of the latent
         self.structures = {decl.name.name: self._structure(decl, latent) for decl in spec.graphs}
         params = [self._param(decl, input_var) for decl in spec.params]
         later_lets = {d.name.name: "lets are computed in the order they are declared" for d in spec.lets}

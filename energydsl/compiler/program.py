@@ -11,6 +11,7 @@ from energydsl.ops.constraints import Constraint
 from energydsl.errors import Span
 from energydsl.expr.compiler import Closure
 from energydsl.ops.pools import PoolFamily
+from energydsl.solvers import SOLVERS, Solver
 from energydsl.terms import BoundTerm
 
 DEFAULT_STEPS, DEFAULT_TOL = 200, 1e-4
@@ -53,13 +54,18 @@ class ParamPlan:
 
 @dataclass(frozen=True)
 class Method:
-    kind: str  # fista | ista | lars | encoder
+    kind: str  # the name of a registered solver: fista, ista, lars, encoder, ...
     steps: int = DEFAULT_STEPS
     tol: float = DEFAULT_TOL
     span: Span | None = None
+    options: tuple[tuple[str, float], ...] = ()  # every option as written (a plugin solver's own too)
+
+    @property
+    def solver(self) -> Solver:
+        return SOLVERS[self.kind]
 
     def __str__(self) -> str:
-        if self.kind in ("encoder", "lars"):
+        if not self.solver.options:
             return self.kind
         return f"{self.kind}(steps = {self.steps}, tol = {self.tol:g})"
 

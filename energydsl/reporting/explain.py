@@ -29,7 +29,7 @@ from energydsl.compiler import Method, ParamPlan, Program
 from energydsl.terms import BoundTerm
 from energydsl.errors import Span
 from energydsl.expr.compiler import ExprCompiler, Symbol, Value, _hoist
-from energydsl.solvers.infer import affine_gradient, lipschitz, smooth_and_grad
+from energydsl.solvers.problem import affine_gradient, lipschitz, smooth_and_grad
 from energydsl.model import EnergyModel
 from energydsl.ops.pools import PoolFamily
 from energydsl.solvers.stepsize import DENSE_GRAM_MAX_UNITS
@@ -273,18 +273,18 @@ def _value_shape(program: Program, model: EnergyModel, closure: Callable) -> str
         x = torch.zeros((batch,) + program.input.shape)
         z = torch.zeros((batch,) + program.latent.shape)
         y = torch.zeros(batch, dtype=torch.long) if program.label is not None else None
-        shapes.append(tuple(torch.as_tensor(closure(model._env(x, z, y, detach=True))).shape))
+        shapes.append(tuple(torch.as_tensor(closure(model.env(x, z, y, detach=True))).shape))
     if shapes[0][:1] == (1,) and shapes[1][:1] == (2,) and shapes[0][1:] == shapes[1][1:]:
         return f"[{', '.join(map(str, shapes[0][1:]))}] per sample"
     return f"[{', '.join(map(str, shapes[0]))}]" if shapes[0] else "a scalar"
 
 
 def _fista_method(program: Program) -> Method | None:
-    return next((m for m in program.methods if m.kind in ("fista", "ista")), None)
+    return next((m for m in program.methods if m.solver.uses_prox), None)
 
 
 def _by_lars(program: Program) -> bool:
-    return any(m.kind == "lars" for m in program.methods)
+    return any(m.solver.exact for m in program.methods)
 
 
 def _handling(program: Program, term: BoundTerm) -> str:
@@ -381,14 +381,14 @@ def _measure(model: EnergyModel) -> Costs:
     xp = model.preprocess(torch.randn((batch,) + tuple(program.sample_shape), generator=generator))
     train_y = torch.zeros(batch, dtype=torch.long) if program.label is not None else None
     encoder = None
-    if program.encoder is not None and any(m.kind == "encoder" for m in program.methods):
+    if program.encoder is not None and any(m.solver.runs_encoder for m in program.methods):
         with torch.no_grad():
-            encoder, _ = _flops(lambda: program.encoder(model._env(xp, None, None)))
+            encoder, _ = _flops(lambda: program.encoder(model.env(xp, None, None)))
     solvers: dict[tuple, SolverCost | None] = {}
 
     def solver_for(y, names) -> SolverCost | None:
         """Phases with the same terms in inference share one measurement."""
-        key = (y is not None, tuple(t.name for t in model._active(names, y is not None) if t.degree > 0))
+        key = (y is not None, tuple(t.name for t in model.active_terms(names, y is not None) if t.degree > 0))
         if key not in solvers:
             solvers[key] = _solver_cost(model, xp, y, names)
         return solvers[key]
@@ -411,14 +411,14 @@ def _inference_flops(program: Program, encoder: int | None, solver: SolverCost |
 def _solver_cost(model: EnergyModel, xp, y, names) -> SolverCost | None:
     """One FISTA/ISTA solve's FLOPs, by running its pieces as :func:`energydsl.infer.fista` does."""
     if _by_lars(model.program):
-        problem = model._problem(xp, y, names)
+        problem = model.problem(xp, y, names)
         z = xp.new_zeros((xp.shape[0],) + model.program.latent.shape)
         setup, _ = _flops(lambda: affine_gradient(problem, z))
         return SolverCost(True, True, setup, 0, 0, 0, 0)
     if _fista_method(model.program) is None:
         return None
     # code maps estimate L inside _problem (a few samples' power iteration): counted as it runs
-    problem_setup, problem = _flops(lambda: model._problem(xp, y, names))
+    problem_setup, problem = _flops(lambda: model.problem(xp, y, names))
     generator = torch.Generator().manual_seed(MEASURE_SEED)
     z = torch.randn((xp.shape[0],) + model.program.latent.shape, generator=generator)
     autograd, _ = _flops(lambda: smooth_and_grad(problem, z))
@@ -445,7 +445,7 @@ def _solver_cost(model: EnergyModel, xp, y, names) -> SolverCost | None:
 
 def _phase_cost(model: EnergyModel, xp, y, names, encoder: int | None, solver_for) -> PhaseCost:
     """One training step of a phase: inference, then the energy and its gradient, as train_step runs them."""
-    if all(m.kind == "encoder" for m in model.program.methods):
+    if all(m.solver.runs_encoder for m in model.program.methods):
         # the code keeps its graph: the energy's gradient flows back through the encoder
         total, _ = _flops(lambda: _energy_backward(model, xp, y, names, None))
         return PhaseCost(encoder, total - encoder, total)
@@ -459,8 +459,8 @@ def _phase_cost(model: EnergyModel, xp, y, names, encoder: int | None, solver_fo
 
 def _energy_backward(model: EnergyModel, xp, y, names, z) -> None:
     if z is None:
-        z = model._infer(xp, y, names, differentiable=True)
-    loss = model._energy_of(xp, z, y, names).mean()
+        z = model.infer_prepared(xp, y, names, differentiable=True)
+    loss = model.energy_of(xp, z, y, names).mean()
     if loss.requires_grad:
         loss.backward()
     for p in model.params.values():
@@ -474,7 +474,7 @@ def _inference(program: Program, costs: Costs) -> list[str]:
     z = program.latent.name
     steps = " then ".join(str(m) for m in program.methods)
     lines = [f"Inference  {z} by {steps}"]
-    if any(m.kind == "encoder" for m in program.methods):
+    if any(m.solver.runs_encoder for m in program.methods):
         lines += _encoder_lines(program)
     method = _fista_method(program)
     if method is not None:
@@ -534,11 +534,9 @@ def _solver_lines(program: Program, method: Method, solver: SolverCost) -> list[
     active = [t for t in program.terms if t.degree > 0 and not t.term.needs_label]
     smooth = ", ".join(t.name for t in active if t.term.smooth) or "none"
     nonsmooth = ", ".join(t.name for t in active if not t.term.smooth) or "none"
-    start = "the encoder's code" if program.methods[0].kind == "encoder" else f"{z} = 0"
-    kind = ("FISTA: proximal gradient steps with momentum and adaptive restart" if method.kind == "fista"
-            else "ISTA: proximal gradient steps, no momentum (each step lowers the energy)")  # fmt: skip
+    start = "the encoder's code" if program.methods[0].solver.runs_encoder else f"{z} = 0"
     lines = [
-        f"  {kind}, from {start}",
+        f"  {method.solver.summary}, from {start}",
         f"  at most {method.steps} steps; {_stopping_rule(z, method.tol)}",
         f"  smooth part (gradient step): {smooth}; nonsmooth part (one exact prox): {nonsmooth}",
     ]
@@ -630,7 +628,7 @@ def _training(program: Program) -> list[str]:
         step = (f"each batch: infer {z}* with the dictionaries frozen; add the batch's statistics "
                 f"Σ {z}{z}ᵀ and Σ x{z}ᵀ to the forgetful sums; minimise the reconstruction of every sample "
                 "seen over one dictionary column at a time (Mairal et al. 2010); then the projections")  # fmt: skip
-    elif all(m.kind == "encoder" for m in program.methods):
+    elif all(m.solver.runs_encoder for m in program.methods):
         step = (f"each batch: {z} = encoder(x), kept differentiable so the energy's gradient reaches the "
                 "encoder's parameters; one step on every learned parameter; then the projections")  # fmt: skip
     else:

@@ -30,7 +30,7 @@ from typing import ClassVar
 from pygments.lexer import RegexLexer, bygroups, default, include, words
 from pygments.token import Comment, Keyword, Name, Number, Operator, Punctuation, String, Whitespace
 
-from energydsl.compiler.inference import INFER_METHODS
+from energydsl.solvers import SOLVERS
 from energydsl.compiler.params import LEARN_MODES
 from energydsl.compiler.structures import STRUCTURES
 from energydsl.compiler.training import OPTIMIZERS
@@ -67,7 +67,7 @@ def vocabulary() -> Vocabulary:
     statements = tuple(statement_keyword(rule) for rule in statement_rules())
     keywords = tuple(w for w in grammar_keywords() if w not in statements)
     builtins = [*FUNCTIONS, *STRUCTURES, *FAMILY_BUILDERS, *init_builders(), *matrix_builders(), *SOURCES,
-                *INFER_METHODS, *OPTIMIZERS]  # fmt: skip
+                *SOLVERS, *OPTIMIZERS]  # fmt: skip
     return Vocabulary(
         statement_keywords=statements,
         declaring=tuple(_words_before("NAME", [rule.name for rule in statement_rules()])),
@@ -120,7 +120,7 @@ def token_table(v: Vocabulary) -> dict[str, list]:
         "root": [
             include("space"),
             (
-                rf"\b({'|'.join(v.method_introducers)})(\s+)({_word(INFER_METHODS)})",
+                rf"\b({'|'.join(v.method_introducers)})(\s+)({_word(SOLVERS)})",
                 bygroups(Keyword, Whitespace, Name.Builtin),
             ),
             (

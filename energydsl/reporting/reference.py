@@ -26,7 +26,7 @@ from energydsl.ops import pools
 from energydsl.ops import structures as st
 from energydsl.compiler import Variable
 from energydsl.compiler.params import ParamsStage
-from energydsl.compiler.inference import INFER_DESCRIPTIONS, INFER_METHODS, INFER_OPTIONS
+from energydsl.solvers import SOLVERS
 from energydsl.compiler.initialisers import _initialisers
 from energydsl.compiler.params import LEARN_MODES
 from energydsl.compiler.program import DEFAULT_STEPS, DEFAULT_TOL
@@ -328,14 +328,13 @@ def _constraints() -> list[str]:
 
 def _inference() -> list[str]:
     out = _heading("Inference methods")
-    descriptions = _required(INFER_DESCRIPTIONS, INFER_METHODS, "inference method")
     defaults = {"steps": DEFAULT_STEPS, "tol": DEFAULT_TOL}
-    for name in INFER_METHODS:
-        takes_options = name != "encoder"  # the grammar's ENCODER method has no arguments
-        options = f"({', '.join(INFER_OPTIONS)})" if takes_options else ""
-        out += ["", f"### `{name}{options}`", "", _inline(descriptions[name]) + "."]
-        if takes_options:
-            out += ["", "Defaults: " + ", ".join(f"`{o} = {defaults[o]:g}`" for o in INFER_OPTIONS) + "."]
+    for name, solver in SOLVERS.items():
+        options = f"({', '.join(solver.options)})" if solver.options else ""
+        out += ["", f"### `{name}{options}`", "", _inline(solver.description) + "."]
+        known = [o for o in solver.options if o in defaults]
+        if known:
+            out += ["", "Defaults: " + ", ".join(f"`{o} = {defaults[o]:g}`" for o in known) + "."]
     return out
 
 

@@ -230,7 +230,7 @@ def _optimizer_state_values(program: Program, learning: int) -> int:
 
 
 def _uses_prox(program: Program) -> bool:
-    return any(method.kind in ("fista", "ista") for method in program.methods)
+    return any(method.solver.uses_prox for method in program.methods)
 
 
 def _gram_path(program: Program) -> bool:
@@ -252,7 +252,7 @@ def _activations(program: Program, batch: int, training: bool) -> int:
         values += FISTA_TENSORS * m + (0 if _gram_path(program) else 2 * graph)
     if program.encoder is not None:
         values += ENCODER_TENSORS * m
-        if training and all(method.kind == "encoder" for method in program.methods):
+        if training and all(method.solver.runs_encoder for method in program.methods):
             values += (_recurrent_steps(program) + 1) * m  # stored for backprop
     if training:
         values += graph
@@ -288,10 +288,8 @@ def _gram_bytes(program: Program, size: int) -> int:
         total += 3 * m * m * size  # H, the identity, (H + Hᵀ) / 2
         if m <= EXACT_EIGEN_LIMIT:
             total += 2 * m * m * FLOAT64  # eigvalsh on H.double(): the copy and its workspace
-    if any(method.kind == "lars" for method in program.methods):
-        total += 3 * m * m * size  # H read off the energy, as the Gram path reads it
-        # the homotopy's copy of H, and one m × m Cholesky workspace per thread (energydsl/homotopy.py)
-        total += m * m * size + torch.get_num_threads() * m * m * FLOAT64
+    for method in program.methods:  # what a method holds beyond one step (lars: H and its factor)
+        total += method.solver.memory(m, size).get("gram", 0)
     return total
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from energydsl.solvers.infer import SAFETY, Problem, smooth_and_grad
+from energydsl.solvers.problem import SAFETY, Problem, smooth_and_grad
 
 # Code maps with more units than this (16×28×28 = 12,544) never build the dense m×m Gram
 # matrix: FISTA's step comes from here and its gradient from autograd.  Vector latents keep

@@ -94,6 +94,22 @@ class SeparableTerm(Term):
         return 0.0
 
 
+class ProxTerm(Term):
+    """A nonsmooth term with a prox of its own: ``prox(v, tau)`` = argmin_u ½‖u − v‖² + τ·term(u),
+    per sample, for ``v`` (B, m) and ``tau`` (B, 1).  FISTA and ISTA call it as the whole prox, so it
+    must be the energy's only nonsmooth term (the compiler checks)."""
+
+    smooth = False
+    prox_kind = "prox"
+
+    @abstractmethod
+    def prox(self, v: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """argmin_u ½‖u − v‖² + τ·term(u), sample by sample."""
+
+    def prox_text(self, tau, inside):
+        return f"the term's own prox, argmin_u ½‖u − v‖² + {tau}·{self.name}(u)"
+
+
 class GroupTerm(Term):
     """A sum of pool norms, with an exact prox through :class:`GroupNorms`."""
 

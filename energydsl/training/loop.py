@@ -124,9 +124,9 @@ def train_step(model: EnergyModel, optimizers: Optimizers, x, y, terms, workers:
     step made non-finite stops right after (the caller keeps the last checkpoint).
     """
     xp = model.preprocess(x)
-    by_encoder = all(m.kind == "encoder" for m in model.program.methods)
-    z = model._infer(xp, y, terms, differentiable=by_encoder)
-    loss = model._energy_of(xp, z, y, terms).sum() / (batch_size or x.shape[0])
+    by_encoder = all(m.solver.runs_encoder for m in model.program.methods)
+    z = model.infer_prepared(xp, y, terms, differentiable=by_encoder)
+    loss = model.energy_of(xp, z, y, terms).sum() / (batch_size or x.shape[0])
     value = workers.sum_(loss.detach().clone()).item()
     if not math.isfinite(value):
         check_parameters(model)  # a parameter the previous step broke is the likelier cause
@@ -156,7 +156,7 @@ def check_parameters(model: EnergyModel) -> None:
 def _accumulate_dictionary_statistics(model: EnergyModel, optimizer: BlockCoordinateDictionary, xp, z, y, terms,
                                       batch_size: int) -> None:  # fmt: skip
     """Give bcd each active dictionary's batch statistics: its term's target and the codes."""
-    env = model._env(xp, z.detach(), y, detach=True)
+    env = model.env(xp, z.detach(), y, detach=True)
     for name, term_name in model.program.training.decoders:
         if term_name in terms:
             term = next(t for t in model.program.terms if t.name == term_name)
@@ -167,8 +167,8 @@ def _accumulate_dictionary_statistics(model: EnergyModel, optimizer: BlockCoordi
 def _nonfinite_terms(model: EnergyModel, xp, z, y, terms) -> str:
     if not bool(z.isfinite().all()):
         return f"the inferred {model.program.latent.name} holds nan or inf"
-    env = model._env(xp, z, y, detach=True)
-    names = [t.name for t in model._active(terms, y is not None) if not bool(t.energy(env).isfinite().all())]
+    env = model.env(xp, z, y, detach=True)
+    names = [t.name for t in model.active_terms(terms, y is not None) if not bool(t.energy(env).isfinite().all())]
     return f"term {', '.join(repr(n) for n in names)} is not finite" if names else "the terms' sum overflows"
 
 
@@ -314,11 +314,11 @@ def evaluate(model: EnergyModel, data: Dataset, split: str = "test") -> dict:
 def _batch_metrics(model: EnergyModel, x, y) -> dict[str, float]:
     """Sums over the batch (divided by the sample count by the caller)."""
     xp = model.preprocess(x)
-    z = model._infer(xp)  # labels are unknown at test time
-    env = model._env(xp, z, y)
+    z = model.infer_prepared(xp)  # labels are unknown at test time
+    env = model.env(xp, z, y)
     out: dict[str, float] = {}
     total = torch.zeros(x.shape[0], device=x.device)
-    for term in model._active(None, y is not None):
+    for term in model.active_terms(None, y is not None):
         energy = term.energy(env)
         total += energy
         out[f"term.{term.name}"] = energy.sum().item()

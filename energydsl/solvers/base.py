@@ -1,0 +1,67 @@
+"""What every inference method is: the :class:`Solver` entry, the registry, and what it may ask of a batch.
+
+``infer z by fista(steps = 200, tol = 1e-4)`` names a registered solver.  Its entry
+carries everything the rest of the system asks of it: the options it takes, where it may
+stand in an ``a then b`` chain, its spec-level checks (with their one-line errors), how
+it solves a batch, the memory it adds beyond one step, and its line in the reference.
+Solvers reach the energy only through :class:`Batch` and the terms' prox interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from energydsl.errors import SpecError
+from energydsl.registry import Registry
+from energydsl.solvers.problem import Problem
+
+SOLVERS: Registry[Solver] = Registry("inference method", "energydsl.solvers")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch's inference, as the model offers it to a solver."""
+
+    encode: Callable[[], torch.Tensor]  # the encoder's code (keeping its graph when training through it)
+    problem: Callable[[], Problem]  # min_z of the active terms' energy, parameters frozen
+    zeros: Callable[[], torch.Tensor]  # a code of zeros, (B, m)
+    steps: int | None = None  # the caller's overrides of an iterative method's options
+    tol: float | None = None
+
+    def start(self, z: torch.Tensor | None) -> torch.Tensor:
+        """Where an iterative method starts: the previous method's code, or zeros."""
+        return z.detach() if z is not None else self.zeros()
+
+
+class Solver:
+    """One inference method.  Subclasses set the class attributes and :meth:`solve`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]  # one line for the language reference
+    options: ClassVar[tuple[str, ...]] = ("steps", "tol")  # what ``name(...)`` accepts
+    uses_prox: ClassVar[bool] = False  # proximal steps through the terms' prox (the memory estimate, explain)
+    runs_encoder: ClassVar[bool] = False  # the spec's encoder: training backpropagates through its code
+    exact: ClassVar[bool] = False  # the optimum in finitely many steps (the lasso homotopy)
+    summary: ClassVar[str] = ""  # what one step does, for ``energydsl explain``
+
+    def check_place(self, node, position: int, previous: str | None) -> None:
+        """Raise :class:`SpecError` where the method cannot stand ``position``-th, after ``previous``."""
+        if position > 0 and (position != 1 or previous != "encoder"):
+            raise SpecError("only the encoder can be followed by 'then'", node.span,
+                            hint="write 'by fista(...)' or 'by encoder then fista(...)'")  # fmt: skip
+
+    def check(self, terms, latent, nonneg: bool, span) -> None:
+        """Raise :class:`SpecError` where the energy's terms (``BoundTerm``) or the latent (a
+        ``Variable``, bounded below by 0 when ``nonneg``) do not suit the method."""
+
+    def solve(self, batch: Batch, z: torch.Tensor | None, steps: int, tol: float) -> torch.Tensor:
+        """The code for the batch, from the previous method's code ``z`` (None: nothing before)."""
+        raise NotImplementedError  # every registered solver defines it
+
+    def memory(self, units: int, size: int) -> dict[str, int]:
+        """Bytes the method holds beyond one step's tensors, by part of the memory estimate."""
+        return {}
