@@ -7,6 +7,8 @@ order, so a name is known from its declaration on.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -16,7 +18,8 @@ from energydsl.data.sources import DataError, describe_source
 from energydsl.errors import WHOLE_SPEC, Span, SpecError, did_you_mean, one_of
 from energydsl.expr.compiler import ExprCompiler, Symbol, Value
 from energydsl.compiler.common import _EXAMPLES, _override_value, _stem, spec_dir
-from energydsl.compiler.program import DataCall, Program
+from energydsl.compiler.roles import Roles, find_roles
+from energydsl.compiler.program import DataCall, Program, Variable
 from energydsl.compiler.variables import VariablesStage
 from energydsl.compiler.structures import StructuresStage
 from energydsl.compiler.params import ParamsStage
@@ -98,7 +101,15 @@ class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, E
             methods=methods,
             training=training,
             inference_terms=inference_terms,
+            roles=self._roles(terms, params, input_var, latent),
         )
+
+    def _roles(self, terms, params, input_var: Variable, latent: Variable) -> Roles:
+        reconstruction = next((t for t in terms if t.term.role == "reconstruction" and t.first_arg == input_var.name),
+                              None)  # fmt: skip
+        classifier = next((t for t in terms if t.term.role == "classifier"), None)
+        return find_roles(self.spec, terms, reconstruction, classifier, {p.name: p.shape for p in params},
+                          input_var.name, math.prod(input_var.shape), latent.name, latent.shape[0], self.consts)  # fmt: skip
 
     # ------------------------------------------------------------ names
 

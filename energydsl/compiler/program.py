@@ -11,6 +11,7 @@ from energydsl.ops.constraints import Constraint
 from energydsl.errors import Span
 from energydsl.expr.compiler import Closure
 from energydsl.ops.pools import PoolFamily
+from energydsl.compiler.roles import Roles
 from energydsl.solvers import SOLVERS, Solver
 from energydsl.terms import BoundTerm
 
@@ -115,6 +116,7 @@ class Program:
     methods: tuple[Method, ...]
     training: Training
     inference_terms: tuple[str, ...] | None = None  # what FISTA minimises (None: every term)
+    roles: Roles = Roles()  # what each parameter is for (decoder, encoder, classifier, ...)
 
     @property
     def classes(self) -> int | None:
@@ -122,7 +124,7 @@ class Program:
 
     @property
     def reconstruction(self) -> BoundTerm | None:
-        """The first ``sqerr(x, ...)`` term: what 'reconstruction error' measures."""
+        """The first reconstruction term of the input, ``sqerr(x, ...)``: what 'reconstruction error' measures."""
         for term in self.terms:
             if term.term.role == "reconstruction" and term.first_arg == self.input.name:
                 return term

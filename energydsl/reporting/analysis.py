@@ -13,12 +13,9 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
-from energydsl.lang import spec as S
 from energydsl.model import EnergyModel
 from energydsl.ops.structures import Structure
 
@@ -56,74 +53,9 @@ def neighbour_cosine_ratio(decoder: torch.Tensor, structure: Structure) -> float
 PART_BELOW, CATEGORICAL_ABOVE = 0.5, 0.7  # radians, the paper's thresholds
 
 
-def decoder_name(model: EnergyModel) -> str | None:
-    """The parameter W of the reconstruction term ``sqerr(x, W @ z)``, if there is one."""
-    recon = model.program.reconstruction
-    if recon is None:
-        return None
-    return _matmul_parameter(model, [_declaration(model, recon).value], model.program.latent.name)
-
-
-def _declaration(model: EnergyModel, term):
-    """The spec's declaration of a compiled term."""
-    return next(t for t in model.program.spec.energy if t.name.name == term.name)
-
-
-def kernel_decoder_name(model: EnergyModel) -> str | None:
-    """The kernel K of a convolutional or locally connected reconstruction ``sqerr(x, conv_t(K, z))``."""
-    recon = model.program.reconstruction
-    if recon is None:
-        return None
-    for node in _walk(_declaration(model, recon).value):
-        is_decoder = isinstance(node, S.Call) and node.func in ("conv_t", "local_t") and node.args
-        kernel = node.args[0] if is_decoder else None
-        if isinstance(kernel, S.Name) and kernel.id in model.params:
-            return kernel.id
-    return None
-
-
-def encoder_name(model: EnergyModel) -> str | None:
-    """The parameter E of ``E @ x`` in the encoder, when it maps inputs to latent units."""
-    shape = (model.program.latent.shape[0], math.prod(model.program.input.shape))
-    name = _matmul_parameter(model, [d.value for d in model.program.spec.encoders], model.program.input.name)
-    return name if name is not None and tuple(model.params[name].shape) == shape else None
-
-
-def classifier_name(model: EnergyModel) -> str | None:
-    """The parameter C of the classifier's logits ``C @ f(z)``, if there is one."""
-    term = model.program.classifier
-    if term is None:
-        return None
-    for node in _walk(_declaration(model, term).value):
-        if isinstance(node, S.BinOp) and node.op == "@" and isinstance(node.left, S.Name):
-            if node.left.id in model.params and model.params[node.left.id].dim() == 2:
-                return node.left.id
-    return None
-
-
-def _matmul_parameter(model: EnergyModel, roots, operand: str) -> str | None:
-    """The first parameter P in ``P @ operand`` under the expressions ``roots``."""
-    for root in roots:
-        for node in _walk(root):
-            if isinstance(node, S.BinOp) and node.op == "@" and isinstance(node.left, S.Name):
-                right = node.right
-                if isinstance(right, S.Name) and right.id == operand and node.left.id in model.params:
-                    return node.left.id
-    return None
-
-
-def _walk(node):
-    yield node
-    for child in (getattr(node, f, None) for f in ("left", "right", "operand", "body")):
-        if child is not None:
-            yield from _walk(child)
-    for child in getattr(node, "args", ()):
-        yield from _walk(child)
-
-
 def unit_angles(model: EnergyModel) -> torch.Tensor | None:
     """Per unit, the angle in radians between its encoder row and its decoder column."""
-    encoder, decoder = encoder_name(model), decoder_name(model)
+    encoder, decoder = model.program.roles.encoder, model.program.roles.decoder
     if encoder is None or decoder is None:
         return None
     rows = model.params[encoder].detach().double()
@@ -142,7 +74,7 @@ def unit_kinds(model: EnergyModel, alive: torch.Tensor | None = None) -> dict[st
     alive = torch.ones_like(angles, dtype=torch.bool) if alive is None else alive.to(angles.device)
     groups = {"part": (angles < PART_BELOW) & alive, "categorical": (angles > CATEGORICAL_ABOVE) & alive}
     metrics = {f"units.{kind}": int(mask.sum()) for kind, mask in groups.items()}
-    classifier = classifier_name(model)
+    classifier = model.program.roles.classifier
     if classifier is not None:
         norms = model.params[classifier].detach().double().norm(dim=0)
         for kind, mask in groups.items():
@@ -159,7 +91,7 @@ def infer_all(model: EnergyModel, x: torch.Tensor, batch: int = 1024) -> torch.T
 def run_metrics(model: EnergyModel, z: torch.Tensor) -> dict[str, float]:
     """Everything above that applies to this spec, from the codes ``z`` of held-out samples."""
     metrics: dict[str, float] = {}
-    decoder = decoder_name(model)
+    decoder = model.program.roles.decoder
     for name, structure in model.program.structures.items():
         if structure.kind == "tree":
             metrics[f"{name}.rooted_fraction"] = round(rooted_fraction(z, structure), 6)

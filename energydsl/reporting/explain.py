@@ -18,26 +18,20 @@ from __future__ import annotations
 import math
 import textwrap
 from collections.abc import Callable
-from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from energydsl.lang import spec as S
 from energydsl.compiler import Method, ParamPlan, Program
 from energydsl.terms import BoundTerm
 from energydsl.errors import Span
-from energydsl.expr.compiler import ExprCompiler, Symbol, Value, _hoist
-from energydsl.solvers.problem import affine_gradient, lipschitz, smooth_and_grad
+from energydsl.expr.compiler import _hoist
 from energydsl.model import EnergyModel
 from energydsl.ops.pools import PoolFamily
 from energydsl.solvers.stepsize import DENSE_GRAM_MAX_UNITS
 from energydsl.terms import TERMS
+from energydsl.reporting.costs import Costs, SolverCost, by_exact_path, fista_method, measure, stand_in_model
 
-# Random samples that stand in for the training data: ``samples(x)`` initialisers draw from them.
-STAND_IN_SAMPLES = 64
-MEASURE_SEED = 0
 WIDTH = 100  # prose lines are wrapped to this width
 
 COUNTING_RULE = (
@@ -53,9 +47,8 @@ COUNTING_RULE = (
 
 def explain(program: Program) -> str:
     """A readable report of what ``program`` computes, learns and costs."""
-    model = _stand_in_model(program)
-    with _warm_starts_kept(program):
-        costs = _measure(model)
+    model = stand_in_model(program)
+    costs = measure(model)
     sections = [
         _header(program),
         _variables(program),
@@ -279,25 +272,17 @@ def _value_shape(program: Program, model: EnergyModel, closure: Callable) -> str
     return f"[{', '.join(map(str, shapes[0]))}]" if shapes[0] else "a scalar"
 
 
-def _fista_method(program: Program) -> Method | None:
-    return next((m for m in program.methods if m.solver.uses_prox), None)
-
-
-def _by_lars(program: Program) -> bool:
-    return any(m.solver.exact for m in program.methods)
-
-
 def _handling(program: Program, term: BoundTerm) -> str:
     """How inference treats the term: smooth (and how), or which prox."""
     z = program.latent.name
     label = "; left out of inference when the label is unknown (always at test time)" if term.term.needs_label else ""
     if term.degree == 0:
         return f"constant in {z}: shapes learning only, no part in inference{label}"
-    if _by_lars(program):
+    if by_exact_path(program):
         if term.term.smooth:
             return f"smooth, quadratic in {z}: its Gram matrix H and linear part enter the homotopy{label}"
         return "nonsmooth: the l1 penalty whose solution path the homotopy follows exactly"
-    if _fista_method(program) is None:
+    if fista_method(program) is None:
         kind = "smooth" if term.term.smooth else "nonsmooth"
         return f"{kind} in {z}; inference is by the encoder, so the term shapes learning only"
     if term.term.smooth:
@@ -314,159 +299,6 @@ def _prox_description(program: Program, term: BoundTerm) -> str:
     return text
 
 
-# ---------------------------------------------------------------- measuring the cost
-
-
-@dataclass(frozen=True)
-class SolverCost:
-    """FLOPs of one FISTA/ISTA solve, per batch."""
-
-    gram: bool  # the Gram-matrix fast path applies
-    quadratic: bool  # every smooth term is at most quadratic in z
-    setup: int  # once per batch: the Gram matrix, or the power iteration for L
-    gradient: int  # one step's gradient
-    autograd_gradient: int  # the same gradient by autograd (forward + backward of the smooth energy)
-    backtracking: int  # at least one energy evaluation per step when not quadratic
-    prox: int  # one prox
-
-    @property
-    def step(self) -> int:
-        return self.gradient + self.backtracking + self.prox
-
-
-@dataclass(frozen=True)
-class PhaseCost:
-    inference: int
-    energy_and_gradient: int  # the energy of the phase's terms and its gradient in the parameters
-    train_step: int
-
-
-@dataclass(frozen=True)
-class Costs:
-    batch: int
-    encoder: int | None
-    solver: SolverCost | None  # at test time: no label, all terms
-    inference: int
-    phases: dict[str, PhaseCost]
-
-
-def _stand_in_model(program: Program) -> EnergyModel:
-    """The model at the spec's shapes, initialised from random samples instead of the data."""
-    generator = torch.Generator().manual_seed(MEASURE_SEED)
-    samples = torch.randn((STAND_IN_SAMPLES,) + tuple(program.sample_shape), generator=generator)
-    return EnergyModel(program, samples)
-
-
-@contextmanager
-def _warm_starts_kept(program: Program):
-    """The dual prox keeps a warm start on the (shared) term; measuring must not leave one behind."""
-    saved = [(t.term.norms, t.term.norms._dual) for t in program.terms if t.term.prox_kind == "group"]
-    try:
-        yield
-    finally:
-        for norms, dual in saved:
-            norms._dual = dual
-
-
-def _flops(fn: Callable[[], object]) -> tuple[int, object]:
-    with FlopCounterMode(display=False) as counter:
-        result = fn()
-    return counter.get_total_flops(), result
-
-
-def _measure(model: EnergyModel) -> Costs:
-    program = model.program
-    batch = program.training.batch
-    generator = torch.Generator().manual_seed(MEASURE_SEED)
-    xp = model.preprocess(torch.randn((batch,) + tuple(program.sample_shape), generator=generator))
-    train_y = torch.zeros(batch, dtype=torch.long) if program.label is not None else None
-    encoder = None
-    if program.encoder is not None and any(m.solver.runs_encoder for m in program.methods):
-        with torch.no_grad():
-            encoder, _ = _flops(lambda: program.encoder(model.env(xp, None, None)))
-    solvers: dict[tuple, SolverCost | None] = {}
-
-    def solver_for(y, names) -> SolverCost | None:
-        """Phases with the same terms in inference share one measurement."""
-        key = (y is not None, tuple(t.name for t in model.active_terms(names, y is not None) if t.degree > 0))
-        if key not in solvers:
-            solvers[key] = _solver_cost(model, xp, y, names)
-        return solvers[key]
-
-    solver = solver_for(None, None)
-    phases = {}
-    for phase in program.training.phases:
-        phases[phase.name] = _phase_cost(model, xp, train_y, phase.terms, encoder, solver_for)
-    return Costs(batch, encoder, solver, _inference_flops(program, encoder, solver), phases)
-
-
-def _inference_flops(program: Program, encoder: int | None, solver: SolverCost | None) -> int:
-    total = encoder or 0
-    method = _fista_method(program)
-    if solver is not None:
-        total += solver.setup + (method.steps * solver.step if method is not None else 0)
-    return total
-
-
-def _solver_cost(model: EnergyModel, xp, y, names) -> SolverCost | None:
-    """One FISTA/ISTA solve's FLOPs, by running its pieces as :func:`energydsl.infer.fista` does."""
-    if _by_lars(model.program):
-        problem = model.problem(xp, y, names)
-        z = xp.new_zeros((xp.shape[0],) + model.program.latent.shape)
-        setup, _ = _flops(lambda: affine_gradient(problem, z))
-        return SolverCost(True, True, setup, 0, 0, 0, 0)
-    if _fista_method(model.program) is None:
-        return None
-    # code maps estimate L inside _problem (a few samples' power iteration): counted as it runs
-    problem_setup, problem = _flops(lambda: model.problem(xp, y, names))
-    generator = torch.Generator().manual_seed(MEASURE_SEED)
-    z = torch.randn((xp.shape[0],) + model.program.latent.shape, generator=generator)
-    autograd, _ = _flops(lambda: smooth_and_grad(problem, z))
-    dense = problem.quadratic and problem.lipschitz is None  # large code maps never build the Gram matrix
-    setup, affine = _flops(lambda: affine_gradient(problem, z)) if dense else (0, None)
-    if affine is not None:
-        H, c = affine
-        gradient, _ = _flops(lambda: torch.addmm(c, z, H))
-    elif problem.lipschitz is not None:
-        setup, gradient = problem_setup, autograd
-    else:
-        power, _ = _flops(lambda: lipschitz(problem, z))
-        setup, gradient = setup + power, autograd
-    backtracking = 0
-    if not problem.quadratic:
-        with torch.no_grad():
-            backtracking, _ = _flops(lambda: problem.smooth(z))
-    # the prox works sample by sample: measured on one, it costs exactly batch × that
-    one = z[:1]
-    prox, _ = _flops(lambda: problem.prox(one, one.new_full((1, 1), 0.1), one))
-    return SolverCost(affine is not None, problem.quadratic, setup, gradient, autograd, backtracking,
-                      prox * xp.shape[0])  # fmt: skip
-
-
-def _phase_cost(model: EnergyModel, xp, y, names, encoder: int | None, solver_for) -> PhaseCost:
-    """One training step of a phase: inference, then the energy and its gradient, as train_step runs them."""
-    if all(m.solver.runs_encoder for m in model.program.methods):
-        # the code keeps its graph: the energy's gradient flows back through the encoder
-        total, _ = _flops(lambda: _energy_backward(model, xp, y, names, None))
-        return PhaseCost(encoder, total - encoder, total)
-    solver = solver_for(y, names)
-    inference = _inference_flops(model.program, encoder, solver)
-    generator = torch.Generator().manual_seed(MEASURE_SEED + 1)
-    z = torch.randn((xp.shape[0],) + model.program.latent.shape, generator=generator)
-    energy, _ = _flops(lambda: _energy_backward(model, xp, y, names, z))
-    return PhaseCost(inference, energy, inference + energy)
-
-
-def _energy_backward(model: EnergyModel, xp, y, names, z) -> None:
-    if z is None:
-        z = model.infer_prepared(xp, y, names, differentiable=True)
-    loss = model.energy_of(xp, z, y, names).mean()
-    if loss.requires_grad:
-        loss.backward()
-    for p in model.params.values():
-        p.grad = None
-
-
 # ---------------------------------------------------------------- inference and cost
 
 
@@ -476,10 +308,10 @@ def _inference(program: Program, costs: Costs) -> list[str]:
     lines = [f"Inference  {z} by {steps}"]
     if any(m.solver.runs_encoder for m in program.methods):
         lines += _encoder_lines(program)
-    method = _fista_method(program)
+    method = fista_method(program)
     if method is not None:
         lines += _solver_lines(program, method, costs.solver)
-    if _by_lars(program):
+    if by_exact_path(program):
         lines += _lars_lines(program)
     return lines
 
@@ -506,18 +338,13 @@ def _encoder_lines(program: Program) -> list[str]:
     text = _source_text(program, decl.value.span)
     if not isinstance(decl.value, S.Recurrent):
         return [f"  encoder: {z} = {text}, one pass"]
-    steps = _constant_integer(program, decl.value.steps)
+    steps = program.roles.recurrent_steps
     body = _source_text(program, decl.value.body.span)
     lines = [f"  encoder: {steps} recurrent steps of {z} ← {body}, from {z} = 0 (weights shared across steps)"]
     hoisted = [_source_text(program, node.span) for node in _hoisted(_hoist(decl.value.body, z))]
     if hoisted:
         lines.append(f"  computed once, before the steps (they do not read {z}): {', '.join(hoisted)}")
     return lines
-
-
-def _constant_integer(program: Program, node: S.Expr) -> int:
-    scope = {name: Symbol("const", Value((), const=v), lambda env, v=v: v) for name, v in program.constants.items()}
-    return ExprCompiler(scope, "const").integer(node, "the step count")
 
 
 def _hoisted(node: S.Expr) -> list[S.Expr]:
@@ -600,9 +427,9 @@ def _costs(program: Program, costs: Costs) -> list[str]:
 
 
 def _solver_rows(program: Program, solver: SolverCost) -> list[tuple[str, int]]:
-    if _by_lars(program):
+    if by_exact_path(program):
         return [("lars setup, once per batch (Gram matrix)", solver.setup)]
-    method = _fista_method(program)
+    method = fista_method(program)
     name = method.kind
     rows = [(f"{name} setup, once per batch" + (" (Gram matrix)" if solver.gram else " (step size)"), solver.setup)]
     rows.append((f"{name} step: gradient" + (" z·H" if solver.gram else " by autograd"), solver.gradient))

@@ -59,11 +59,9 @@ from pathlib import Path
 
 import torch
 
-from energydsl.lang import spec as S
 from energydsl.compiler import Program
 from energydsl.errors import UserError
 from energydsl.solvers.stepsize import uses_power_iteration
-from energydsl.expr.compiler import ExprCompiler, Symbol, Value
 from energydsl.training.loop import EVAL_BATCH
 
 __all__ = ["Estimate", "ResourceError", "available_memory", "check_fits", "estimate", "format_bytes", "parse_size"]
@@ -253,7 +251,7 @@ def _activations(program: Program, batch: int, training: bool) -> int:
     if program.encoder is not None:
         values += ENCODER_TENSORS * m
         if training and all(method.solver.runs_encoder for method in program.methods):
-            values += (_recurrent_steps(program) + 1) * m  # stored for backprop
+            values += (program.roles.recurrent_steps + 1) * m  # stored for backprop
     if training:
         values += graph
     return batch * values
@@ -269,16 +267,6 @@ def _term_width(program: Program, term) -> int:
     if term.term.prox_kind == "group":
         return term.term.norms.count * term.term.norms.width
     return m
-
-
-def _recurrent_steps(program: Program) -> int:
-    """T of ``encoder z = recurrent(T) { ... }``; 0 for a feed-forward encoder."""
-    decl = program.spec.encoders[0] if program.spec.encoders else None
-    if decl is None or not isinstance(decl.value, S.Recurrent):
-        return 0
-    scope = {name: Symbol("const", Value((), const=value), lambda env, v=value: v)
-             for name, value in program.constants.items()}  # fmt: skip
-    return ExprCompiler(scope, "const").integer(decl.value.steps, "the step count of recurrent(...)")
 
 
 def _gram_bytes(program: Program, size: int) -> int:

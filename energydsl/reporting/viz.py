@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from energydsl.reporting.analysis import CATEGORICAL_ABOVE, PART_BELOW, decoder_name, kernel_decoder_name, unit_angles
+from energydsl.reporting.analysis import CATEGORICAL_ABOVE, PART_BELOW, unit_angles
 from energydsl.ops.structures import Structure
 
 
@@ -33,20 +33,21 @@ def write_pictures(model, directory: Path, history: list[dict] | None = None, z=
     the pictures that need them.
     """
     written = []
-    decoder = decoder_name(model)
+    roles = model.program.roles
+    decoder = roles.decoder
     if decoder is not None:
         path = directory / "filters.png"
         filters_png(model.params[decoder].detach().cpu().numpy(), path, model.program.input.shape,
                     _layout_structure(model))  # fmt: skip
         written.append(path)
-    kernel = kernel_decoder_name(model) if decoder is None else None
+    kernel = roles.kernel_decoder if decoder is None else None
     if kernel is not None:
         path = directory / "filters.png"
         kernel_png(model.params[kernel].detach().cpu().numpy(), path, f"decoder filters {kernel}")
         written.append(path)
-    for name in _pictured_matrices(model):
+    for name, term in roles.pictured:
         path = directory / f"{name}.png"
-        matrix_png(model.params[name].detach().cpu().numpy(), path, title=f"{name} (inhibition)")
+        matrix_png(model.params[name].detach().cpu().numpy(), path, title=f"{name} ({term})")
         written.append(path)
     if history:
         written.append(curves_png(history, directory / "curves.png"))
@@ -135,29 +136,6 @@ def _layout_structure(model) -> Structure | None:
     for structure in model.program.structures.values():
         if structure.size == units:
             return structure
-    return None
-
-
-def _pictured_matrices(model) -> list[str]:
-    """Parameters that a term asks to be drawn as a matrix (inhibition's S)."""
-    names = []
-    for term in model.program.terms:
-        for argument in term.term.pictured:
-            decl = next(t for t in model.program.spec.energy if t.name.name == term.name)
-            call = _find_call(decl.value, term.term.name)
-            written = dict(zip(term.term.arguments, call.args)) if call is not None else {}
-            node = written.get(argument)
-            if getattr(node, "id", None) in model.params and node.id not in names:
-                names.append(node.id)
-    return names
-
-
-def _find_call(node, func):
-    if getattr(node, "func", None) == func:
-        return node
-    for child in (getattr(node, f, None) for f in ("left", "right", "operand")):
-        if child is not None and (found := _find_call(child, func)) is not None:
-            return found
     return None
 
 
