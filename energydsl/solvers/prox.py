@@ -29,16 +29,19 @@ def make_prox(parts: Sequence[tuple[BoundTerm, tuple]], nonneg: bool):
     checked: no other nonsmooth term, no z ≥ 0).
     """
     separable = [(t, args) for t, args in parts if t.term.prox_kind == "separable"]
-    groups = [t for t, _ in parts if t.term.prox_kind in ("group", "prox")]
+    groups = [(t, args) for t, args in parts if t.term.prox_kind in ("group", "prox")]
     curvature = sum(t.weight * t.term.curvature(*args) for t, args in separable)
-    return ExactProx(separable, groups[0] if groups else None, nonneg), float(curvature)
+    group, group_args = groups[0] if groups else (None, ())
+    return ExactProx(separable, group, nonneg, group_args), float(curvature)
 
 
 class ExactProx:
     """prox(v, step, at): the exact prox of step·(the nonsmooth terms), see :func:`make_prox`."""
 
-    def __init__(self, separable: list[tuple[BoundTerm, tuple]], group: BoundTerm | None, nonneg: bool):
+    def __init__(self, separable: list[tuple[BoundTerm, tuple]], group: BoundTerm | None, nonneg: bool,
+                 group_args: tuple = ()):
         self.separable, self.group, self.nonneg = separable, group, nonneg
+        self.group_args = group_args  # a term with its own prox: the values of its other arguments
 
     def __call__(self, v: torch.Tensor, step: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         if self.nonneg:
@@ -50,7 +53,7 @@ class ExactProx:
         if self.group is not None:
             tau = step * self.group.weight
             if self.group.term.prox_kind == "prox":  # the only nonsmooth term, as the compiler checked
-                return self.group.term.prox(v, tau)
+                return self.group.term.prox(v, tau, *self.group_args)
             v = self.group.term.prox(v, tau, thresholds)
             return v.clamp(min=0) if self.nonneg else v  # removes the dual solver's rounding below 0
         if thresholds is None:

@@ -95,16 +95,17 @@ class SeparableTerm(Term):
 
 
 class ProxTerm(Term):
-    """A nonsmooth term with a prox of its own: ``prox(v, tau)`` = argmin_u ½‖u − v‖² + τ·term(u),
-    per sample, for ``v`` (B, m) and ``tau`` (B, 1).  FISTA and ISTA call it as the whole prox, so it
-    must be the energy's only nonsmooth term (the compiler checks)."""
+    """A nonsmooth term with a prox of its own: ``prox(v, tau, *others)`` = argmin_u ½‖u − v‖² + τ·term(u),
+    per sample, for ``v`` (B, m), ``tau`` (B, 1) and the values of the term's other arguments (constants
+    or parameters: inference holds them fixed).  FISTA and ISTA call it as the whole prox, so it must be
+    the energy's only nonsmooth term, on the latent itself, with no ``z >= 0`` (the compiler checks)."""
 
     smooth = False
     prox_kind = "prox"
 
     @abstractmethod
-    def prox(self, v: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        """argmin_u ½‖u − v‖² + τ·term(u), sample by sample."""
+    def prox(self, v: torch.Tensor, tau: torch.Tensor, *others) -> torch.Tensor:
+        """argmin_u ½‖u − v‖² + τ·term(u, *others), sample by sample."""
 
     def prox_text(self, tau, inside):
         return f"the term's own prox, argmin_u ½‖u − v‖² + {tau}·{self.name}(u)"
