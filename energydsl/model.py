@@ -226,6 +226,6 @@ class EnergyModel(nn.Module):
             p = self.params[plan.name]
             masks = iter(self.masks[plan.name])
             for constraint in plan.constraints:
-                constraint.project(p, next(masks) if constraint.kind == "mask" else None)
+                constraint.project(p, next(masks) if constraint.masked else None)
 
 

@@ -8,12 +8,12 @@ from pygments.lexers import get_lexer_by_name, get_lexer_for_filename
 from pygments.token import Comment, Error, Keyword, Name, Number, Operator, Punctuation, Whitespace
 
 from energydsl.compiler.structures import STRUCTURES
-from energydsl.ops.constraints import DESCRIPTIONS
+from energydsl.ops.constraints import CONSTRAINTS
 from energydsl.data.sources import SOURCES
 from energydsl.expr.compiler import FUNCTIONS
 from energydsl.reporting.highlight import EnergyLexer, vocabulary
 from energydsl.lang.parser import STATEMENT_KEYWORDS
-from energydsl.ops.pools import FAMILY_BUILDERS
+from energydsl.compiler.pools import POOL_FAMILIES
 from energydsl.terms import TERMS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,7 +138,7 @@ def test_every_registered_term_is_a_function(term):
     assert tokens(f"energy e : {term}(z)\n")[3] == (Name.Function, term)
 
 
-BUILTINS = sorted({*FUNCTIONS, *STRUCTURES, *FAMILY_BUILDERS, *SOURCES})
+BUILTINS = sorted({*FUNCTIONS, *STRUCTURES, *POOL_FAMILIES, *SOURCES})
 
 
 @pytest.mark.parametrize("name", BUILTINS)
@@ -146,6 +146,6 @@ def test_every_function_builder_and_data_source_is_a_builtin(name):
     assert tokens(f"let v = {name}(z)\n")[3] == (Name.Builtin, name)
 
 
-@pytest.mark.parametrize("kind", sorted(DESCRIPTIONS))
+@pytest.mark.parametrize("kind", sorted(CONSTRAINTS))
 def test_every_constraint_kind_after_constrain_is_a_constant(kind):
     assert tokens(f"param S[2, 2] constrain nonneg, {kind}\n")[-1] == (Name.Constant, kind)

@@ -10,15 +10,15 @@ import pytest
 
 from energydsl.reporting import reference
 from energydsl.solvers import SOLVERS
-from energydsl.compiler.initialisers import _initialisers
+from energydsl.compiler.initialisers import INITIALISERS
 from energydsl.compiler.params import LEARN_MODES
 from energydsl.compiler.structures import STRUCTURES
 from energydsl.compiler.training import OPTIMIZERS, SCHEDULES
-from energydsl.ops.constraints import DESCRIPTIONS
+from energydsl.ops.constraints import CONSTRAINTS
 from energydsl.data.sources import SOURCES
 from energydsl.expr.compiler import FUNCTION_DESCRIPTIONS, FUNCTIONS
 from energydsl.lang.parser import STATEMENT_KEYWORDS
-from energydsl.ops.pools import FAMILY_BUILDERS
+from energydsl.compiler.pools import POOL_FAMILIES
 from energydsl.reporting.reference import REGENERATE, reference_markdown
 from energydsl.terms import TERMS
 
@@ -75,22 +75,22 @@ def test_every_expression_function_is_described(name):
 
 @pytest.mark.parametrize("name", sorted(STRUCTURES))
 def test_every_structure_is_listed_with_its_arguments(name):
-    assert f"### `{name}`\n\nArguments: {', '.join(STRUCTURES[name])}." in section("Structures")
+    assert f"### `{name}`\n\nArguments: {', '.join(STRUCTURES[name].arguments)}." in section("Structures")
 
 
-@pytest.mark.parametrize("name", sorted(FAMILY_BUILDERS))
+@pytest.mark.parametrize("name", sorted(POOL_FAMILIES))
 def test_every_pool_family_builder_is_listed_with_its_arguments(name):
-    assert f"### `{name}({', '.join(FAMILY_BUILDERS[name])})`" in section("Pool families")
+    assert f"### `{name}({', '.join(POOL_FAMILIES[name].arguments)})`" in section("Pool families")
 
 
-@pytest.mark.parametrize("name", ["tree_inhibition", "grid_inhibition", *_initialisers((2, 2), None)])
+@pytest.mark.parametrize("name", sorted(INITIALISERS))
 def test_every_init_and_matrix_builder_is_listed(name):
     assert f"- `{name}" in section("Initial values and matrices")
 
 
-@pytest.mark.parametrize("kind", sorted(DESCRIPTIONS))
+@pytest.mark.parametrize("kind", sorted(CONSTRAINTS))
 def test_every_constraint_is_described(kind):
-    assert f"- `{kind}`: {DESCRIPTIONS[kind]}" in section("Constraints")
+    assert f"- `{kind}`: {CONSTRAINTS[kind].description}" in section("Constraints")
 
 
 @pytest.mark.parametrize("method", SOLVERS.names())

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 
 from energydsl.lang import spec as S
-from energydsl.ops import structures as st
 from energydsl.errors import Span, SpecError
 from energydsl.expr.compiler import Closure, Env, ExprCompiler, Symbol, Value
-from energydsl.ops.pools import FAMILY_BUILDERS, PoolFamily, blocks, family_from_list, maps, pool_from_ranges, unknown_builder
+from energydsl.ops.pools import PoolFamily
+from energydsl.compiler.pools import POOL_FAMILIES, family_from_list, pool_from_ranges, unknown_builder
 from energydsl.compiler.program import Variable
 
 
@@ -50,53 +50,14 @@ class ExpressionsStage:
         node, name = decl.value, decl.name.name
         if isinstance(node, S.ListExpr):
             return family_from_list(name, node, families)
-        if not isinstance(node, S.Call) or node.func not in FAMILY_BUILDERS:
+        if not isinstance(node, S.Call) or node.func not in POOL_FAMILIES:
             if isinstance(node, S.Call):
                 raise unknown_builder(node)
             raise SpecError("expected a pool family such as blocks(z, 4) or [a, b]", node.span)
-        slots = self.consts.arguments(node, len(FAMILY_BUILDERS[node.func]), FAMILY_BUILDERS[node.func])
-        self.consts.required(node, slots, 2 if node.func != "subtrees" else 1)
-        if node.func == "blocks":
-            if not isinstance(slots[0], S.Name) or slots[0].id != latent.name:
-                raise SpecError(f"blocks() groups units of the latent: its first argument is '{latent.name}'",
-                                slots[0].span)  # fmt: skip
-            return blocks(name, latent.shape[0], self.consts.integer(slots[1], "the block size"))
-        if node.func == "maps":
-            if not isinstance(slots[0], S.Name) or slots[0].id != latent.name:
-                raise SpecError(f"maps() groups the code maps of the latent: its first argument is '{latent.name}'",
-                                slots[0].span)  # fmt: skip
-            if latent.layout is None:
-                raise SpecError(f"maps() needs code maps, e.g. 'latent {latent.name}[16, 28, 28]'; "
-                                f"'{latent.name}' is a vector", slots[0].span)  # fmt: skip
-            size = self.consts.integer(slots[1], "the number of maps per pool")
-            window = self.consts.integer(slots[2], "the window") if slots[2] is not None else 1
-            stride = self.consts.integer(slots[3], "the stride") if slots[3] is not None else window
-            if window > min(latent.layout[1:]):
-                raise SpecError(f"a window of {window}x{window} does not fit {latent.layout[1]}x{latent.layout[2]} "
-                                "code maps", slots[2].span)  # fmt: skip
-            return maps(name, latent.layout, size, window, stride)
-        return self._structured_family(name, node, slots)
-
-    def _structured_family(self, name: str, node: S.Call, slots) -> PoolFamily:
-        weights = None
-        if node.func == "windows":
-            structure = self.structure_argument(slots[0], "windows()", ("grid", "torus"))
-            size = self.consts.integer(slots[1], "the window size")
-            stride = self.consts.integer(slots[2], "the stride") if slots[2] is not None else 1
-            if size > min(structure.shape):
-                raise SpecError(f"windows of {size}x{size} do not fit a {structure.shape[0]}x{structure.shape[1]} map",
-                                slots[1].span)  # fmt: skip
-            sigma = self.consts.positive(slots[3], "sigma") if slots[3] is not None else None
-            members, weights = st.windows(structure, size, stride, sigma)
-        elif node.func == "neighborhoods":
-            structure = self.structure_argument(slots[0], "neighborhoods()")
-            members = st.neighborhoods(structure, self.consts.integer(slots[1], "the radius", 0))
-        else:
-            structure = self.structure_argument(slots[0], "subtrees()", ("tree",))
-            members = st.subtrees(structure)
-        names = tuple(f"{name}[{i}]" for i in range(len(members)))
-        weights = tuple(weights) if weights is not None else None
-        return PoolFamily(name, structure.size, names, tuple(members), weights)
+        entry = POOL_FAMILIES[node.func]
+        slots = self.consts.arguments(node, len(entry.arguments), entry.arguments)
+        self.consts.required(node, slots, entry.required)
+        return entry.build(self, name, node, slots, latent)
 
     def _encoder(self, latent: Variable, model: ExprCompiler) -> Closure | None:
         decl = self._only(self.spec.encoders, "encoder", False)

@@ -1,15 +1,21 @@
-"""The functions only an ``init`` expression may use, and the tensor code behind them."""
+"""The functions only an ``init`` or ``mask`` expression may use (registry :data:`INITIALISERS`: random
+and constant values, samples of the input, matrices from structures), and the tensor code behind them."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from energydsl.lang import spec as S
+from energydsl.ops import structures as st
 from energydsl.errors import SpecError
 from energydsl.expr.compiler import Closure, Env, Value
 from energydsl.compiler.program import Variable
+from energydsl.registry import Registry
 
 
 def _default_init(shape: tuple[int, ...]) -> Closure:
@@ -22,33 +28,94 @@ def _default_init(shape: tuple[int, ...]) -> Closure:
     ) * std
 
 
-def _initialisers(shape: tuple[int, ...], input_var: Variable) -> dict:
-    """The functions and names that only an ``init`` expression may use."""
+@dataclass(frozen=True)
+class InitTarget:
+    """What an initialiser knows of the parameter it fills."""
 
-    def target(compiler, node, make):
-        slots = compiler.arguments(node, 1)
-        argument = compiler.constant(slots[0]) if slots[0] is not None else 1.0
-        return Value(shape), lambda env: make(env) * argument
+    shape: tuple[int, ...]
+    input_var: Variable | None  # the input, for samples(x)
+    # the structure a matrix builder names: structure_argument(node, what, kinds)
+    structure_argument: Callable | None = None
 
-    def generated(sampler):
-        def build(env):
-            cpu = sampler(shape, generator=env["generator"], dtype=env["reference"].dtype)
-            return cpu.to(env["reference"].device)
 
-        return build
+class Initialiser:
+    """A function only an ``init`` or ``mask`` expression may use; its docstring is its reference entry.
 
-    def normal(compiler, node):
-        """``normal(std)``: independent N(0, std²) entries (std = 1 when omitted)."""
-        return target(compiler, node, generated(torch.randn))
+    A new one is a subclass and one ``INITIALISERS.register`` line (or an entry point in the
+    ``energydsl.initialisers`` group).
+    """
 
-    def uniform(compiler, node):
-        """``uniform(a)``: independent entries uniform in [−a, a] (a = 1 when omitted)."""
-        return target(compiler, node, lambda env: generated(torch.rand)(env) * 2 - 1)
+    name: ClassVar[str]
+    as_name: ClassVar[bool] = False  # may also be written without parentheses (zeros, I)
+    from_structure: ClassVar[bool] = False  # a matrix built from a structure (listed apart)
 
-    def samples(compiler, node):
-        """``samples(x)``: random training samples of the input, scaled to unit norm, as the columns
-        (or rows) of the matrix; for a kernel [out, channels, kh, kw] of an image input, random
-        kh×kw patches of the training images (the most contrasted of several draws), unit norm."""
+    @classmethod
+    def compile(cls, compiler, node: S.Call, target: InitTarget) -> tuple[Value, Closure]:
+        """The value (its shape) and the closure that builds it, for the call ``node``."""
+        raise NotImplementedError
+
+
+INITIALISERS: Registry[type[Initialiser]] = Registry("initialiser", "energydsl.initialisers")
+
+
+def init_functions(target: InitTarget) -> dict:
+    """The initialisers as the expression compiler's extra functions, for one parameter."""
+    functions = {}
+    for name, entry in INITIALISERS.items():
+
+        def compile_call(compiler, node, entry=entry):
+            return entry.compile(compiler, node, target)
+
+        compile_call.as_name = entry.as_name
+        functions[name] = compile_call
+    return functions
+
+
+def _scaled(compiler, node, shape, make) -> tuple[Value, Closure]:
+    slots = compiler.arguments(node, 1)
+    argument = compiler.constant(slots[0]) if slots[0] is not None else 1.0
+    return Value(shape), lambda env: make(env) * argument
+
+
+def _generated(sampler, shape):
+    def build(env):
+        cpu = sampler(shape, generator=env["generator"], dtype=env["reference"].dtype)
+        return cpu.to(env["reference"].device)
+
+    return build
+
+
+class Normal(Initialiser):
+    """``normal(std)``: independent N(0, std²) entries (std = 1 when omitted)."""
+
+    name = "normal"
+
+    @classmethod
+    def compile(cls, compiler, node, target):
+        return _scaled(compiler, node, target.shape, _generated(torch.randn, target.shape))
+
+
+class Uniform(Initialiser):
+    """``uniform(a)``: independent entries uniform in [−a, a] (a = 1 when omitted)."""
+
+    name = "uniform"
+
+    @classmethod
+    def compile(cls, compiler, node, target):
+        draw = _generated(torch.rand, target.shape)
+        return _scaled(compiler, node, target.shape, lambda env: draw(env) * 2 - 1)
+
+
+class Samples(Initialiser):
+    """``samples(x)``: random training samples of the input, scaled to unit norm, as the columns
+    (or rows) of the matrix; for a kernel [out, channels, kh, kw] of an image input, random
+    kh×kw patches of the training images (the most contrasted of several draws), unit norm."""
+
+    name = "samples"
+
+    @classmethod
+    def compile(cls, compiler, node, target):
+        shape, input_var = target.shape, target.input_var
         slots = compiler.arguments(node, 1)
         compiler.required(node, slots, 1)
         if not isinstance(slots[0], S.Name) or slots[0].id != input_var.name:
@@ -62,39 +129,113 @@ def _initialisers(shape: tuple[int, ...], input_var: Variable) -> dict:
                             f"this one is {list(shape)}", node.span)  # fmt: skip
         return Value(shape), lambda env: _draw_samples(env, shape, dim)
 
-    functions = {"normal": normal, "uniform": uniform, "samples": samples}
-    square = len(shape) == 2 and shape[0] == shape[1]
 
-    def identity(env):
-        """The identity matrix (square parameters only)."""
-        return torch.eye(shape[0], dtype=env["reference"].dtype, device=env["reference"].device)
+class _Constant(Initialiser):
+    """A fixed matrix of the parameter's shape, written as a name or a call without arguments."""
 
-    def zeros(env):
-        """Every entry 0."""
+    as_name = True
+
+    @classmethod
+    def check(cls, node: S.Call, shape) -> None:
+        if node.args or node.kwargs:
+            raise SpecError(f"{node.func} takes no arguments: its shape is the parameter's", node.span)
+
+    @classmethod
+    def build(cls, env: Env, shape) -> torch.Tensor:
+        raise NotImplementedError
+
+    @classmethod
+    def compile(cls, compiler, node, target):
+        shape = target.shape
+        cls.check(node, shape)
+        return Value(shape), lambda env: cls.build(env, shape)
+
+
+class Zeros(_Constant):
+    """Every entry 0."""
+
+    name = "zeros"
+
+    @classmethod
+    def build(cls, env, shape):
         return env["reference"].new_zeros(shape)
 
-    def ones(env):
-        """Every entry 1."""
+
+class Ones(_Constant):
+    """Every entry 1."""
+
+    name = "ones"
+
+    @classmethod
+    def build(cls, env, shape):
         return env["reference"].new_ones(shape)
 
-    for name, builder in {"zeros": zeros, "ones": ones}.items():
-        functions[name] = _as_name_or_call(name, Value(shape), builder)
-    for name in ("I", "eye"):
-        functions[name] = _as_name_or_call(name, Value(shape), identity, square=square)
-    return functions
+
+class Identity(_Constant):
+    """The identity matrix (square parameters only)."""
+
+    name = "I"  # also registered as eye
+
+    @classmethod
+    def check(cls, node, shape):
+        super().check(node, shape)
+        if not (len(shape) == 2 and shape[0] == shape[1]):
+            raise SpecError(f"{node.func} is the identity: the parameter must be square", node.span)
+
+    @classmethod
+    def build(cls, env, shape):
+        return torch.eye(shape[0], dtype=env["reference"].dtype, device=env["reference"].device)
 
 
-def _as_name_or_call(name: str, value: Value, builder: Closure, square: bool = True):
-    def compile_call(compiler, node):
-        if node.args or node.kwargs:
-            raise SpecError(f"{name} takes no arguments: its shape is the parameter's", node.span)
-        if not square:
-            raise SpecError(f"{name} is the identity: the parameter must be square", node.span)
-        return value, builder
+def _matrix(array) -> tuple[Value, Closure]:
+    tensor = torch.from_numpy(array)
+    return Value(tuple(tensor.shape)), lambda env: tensor.to(env["reference"])
 
-    compile_call.as_name = True
-    compile_call.__doc__ = builder.__doc__
-    return compile_call
+
+class TreeInhibition(Initialiser):
+    """``tree_inhibition(tree)``: 0 between a unit and its ancestors, its descendants and itself,
+    1 between units on different branches."""
+
+    name = "tree_inhibition"
+    from_structure = True
+
+    @classmethod
+    def compile(cls, compiler, node, target):
+        slots = compiler.arguments(node, 1, ("tree",))
+        compiler.required(node, slots, 1)
+        return _matrix(st.tree_inhibition(target.structure_argument(slots[0], node.func, ("tree",))))
+
+
+class GridInhibition(Initialiser):
+    """``grid_inhibition(map, radius = r)``: 0 within r steps on the map, 1 beyond;
+    ``grid_inhibition(map, sigma = s)``: 1 − exp(−d²/2s²) at distance d.  0 on the diagonal."""
+
+    name = "grid_inhibition"
+    from_structure = True
+
+    @classmethod
+    def compile(cls, compiler, node, target):
+        slots = compiler.arguments(node, 3, ("map", "radius", "sigma"))
+        compiler.required(node, slots, 1)
+        slot, radius, sigma = slots
+        structure = target.structure_argument(slot, node.func)
+        if (radius is None) == (sigma is None):
+            raise SpecError("grid_inhibition() takes radius = r (0 within r steps, 1 beyond) or sigma = s "
+                            "(smooth)", node.span)  # fmt: skip
+        radius = compiler.constant(radius) if radius is not None else None
+        sigma = compiler.positive(sigma, "sigma") if sigma is not None else None
+        return _matrix(st.grid_inhibition(structure, radius, sigma))
+
+
+INITIALISERS.register(Normal)
+INITIALISERS.register(Uniform)
+INITIALISERS.register(Samples)
+INITIALISERS.register(Zeros)
+INITIALISERS.register(Ones)
+INITIALISERS.register(Identity)
+INITIALISERS.register(Identity, "eye")
+INITIALISERS.register(TreeInhibition)
+INITIALISERS.register(GridInhibition)
 
 
 def _draw_samples(env: Env, shape, dim: int) -> torch.Tensor:

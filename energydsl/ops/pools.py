@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from energydsl.lang import spec as S
-from energydsl.errors import SpecError, did_you_mean, one_of
 
 # above this many entries (units × pools) the pools of one level are a table of indices (see GroupNorms)
 DENSE_LEVEL_LIMIT = 4_000_000
@@ -346,22 +344,6 @@ def maps(name: str, layout: tuple[int, int, int], size: int, window: int = 1, st
     return PoolFamily(name, channels * rows * cols, tuple(names), tuple(members), tiling=tiling)
 
 
-def pool_from_ranges(decl: S.PoolDecl, size: int, integer) -> PoolFamily:
-    """``pool a = z[0:32, 40]`` → a family holding the one pool ``a``."""
-    units: list[int] = []
-    for item in decl.indices:
-        start = integer(item.start, "a pool index", 0)
-        stop = start + 1 if item.stop is None else integer(item.stop, "a pool index", 0)
-        if stop <= start:
-            raise SpecError(f"empty range {start}:{stop}", item.span, hint="a range is start:stop with stop > start")
-        if stop > size:
-            raise SpecError(f"index {stop - 1} is out of range: '{decl.variable.name}' has {size} units", item.span)
-        units.extend(range(start, stop))
-    if len(set(units)) != len(units):
-        raise SpecError(f"pool '{decl.name.name}' lists a unit twice", decl.span)
-    return PoolFamily(decl.name.name, size, (decl.name.name,), (tuple(units),))
-
-
 def blocks(name: str, size: int, block: int) -> PoolFamily:
     """Consecutive blocks of ``block`` units (``blocks(z, block)``): pools ``P[0]`` = 0..block-1, and so on."""
     starts = range(0, size, block)
@@ -370,35 +352,3 @@ def blocks(name: str, size: int, block: int) -> PoolFamily:
     # equal blocks are a reshape of the code (as maps of one pixel), with no index tables
     tiling = (size, 1, 1, block, 1) if size % block == 0 else None
     return PoolFamily(name, size, names, members, tiling=tiling)
-
-
-def family_from_list(name: str, node: S.ListExpr, known: dict[str, PoolFamily]) -> PoolFamily:
-    """``[strokes, loops]``: named single pools gathered into one family."""
-    names, members = [], []
-    for item in node.items:
-        if not isinstance(item, S.Name) or item.id not in known:
-            label = item.id if isinstance(item, S.Name) else "this"
-            hint = did_you_mean(label, known) if isinstance(item, S.Name) else None
-            raise SpecError(f"'{label}' is not a declared pool", item.span, hint=hint)
-        family = known[item.id]
-        names.extend(family.pool_names)
-        members.extend(family.members)
-    sizes = {known[item.id].size for item in node.items}
-    if len(sizes) != 1:
-        raise SpecError("these pools index latents of different sizes", node.span)
-    return PoolFamily(name, sizes.pop(), tuple(names), tuple(members))
-
-
-# builder → its arguments, by position
-FAMILY_BUILDERS = {
-    "blocks": ("of", "size"),
-    "maps": ("of", "size", "window", "stride"),
-    "windows": ("map", "size", "stride", "sigma"),
-    "neighborhoods": ("graph", "radius"),
-    "subtrees": ("tree",),
-}
-
-
-def unknown_builder(node: S.Call) -> SpecError:
-    return SpecError(f"unknown pool family '{node.func}'", node.func_span,
-                     hint=did_you_mean(node.func, FAMILY_BUILDERS) or one_of(FAMILY_BUILDERS))  # fmt: skip

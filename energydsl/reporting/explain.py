@@ -152,8 +152,8 @@ def _constraints_text(program: Program, decl: S.ParamDecl, plan: ParamPlan) -> s
     written = {c.kind: c for c in decl.constraints}
     parts = []
     for constraint in plan.constraints:  # in the order they are projected
-        if constraint.kind == "mask":
-            parts.append("mask " + _source_text(program, written["mask"].value.span))
+        if constraint.masked:
+            parts.append(f"{constraint.kind} " + _source_text(program, written[constraint.kind].value.span))
         elif constraint.bound is not None:
             parts.append(f"{constraint.kind} {constraint.compare} {constraint.bound:g}")
         else:

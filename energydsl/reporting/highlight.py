@@ -4,7 +4,7 @@ Every word it knows is read from the code that implements the language, so the
 highlighting follows the language as it changes: the keywords from ``grammar.lark``,
 the energy terms from :data:`energydsl.terms.TERMS`, the functions, builders, data
 sources, inference methods and optimizers from their registries, the constraints from
-:data:`energydsl.constraints.DESCRIPTIONS`.
+:data:`energydsl.ops.constraints.CONSTRAINTS`.
 
 Pygments finds the lexer through the ``pygments.lexers`` entry point in
 ``pyproject.toml``::
@@ -35,10 +35,10 @@ from energydsl.compiler.params import LEARN_MODES
 from energydsl.compiler.structures import STRUCTURES
 from energydsl.compiler.training import OPTIMIZERS
 from energydsl.compiler.variables import NORMALIZATIONS
-from energydsl.ops.constraints import DESCRIPTIONS as CONSTRAINTS
+from energydsl.ops.constraints import CONSTRAINTS
 from energydsl.data.sources import SOURCES
 from energydsl.expr.compiler import FUNCTIONS
-from energydsl.ops.pools import FAMILY_BUILDERS
+from energydsl.compiler.pools import POOL_FAMILIES
 from energydsl.reporting.reference import grammar_keywords, grammar_rules, init_builders, matrix_builders, statement_keyword, statement_rules
 from energydsl.terms import TERMS
 
@@ -66,7 +66,7 @@ def vocabulary() -> Vocabulary:
     """Read the vocabulary from the grammar and the registries."""
     statements = tuple(statement_keyword(rule) for rule in statement_rules())
     keywords = tuple(w for w in grammar_keywords() if w not in statements)
-    builtins = [*FUNCTIONS, *STRUCTURES, *FAMILY_BUILDERS, *init_builders(), *matrix_builders(), *SOURCES,
+    builtins = [*FUNCTIONS, *STRUCTURES, *POOL_FAMILIES, *init_builders(), *matrix_builders(), *SOURCES,
                 *SOLVERS, *OPTIMIZERS]  # fmt: skip
     return Vocabulary(
         statement_keywords=statements,

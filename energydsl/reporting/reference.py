@@ -22,21 +22,17 @@ from functools import lru_cache
 from importlib.resources import files
 
 from energydsl.ops import constraints
-from energydsl.ops import pools
-from energydsl.ops import structures as st
-from energydsl.compiler import Variable
-from energydsl.compiler.params import ParamsStage
 from energydsl.solvers import SOLVERS
-from energydsl.compiler.initialisers import _initialisers
+from energydsl.ops.constraints import CONSTRAINTS
+from energydsl.compiler.initialisers import INITIALISERS
 from energydsl.compiler.params import LEARN_MODES
 from energydsl.compiler.program import DEFAULT_STEPS, DEFAULT_TOL
+from energydsl.compiler.pools import POOL_FAMILIES, family_from_list
 from energydsl.compiler.structures import STRUCTURES
 from energydsl.compiler.training import DEFAULT_LR, OPTIMIZER_DESCRIPTIONS, OPTIMIZERS, SCHEDULES
 from energydsl.compiler.variables import NORMALIZATIONS
 from energydsl.data.sources import SOURCES
-from energydsl.errors import Span
 from energydsl.expr.compiler import FUNCTION_DESCRIPTIONS, FUNCTIONS
-from energydsl.ops.pools import FAMILY_BUILDERS
 from energydsl.terms import TERMS
 
 REGENERATE = "python -m energydsl.reporting.reference > docs/reference.md"
@@ -137,32 +133,16 @@ def _is_plain_terminal(rule: GrammarRule) -> bool:
 # ---------------------------------------------------------------- builders the compiler makes per parameter
 
 
-def init_builders() -> dict[str, Callable]:
-    """What an ``init`` or ``mask`` expression may use besides constants and earlier parameters.
-
-    The compiler builds these closures per parameter (they know its shape); a square
-    2×2 parameter and an input ``x[2]`` are enough to list them and read their docstrings.
-    """
-    nowhere = Span(line=1, column=1, end_line=1, end_column=1)
-    return _initialisers((2, 2), Variable("x", (2,), nowhere))
+def init_builders() -> dict[str, type]:
+    """What an ``init`` or ``mask`` expression may use besides constants and earlier parameters
+    (the registry's entries that are not matrices from structures)."""
+    return {name: entry for name, entry in INITIALISERS.items() if not entry.from_structure}
 
 
-def matrix_builders() -> dict[str, Callable]:
+def matrix_builders() -> dict[str, type]:
     """The matrices made from structures (``tree_inhibition(T)``, ...), usable in ``init`` and ``mask``."""
-    return ParamsStage._matrix_builders(None, (2, 2))  # self is only used when a builder runs
+    return {name: entry for name, entry in INITIALISERS.items() if entry.from_structure}
 
-
-# How the structures' DSL forms map to the functions that build them (and document them).
-STRUCTURE_FORMS: dict[str, list[tuple[str, Callable]]] = {
-    "grid": [("grid(rows, cols)", st.grid)],
-    "torus": [("torus(rows, cols)", st.torus)],
-    "chain": [("chain(length)", st.chain)],
-    "tree": [
-        ("tree(branching, depth)", st.balanced_tree),
-        ("tree(edges = [[parent, child], ...], root = 0)", st.tree_from_edges),
-        ('tree(file = "tree.gml", root = 0)', st.tree_from_file),
-    ],
-}
 
 _ARGUMENT_KINDS = {"value": "an expression", "label": "the label", "pools": "a pool family", "structure": "a tree"}
 
@@ -291,19 +271,17 @@ def _terms() -> list[str]:
 
 def _structures() -> list[str]:
     out = _heading("Structures")
-    forms = _required(STRUCTURE_FORMS, STRUCTURES, "structure")
-    for name, arguments in STRUCTURES.items():
-        out += ["", f"### `{name}`", "", f"Arguments: {', '.join(arguments)}."]
-        out += [line for form, builder in forms[name] for line in ("", f"`{form}`: {_docstring(builder)}")]
+    for name, entry in STRUCTURES.items():
+        out += ["", f"### `{name}`", "", f"Arguments: {', '.join(entry.arguments)}."]
+        out += [line for form, builder in entry.forms for line in ("", f"`{form}`: {_docstring(builder)}")]
     return out
 
 
 def _pool_families() -> list[str]:
     out = _heading("Pool families")
-    for name, arguments in FAMILY_BUILDERS.items():
-        builder = getattr(pools, name, None) or getattr(st, name)
-        out += ["", f"### `{name}({', '.join(arguments)})`", "", _docstring(builder)]
-    return out + ["", "### `[a, b, ...]`", "", _docstring(pools.family_from_list)]
+    for name, entry in POOL_FAMILIES.items():
+        out += ["", f"### `{name}({', '.join(entry.arguments)})`", "", _docstring(entry)]
+    return out + ["", "### `[a, b, ...]`", "", _docstring(family_from_list)]
 
 
 def _builders() -> list[str]:
@@ -322,7 +300,7 @@ def _builder_item(name: str, builder: Callable) -> str:
 def _constraints() -> list[str]:
     projection = inspect.getdoc(constraints).split("\n\n", 1)[1]  # after the module's one-line summary
     out = _heading("Constraints") + [""]
-    out += [f"- `{name}`: {_inline(text)}" for name, text in constraints.DESCRIPTIONS.items()]
+    out += [f"- `{name}`: {_inline(entry.description)}" for name, entry in CONSTRAINTS.items()]
     return out + ["", _inline(" ".join(projection.split()))]
 
 

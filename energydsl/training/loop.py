@@ -74,7 +74,7 @@ def _column_projection(model: EnergyModel, name: str):
     constraints — col_norm, nonneg, mask — act on each column alone)."""
     plan = next(p for p in model.program.params if p.name == name)
     masks = iter(model.masks[name])
-    steps = [(c, next(masks) if c.kind == "mask" else None) for c in plan.constraints]
+    steps = [(c, next(masks) if c.masked else None) for c in plan.constraints]
 
     def project(D: torch.Tensor, j: int) -> None:
         for constraint, mask in steps:
