@@ -21,7 +21,7 @@ class ElasticNet(ProxTerm):
     correlated atoms; its prox is a soft-threshold followed by a shrink by 1/(1 + τγ)."""
 
     name = "elastic_net"  # the word a spec writes, and the entry point's name
-    formula = "‖{v}‖₁ + ({gamma}/2)‖{v}‖²"
+    formula = "(‖{v}‖₁ + ({gamma}/2)‖{v}‖²)"
     arguments = ("v", "gamma")
     kinds = ("value", "value")
 
