@@ -15,7 +15,8 @@ from scipy.special import logsumexp
 from sklearn.linear_model import Lasso
 
 import energydsl
-from energydsl.data.sources import Dataset, synthetic
+from energydsl.data import Dataset
+from energydsl.data.synthetic import synthetic
 from energydsl.solvers.infer import SAFETY, Problem, fista, lipschitz
 
 DIM, ATOMS, LAM = 16, 40, 0.05
