@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from energydsl.data.sources import mnist
+from energydsl.data.mnist import mnist
 
 LAMBDA = 0.1
 

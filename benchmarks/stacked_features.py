@@ -25,7 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 import energydsl
-from energydsl.data.sources import mnist
+from energydsl.data.mnist import mnist
 
 C_VALUES = (0.01, 0.03, 0.1, 0.3, 1.0)
 VALIDATION = 1000

@@ -8,7 +8,7 @@
 __version__ = "0.1.0"
 
 from energydsl.api import compile_program, load, load_run, train
-from energydsl.data.sources import Dataset, DataError
+from energydsl.data import Dataset, DataError
 from energydsl.errors import RunError, SpecError, UserError
 from energydsl.model import EnergyModel
 from energydsl.runs.stacking import export

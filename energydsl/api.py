@@ -11,49 +11,25 @@ from pathlib import Path
 
 import torch
 
-from energydsl.runs import checkpoint
+from energydsl.runs import checkpoint  # energydsl.runs also registers the stacked data source
+from energydsl.runs.directory import load_run, run_dataset
 from energydsl.reporting.analysis import infer_all, run_metrics
-from energydsl.compiler import Program, compile_spec, spec_dir
-from energydsl.data.sources import Dataset, load_data
+from energydsl.building import compile_program, load_dataset, read_spec
+from energydsl.data import Dataset
 from energydsl.training.distributed import SINGLE, Workers
-from energydsl.errors import RunError, SpecError
+from energydsl.errors import RunError
 from energydsl.model import EnergyModel
-from energydsl.lang.parser import parse, parse_file, parse_source_call
-from energydsl.lang.spec import Spec
 from energydsl.training.loop import evaluate, initial_state
 from energydsl.training.loop import train as _train_loop
 from energydsl.reporting.report import REPORT_FILE, write_report
 from energydsl.reporting.resources import check_fits
 from energydsl.reporting.viz import write_pictures
 
+__all__ = ["compile_program", "evaluate_run", "load", "load_dataset", "load_run", "plot_run", "read_spec",
+           "run_dataset", "train"]
+
 DEFAULT_CHECKPOINT_EVERY = 200  # steps; a checkpoint also follows every epoch
 ANALYSIS_SAMPLES = 4096  # held-out samples whose codes feed the analyses and pictures
-
-
-def read_spec(spec: str | Path) -> Spec:
-    """A spec from a path, or from its source text (any string with a line break)."""
-    if isinstance(spec, Path) or "\n" not in spec:
-        return parse_file(spec)
-    return parse(spec, "<spec>")
-
-
-def compile_program(
-    spec: str | Path | Spec,
-    set: Mapping[str, object] | None = None,
-    data: str | None = None,
-    data_info: tuple | None = None,
-) -> Program:
-    """Parse and check a spec without allocating anything (``energydsl check``)."""
-    parsed = spec if isinstance(spec, Spec) else read_spec(spec)
-    data_node = parse_source_call(data) if data is not None else None
-    return compile_spec(parsed, set, data_node, data_info)
-
-
-def load_dataset(program: Program, base_dir: Path | None = None) -> Dataset:
-    """The data a compiled spec names; file paths are relative to ``base_dir`` (default: the spec's folder)."""
-    call = program.data
-    base = base_dir if base_dir is not None else spec_dir(program.spec.path)
-    return load_data(call.name, call.args, dict(call.kwargs), base_dir=base)
 
 
 def load(
@@ -184,35 +160,6 @@ class _RunWriter:
     def _write_metrics(self) -> None:
         text = "".join(line + "\n" for line in self.lines)
         checkpoint.atomic_write(self.directory / checkpoint.METRICS_FILE, text.encode())
-
-
-def load_run(directory: str | Path, device: str | torch.device | None = None) -> EnergyModel:
-    """The trained model of a run directory, without its data and without retraining."""
-    directory = Path(directory)
-    meta = checkpoint.read_meta(directory)
-    source = meta.get("spec_source", "")
-    try:
-        spec = parse(source, str(directory / checkpoint.SPEC_FILE))
-        program = compile_spec(spec, data_info=(tuple(meta["sample_shape"]), meta["num_classes"]))
-    except SpecError as error:
-        raise RunError(f"{directory}: the saved spec does not compile: {error}") from None
-    model = EnergyModel(program, train_x=None)
-    tensors = checkpoint.load_tensors(directory, program, meta)
-    with torch.no_grad():
-        for name, tensor in tensors.items():
-            model.params[name].copy_(tensor)
-    return model.to(device) if device is not None else model
-
-
-
-def run_dataset(directory: str | Path, model: EnergyModel | None = None) -> Dataset:
-    """The data a run trained on, as its saved spec names it.
-
-    A data file's relative path is read from the folder of the spec the run started from.
-    """
-    model = model if model is not None else load_run(directory)
-    meta = checkpoint.read_meta(Path(directory))
-    return load_dataset(model.program, spec_dir(meta["spec_path"]))
 
 
 def evaluate_run(directory: str | Path) -> dict:

@@ -31,7 +31,7 @@ from sklearn.utils.validation import check_array, check_consistent_length, check
 
 from energydsl.lang import spec as S
 from energydsl.api import load, read_spec, train
-from energydsl.data.sources import Dataset
+from energydsl.data import Dataset
 from energydsl.errors import WHOLE_SPEC, SpecError, UserError, did_you_mean
 from energydsl.expr.compiler import ExprCompiler, Symbol, Value
 

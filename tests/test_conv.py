@@ -21,7 +21,7 @@ import energydsl
 from energydsl.ops import conv
 from energydsl.solvers import problem as infer
 from energydsl.solvers import stepsize
-from energydsl.data.sources import Dataset
+from energydsl.data import Dataset
 from energydsl.errors import SpecError
 from energydsl.ops.pools import GroupNorms, maps
 

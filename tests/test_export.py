@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import energydsl
 from energydsl.cli import main
-from energydsl.data.sources import DataError, describe_source, load_data
+from energydsl.data import DataError, describe_source, load_data
 from energydsl.runs.stacking import ExportError
 
 LAYER1 = """

@@ -9,7 +9,7 @@ from pygments.token import Comment, Error, Keyword, Name, Number, Operator, Punc
 
 from energydsl.compiler.structures import STRUCTURES
 from energydsl.ops.constraints import CONSTRAINTS
-from energydsl.data.sources import SOURCES
+from energydsl.data import SOURCES
 from energydsl.expr.compiler import FUNCTIONS
 from energydsl.reporting.highlight import EnergyLexer, vocabulary
 from energydsl.lang.parser import STATEMENT_KEYWORDS

@@ -15,7 +15,8 @@ from scipy.special import logsumexp
 from sklearn.linear_model import Lasso
 
 import energydsl
-from energydsl.data.sources import Dataset, synthetic
+from energydsl.data import Dataset
+from energydsl.data.synthetic import synthetic
 from energydsl.solvers.fista import fista
 from energydsl.solvers.problem import SAFETY, Problem, lipschitz
 

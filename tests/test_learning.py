@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import energydsl
-from energydsl.data.sources import Dataset
+from energydsl.data import Dataset
 
 RECOVERY_SPEC = Path(__file__).parent / "specs" / "ok" / "synthetic_recovery.energy"
 

@@ -15,7 +15,7 @@ from energydsl.compiler.params import LEARN_MODES
 from energydsl.compiler.structures import STRUCTURES
 from energydsl.compiler.training import OPTIMIZERS, SCHEDULES
 from energydsl.ops.constraints import CONSTRAINTS
-from energydsl.data.sources import SOURCES
+from energydsl.data import SOURCES
 from energydsl.expr.compiler import FUNCTION_DESCRIPTIONS, FUNCTIONS
 from energydsl.lang.parser import STATEMENT_KEYWORDS
 from energydsl.compiler.pools import POOL_FAMILIES
@@ -107,7 +107,7 @@ def test_every_optimizer_is_listed_with_its_options(name):
 def test_every_data_source_has_its_parameters_and_docstring(name):
     text = section("Data sources")
     entry = text[text.index(f"### `{name}(") :].split("\n### ")[0]
-    assert first_line(SOURCES[name]) in entry
+    assert first_line(SOURCES[name].load) in entry
     for parameter in reference.source_parameters(SOURCES[name]):
         assert f"- `{parameter.name}`:" in entry  # the docstring's Args, as a list
 

@@ -191,7 +191,7 @@ def test_only_overlapping_pools_get_dual_variables():
 MEASURE = """
 import json, sys, torch, energydsl
 torch.set_num_threads(1)  # one allocator arena's worth of noise, and fair to a busy machine
-from energydsl.data.sources import Dataset
+from energydsl.data import Dataset
 from energydsl.training.loop import evaluate, make_optimizers, train_step
 
 def status(field):

@@ -8,16 +8,14 @@ order, so a name is known from its declaration on.
 from __future__ import annotations
 
 import math
-
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 
 from energydsl.lang import spec as S
-from energydsl.data.sources import DataError, describe_source
-from energydsl.errors import WHOLE_SPEC, Span, SpecError, did_you_mean, one_of
+from energydsl.errors import WHOLE_SPEC, Span, SpecError, UserError, did_you_mean, one_of
 from energydsl.expr.compiler import ExprCompiler, Symbol, Value
-from energydsl.compiler.common import _EXAMPLES, _override_value, _stem, spec_dir
+from energydsl.compiler.common import _EXAMPLES, _override_value, _stem
 from energydsl.compiler.roles import Roles, find_roles
 from energydsl.compiler.program import DataCall, Program, Variable
 from energydsl.compiler.variables import VariablesStage
@@ -28,16 +26,28 @@ from energydsl.compiler.energy import EnergyStage
 from energydsl.compiler.inference import InferenceStage
 from energydsl.compiler.training import TrainingStage
 
+DataInfo = tuple[tuple[int, ...], int | None]  # the data's sample shape and classes (None: unlabelled)
+
 
 def compile_spec(
     spec: S.Spec,
     overrides: Mapping[str, object] | None = None,
     data: S.Call | None = None,
-    data_info: tuple[tuple[int, ...], int | None] | None = None,
+    data_info: DataInfo | None = None,
+    *,
+    describe_data: Callable[[DataCall], DataInfo] | None = None,
 ) -> Program:
-    """Check ``spec`` and compile it; ``data_info`` skips asking the data source."""
+    """Check ``spec`` and compile it.
+
+    The compiler never reads data: the data's (sample shape, classes) is ``data_info`` or,
+    without it, what ``describe_data`` answers for the data call (``data``, or the spec's
+    ``data`` line, with its constants evaluated).  A :class:`~energydsl.errors.UserError`
+    from ``describe_data`` about the spec's own data line is reported at that line.
+    """
+    if data_info is None and describe_data is None:
+        raise TypeError("compile_spec needs the data's description: data_info or describe_data")
     try:
-        return Compiler(spec, dict(overrides or {}), data, data_info).run()
+        return Compiler(spec, dict(overrides or {}), data, data_info, describe_data).run()
     except SpecError as error:
         raise error.located(spec.path, spec.source) from None
     except RecursionError:
@@ -49,11 +59,12 @@ def compile_spec(
 
 class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, EnergyStage, InferenceStage,
                TrainingStage):
-    def __init__(self, spec: S.Spec, overrides: dict, data: S.Call | None, data_info):
+    def __init__(self, spec: S.Spec, overrides: dict, data: S.Call | None, data_info, describe_data=None):
         self.spec = spec
         self.overrides = overrides
         self.data_node = data
         self.data_info = data_info
+        self.describe_data = describe_data
         self.scope: dict[str, Symbol] = {}
         self.declared: dict[str, Span] = {}
         self.consts = ExprCompiler(self.scope, "const")
@@ -169,10 +180,11 @@ class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, E
             self.data_name = "the data"  # given as tensors: the spec's data line may not describe it
             return tuple(self.data_info[0]), self.data_info[1]
         self.data_name = f"the data {data.text()}"  # messages about the data name its source
-        base = spec_dir(self.spec.path)
         try:
-            return describe_source(data.name, data.args, dict(data.kwargs), base_dir=base)
-        except DataError as error:
+            return self.describe_data(data)
+        except SpecError:
+            raise
+        except UserError as error:  # a DataError: the data line's arguments or files
             if self.data_node is not None:
                 raise  # from --data (or data=): no line of the spec to point at
             raise SpecError(str(error), self._data_span) from None

@@ -1,0 +1,17 @@
+"""The data sources: one module per source, registered here (one line each).
+
+A new source is a module with its loader, describer and argument checks gathered in a
+:class:`Source`, and one line below; the ``stacked`` source, which needs trained runs, is
+registered by :mod:`energydsl.runs`.  A source from another package registers through the
+``energydsl.data`` entry point group instead.
+"""
+
+from energydsl.data import files, mnist, patches, synthetic
+from energydsl.data.base import SOURCES, DataError, Dataset, Source, describe_source, load_data
+
+SOURCES.register(mnist.SOURCE)
+SOURCES.register(patches.SOURCE)
+SOURCES.register(synthetic.SOURCE)
+SOURCES.register(files.SOURCE)
+
+__all__ = ["SOURCES", "DataError", "Dataset", "Source", "describe_source", "load_data"]

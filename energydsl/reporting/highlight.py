@@ -36,7 +36,7 @@ from energydsl.compiler.structures import STRUCTURES
 from energydsl.compiler.training import OPTIMIZERS
 from energydsl.compiler.variables import NORMALIZATIONS
 from energydsl.ops.constraints import CONSTRAINTS
-from energydsl.data.sources import SOURCES
+from energydsl.data import SOURCES
 from energydsl.expr.compiler import FUNCTIONS
 from energydsl.compiler.pools import POOL_FAMILIES
 from energydsl.reporting.reference import grammar_keywords, grammar_rules, init_builders, matrix_builders, statement_keyword, statement_rules

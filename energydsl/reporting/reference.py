@@ -31,7 +31,7 @@ from energydsl.compiler.pools import POOL_FAMILIES, family_from_list
 from energydsl.compiler.structures import STRUCTURES
 from energydsl.compiler.training import DEFAULT_LR, OPTIMIZER_DESCRIPTIONS, OPTIMIZERS, SCHEDULES
 from energydsl.compiler.variables import NORMALIZATIONS
-from energydsl.data.sources import SOURCES
+from energydsl.data import SOURCES
 from energydsl.expr.compiler import FUNCTION_DESCRIPTIONS, FUNCTIONS
 from energydsl.terms import TERMS
 
@@ -328,10 +328,9 @@ def _optimizers() -> list[str]:
     return out
 
 
-def source_parameters(source: Callable) -> list[inspect.Parameter]:
-    """What a spec may pass to a data source (keyword-only parameters come from the compiler)."""
-    parameters = inspect.signature(source).parameters.values()
-    return [p for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]
+def source_parameters(source) -> list[inspect.Parameter]:
+    """What a spec may pass to a data source (its loader's keyword-only parameters are context)."""
+    return source.parameters
 
 
 def _data_sources() -> list[str]:
@@ -340,7 +339,7 @@ def _data_sources() -> list[str]:
         shown = [
             p.name if p.default is p.empty else f"{p.name} = {_default(p.default)}" for p in source_parameters(source)
         ]
-        out += ["", f"### `{name}({', '.join(shown)})`", "", _docstring(source)]
+        out += ["", f"### `{name}({', '.join(shown)})`", "", _docstring(source.load)]
     return out
 
 

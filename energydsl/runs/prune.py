@@ -17,9 +17,9 @@ import torch
 
 from energydsl.runs import checkpoint
 from energydsl.lang import spec as S
-from energydsl.api import load_run
+from energydsl.runs.directory import load_run
 from energydsl.compiler import compile_spec
-from energydsl.data.sources import load_data
+from energydsl.data import load_data
 from energydsl.errors import RunError
 from energydsl.model import EnergyModel
 from energydsl.lang.parser import parse

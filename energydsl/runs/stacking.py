@@ -31,9 +31,14 @@ import torch
 from torch import nn
 
 from energydsl.ops.conv import l2_pool
-from energydsl.data.sources import DataError
+from energydsl.data import DataError, Dataset, describe_source
+from energydsl.data.base import Args, Source
 from energydsl.errors import SpecError, UserError
 from energydsl.expr.compiler import Env
+from energydsl.building import compile_program
+from energydsl.compiler import spec_dir
+from energydsl.runs import checkpoint
+from energydsl.runs.directory import load_run, run_dataset
 
 DEFAULT_POOL = 2
 
@@ -102,8 +107,6 @@ def _run_directory(path: str | Path) -> Path:
 
 def _stacked_on(directory: Path) -> tuple[Path, int] | None:
     """The run (and pool size) that the run in ``directory`` was trained on, if it is stacked."""
-    from energydsl.runs import checkpoint
-
     data = checkpoint.read_meta(directory).get("data", "")  # as DataCall.text() wrote it
     call = _parse_call(data)
     if call is None or call[0] != "stacked":
@@ -136,8 +139,6 @@ def _bind_stacked(args: tuple, kwargs: dict) -> dict:
 def layers(directory: str | Path) -> list[nn.Module]:
     """Encoder and pooling modules from raw samples to the code of the run in ``directory``
     (no pooling after it): the runs it is stacked on first."""
-    from energydsl.api import load_run
-
     directory = _run_directory(directory)
     below = _stacked_on(directory)
     modules = [*layers(below[0]), L2Pool(below[1])] if below is not None else []
@@ -171,8 +172,6 @@ def export(*directories: str | Path, pool: int = DEFAULT_POOL) -> nn.Sequential:
 
 def sample_shape(directory: str | Path) -> tuple[int, ...]:
     """The shape of one raw sample of the bottom run of ``directory``'s chain."""
-    from energydsl.runs import checkpoint
-
     directory = _run_directory(directory)
     while (below := _stacked_on(directory)) is not None:
         directory = below[0]
@@ -198,16 +197,28 @@ def to_torchscript(network: nn.Sequential, shape: tuple[int, ...], path: str | P
 # ---------------------------------------------------------------- the data source
 
 
-def stacked_dataset(run: str, spec: str | None, pool: int, base_dir: Path | None):
-    """The L2-pooled encoder output of ``run`` on its own training and test samples."""
-    from energydsl.api import load_run, run_dataset
-    from energydsl.data.sources import Dataset
+def stacked(run: str, spec: str | None = None, pooling: int = DEFAULT_POOL, *, base_dir: Path | None = None) -> Dataset:
+    """The L2-pooled output of another trained run: stacking a layer on another.
 
+    Each training and test sample of the run's own data goes through the run's encoder
+    (its code maps), then √(Σ z²) over non-overlapping ``pooling``×``pooling`` windows of each
+    map; labels are kept.  Samples are ``[maps, rows / pooling, cols / pooling]``.
+
+    Args:
+        run: the trained run directory, relative to the current directory (where
+            ``energydsl run`` writes ``runs/<model>``).
+        spec: the spec that run trains (relative to this spec, like data files): lets
+            ``energydsl check`` find the sample shape before the run exists.
+        pooling: the side of the pooling windows (1: no pooling).
+        base_dir: directory that ``spec`` is relative to; supplied by energydsl, not by
+            the spec.
+    """
+    _check_stacked(run, spec, pooling)
     directory = _existing_run(run, spec, base_dir)
-    network = nn.Sequential(*layers(directory), L2Pool(pool)).eval()
+    network = nn.Sequential(*layers(directory), L2Pool(pooling)).eval()
     source = run_dataset(directory, load_run(directory))
 
-    empty = torch.zeros((0,) + _pooled_shape(network[-2].output_shape, pool))
+    empty = torch.zeros((0,) + _pooled_shape(network[-2].output_shape, pooling))
 
     def features(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():  # in chunks: code maps of a whole dataset at once would not fit
@@ -223,13 +234,16 @@ def stacked_dataset(run: str, spec: str | None, pool: int, base_dir: Path | None
     )
 
 
-def describe_stacked(run: str, spec: str | None, pool: int, base_dir: Path | None):
-    """(sample shape, classes) of :func:`stacked_dataset`, from the run's files, or from its spec
-    when it has not been trained yet (so that ``energydsl check`` works before training)."""
-    from energydsl.runs import checkpoint
-    from energydsl.api import compile_program, load_run
-    from energydsl.compiler import spec_dir
+def _check_stacked(run, spec, pooling) -> None:
+    args = Args("stacked")
+    args.path("run", run)
+    args.path("spec", spec, optional=True)
+    args.integer("pooling", pooling, 1, 64)
 
+
+def describe_stacked(run: str, spec: str | None, pooling: int, *, base_dir: Path | None):
+    """(sample shape, classes) of :func:`stacked`, from the run's files, or from its spec
+    when it has not been trained yet (so that ``energydsl check`` works before training)."""
     directory = Path(run)
     if (directory / "model.json").is_file():
         program = load_run(directory).program
@@ -248,13 +262,15 @@ def describe_stacked(run: str, spec: str | None, pool: int, base_dir: Path | Non
     if program.encoder is None:
         raise DataError(f"data source 'stacked': spec '{program.name}' has no encoder to stack on")
     shape = tuple(program.latent.layout or program.latent.shape)
-    return _pooled_shape(shape, pool), classes
+    return _pooled_shape(shape, pooling), classes
+
+
+STACKED = Source("stacked", load=stacked, describe=describe_stacked, check=_check_stacked)
+"""The ``stacked`` data source, registered in :data:`energydsl.data.SOURCES` by :mod:`energydsl.runs`."""
 
 
 def _classes_of(program, base_dir: Path) -> int | None:
     """The classes of the labels of a run's data (its spec may not declare the label)."""
-    from energydsl.data.sources import describe_source
-
     call = program.data
     return describe_source(call.name, call.args, dict(call.kwargs), base_dir=base_dir)[1]
 

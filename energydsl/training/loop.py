@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from energydsl.compiler import Phase
-from energydsl.data.sources import DataError, Dataset
+from energydsl.data import DataError, Dataset
 from energydsl.optim.bcd import BlockCoordinateDictionary
 from energydsl.training.distributed import SINGLE, Workers
 from energydsl.errors import NumericalError

@@ -1,0 +1,48 @@
+"""Spec file → :class:`Program` → dataset: the pipeline below training, runs and the API.
+
+The compiler never opens data: :func:`compile_program` describes the spec's data source
+(sample shape and classes, from file headers) and hands that to it.  The sources that
+need trained runs (``stacked``) are registered by :mod:`energydsl.runs`, which every
+entry point (the API, the CLI) imports first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from energydsl.compiler import DataCall, Program, compile_spec, spec_dir
+from energydsl.data import Dataset, describe_source, load_data
+from energydsl.lang.parser import parse, parse_file, parse_source_call
+from energydsl.lang.spec import Spec
+
+
+def read_spec(spec: str | Path) -> Spec:
+    """A spec from a path, or from its source text (any string with a line break)."""
+    if isinstance(spec, Path) or "\n" not in spec:
+        return parse_file(spec)
+    return parse(spec, "<spec>")
+
+
+def compile_program(
+    spec: str | Path | Spec,
+    set: Mapping[str, object] | None = None,
+    data: str | None = None,
+    data_info: tuple | None = None,
+) -> Program:
+    """Parse and check a spec without allocating anything (``energydsl check``)."""
+    parsed = spec if isinstance(spec, Spec) else read_spec(spec)
+    data_node = parse_source_call(data) if data is not None else None
+    base = spec_dir(parsed.path)
+
+    def describe(call: DataCall):
+        return describe_source(call.name, call.args, dict(call.kwargs), base_dir=base)
+
+    return compile_spec(parsed, set, data_node, data_info, describe_data=describe)
+
+
+def load_dataset(program: Program, base_dir: Path | None = None) -> Dataset:
+    """The data a compiled spec names; file paths are relative to ``base_dir`` (default: the spec's folder)."""
+    call = program.data
+    base = base_dir if base_dir is not None else spec_dir(program.spec.path)
+    return load_data(call.name, call.args, dict(call.kwargs), base_dir=base)

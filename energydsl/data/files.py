@@ -1,0 +1,309 @@
+"""The ``file`` source: samples (and optional labels) from the user's own .npz, .npy or IDX files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from energydsl.data.base import Args, DataError, Dataset, Source, modulo_split
+from energydsl.data.formats import READ_ERRORS, ArrayRef, file_kind
+
+
+def _looks_like_text(head: bytes) -> bool:
+    """Whether a file's first bytes are printable ASCII (CSV, whitespace-separated numbers...)."""
+    return all(32 <= byte < 127 or byte in b"\t\n\r" for byte in head)
+
+
+@dataclass(frozen=True)
+class _Split:
+    """Where one split's samples and (optional) labels live."""
+
+    x: ArrayRef
+    y: ArrayRef | None
+
+
+def _locate(path: str | os.PathLike, base_dir: Path | None) -> tuple[Path, str]:
+    """Resolve a user path against ``base_dir`` and detect its format from its first bytes."""
+    resolved = Path(base_dir or ".") / Path(path)
+    if not resolved.is_file():
+        where = "" if str(resolved) == str(path) else f" (looked for {resolved})"
+        what = "not a regular file" if resolved.exists() else "file not found"
+        raise DataError(f"{what}: {path}{where}")
+    try:
+        with open(resolved, "rb") as stream:
+            head = stream.read(64)
+    except OSError as error:
+        raise DataError(f"{path}: cannot read it ({error.strerror or error})") from None
+    kind = file_kind(head)
+    if kind is not None:
+        return resolved, kind
+    if not head:
+        raise DataError(f"{path}: the file is empty")
+    if _looks_like_text(head):
+        raise DataError(
+            f"{path}: this is a text file (it starts with {head[:16].decode('ascii')!r}); "
+            "expected an .npz, .npy or IDX file (convert text with numpy.loadtxt and numpy.save)"
+        )
+    raise DataError(
+        f"{path}: unrecognised format (bad magic number 0x{head[:4].hex()}); "
+        "expected an .npz, .npy or IDX file (IDX optionally gzipped)"
+    )
+
+
+def _npz_splits(path: Path, display: str, x: str, y: str) -> tuple[_Split, _Split | None]:
+    """An .npz's arrays: ``x`` with optional ``y``, and ``<x>_test`` / ``<y>_test`` if present."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            keys = set(archive.files)
+    except READ_ERRORS as exc:
+        raise DataError(f"{display}: not a valid .npz file ({exc})") from exc
+    if x not in keys:
+        present = ", ".join(f"'{key}'" for key in sorted(keys)) or "none"
+        raise DataError(f"{display}: no array '{x}' (arrays present: {present})")
+
+    def split(x_key: str, y_key: str) -> _Split:
+        def member(key: str) -> ArrayRef:
+            return ArrayRef(path, "npz", f"{display}['{key}']", key)
+        return _Split(member(x_key), member(y_key) if y_key in keys else None)
+
+    own_test = split(f"{x}_test", f"{y}_test") if f"{x}_test" in keys else None
+    return split(x, y), own_test
+
+
+def _plan_file(path, labels, test, test_labels, x, y, base_dir) -> tuple[_Split, _Split | None]:
+    """Find the arrays of the ``file`` source: its training split and its test split, if any."""
+    _check_file(path, labels, test, test_labels, x, y)
+    resolved, kind = _locate(path, base_dir)
+    test_path = None
+    if test is not None:
+        test_path, test_kind = _locate(test, base_dir)
+        if test_kind != kind:
+            raise DataError(
+                f"test file {test} is {test_kind} but {path} is {kind}; use one format"
+            )
+    if kind == "npz":
+        if labels is not None or test_labels is not None:
+            raise DataError(
+                f"{path}: labels= and test_labels= are for .npy and IDX files; "
+                f"an .npz keeps its labels as array '{y}'"
+            )
+        train, test_split = _npz_splits(resolved, str(path), x, y)
+        if test_path is not None:
+            if test_split is not None:
+                raise DataError(
+                    f"{path}: has its own '{x}_test' array, so drop test={str(test)!r}"
+                )
+            test_split = _npz_splits(test_path, str(test), x, y)[0]
+    else:
+        if test_labels is not None and test is None:
+            raise DataError(f"{path}: test_labels={str(test_labels)!r} needs a test= file")
+        train = _Split(ArrayRef(resolved, kind, str(path)), _label_ref(labels, base_dir))
+        test_split = None
+        if test_path is not None:
+            test_x = ArrayRef(test_path, kind, str(test))
+            test_split = _Split(test_x, _label_ref(test_labels, base_dir))
+    _check_both_labelled(train, test_split)
+    return train, test_split
+
+
+def _check_both_labelled(train: _Split, test: _Split | None) -> None:
+    """Labels must come with both splits or with neither."""
+    if test is not None and (train.y is None) != (test.y is None):
+        labelled, unlabelled = (train, test) if test.y is None else (test, train)
+        raise DataError(
+            f"{labelled.x.name} has labels but {unlabelled.x.name} has none; "
+            "label both splits or neither"
+        )
+
+
+def _label_ref(labels: str | os.PathLike | None, base_dir: Path | None) -> ArrayRef | None:
+    """The labels file named by ``labels`` (an .npy or IDX file), if any."""
+    if labels is None:
+        return None
+    resolved, kind = _locate(labels, base_dir)
+    if kind == "npz":
+        raise DataError(f"{labels}: a labels file must be .npy or IDX, not .npz")
+    return ArrayRef(resolved, kind, str(labels))
+
+
+def _check_file(path, labels, test, test_labels, x, y) -> None:
+    args = Args("file")
+    args.path("path", path)
+    args.path("labels", labels, optional=True)
+    args.path("test", test, optional=True)
+    args.path("test_labels", test_labels, optional=True)
+    args.text("x", x)
+    args.text("y", y)
+
+
+def _checked_shape(train: _Split, test: _Split | None) -> tuple[int, ...]:
+    """Check sample and label counts and shapes from the headers; return the sample shape."""
+    shape = train.x.shape()
+    if len(shape) < 2:
+        raise DataError(
+            f"{train.x.name}: expected an array of shape (samples, ...), got shape {shape}"
+        )
+    if shape[0] < 2:
+        raise DataError(f"{train.x.name}: needs at least 2 samples, found {shape[0]}")
+    _check_label_shape(train, shape[0])
+    if test is not None:
+        test_shape = test.x.shape()
+        if len(test_shape) < 2 or test_shape[1:] != shape[1:]:
+            raise DataError(
+                f"{test.x.name}: test sample shape {test_shape[1:]} differs from "
+                f"the training sample shape {shape[1:]} of {train.x.name}"
+            )
+        if test_shape[0] < 1:
+            raise DataError(f"{test.x.name}: the test split has no samples")
+        _check_label_shape(test, test_shape[0])
+    return shape[1:]
+
+
+def _check_label_shape(split: _Split, samples: int) -> None:
+    if split.y is None:
+        return
+    shape = split.y.shape()
+    if len(shape) != 1:
+        raise DataError(f"{split.y.name}: labels must be a 1-D array, got shape {shape}")
+    if shape[0] != samples:
+        raise DataError(
+            f"{split.y.name}: {shape[0]} labels for the {samples} samples of {split.x.name}"
+        )
+
+
+def _load_samples(ref: ArrayRef) -> np.ndarray:
+    """Samples as float32: uint8 scaled to [0, 1], other numbers kept; must be finite."""
+    array = ref.load()
+    if array.dtype == np.uint8:
+        array = array.astype(np.float32) / np.float32(255)
+    elif array.dtype.kind in "biuf":
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, reported below
+            array = array.astype(np.float32)
+    else:
+        raise DataError(f"{ref.name}: expected numbers, got dtype {array.dtype}")
+    bad = ~np.isfinite(array)
+    if bad.any():
+        nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+        first = [int(i) for i in np.unravel_index(np.argmax(bad), bad.shape)]
+        raise DataError(
+            f"{ref.name}: {nan} NaN and {inf} infinite values (as float32), the first at "
+            f"index {first} (sample {first[0]}); expected finite numbers"
+        )
+    return array
+
+
+def _load_labels(ref: ArrayRef) -> np.ndarray:
+    """Labels as int64 class indices: integers (or whole-valued floats), none negative."""
+    array = ref.load()
+    if array.dtype.kind == "f":
+        fractional = int(np.sum(~np.isfinite(array) | (array != np.round(array))))
+        if fractional:
+            raise DataError(
+                f"{ref.name}: labels must be integer class indices; {fractional} of "
+                f"{array.size} values are not whole numbers"
+            )
+    elif array.dtype.kind not in "iu":
+        raise DataError(
+            f"{ref.name}: labels must be integer class indices, got dtype {array.dtype}"
+        )
+    labels = array.astype(np.int64)
+    negative = int(np.sum(labels < 0))
+    if negative:
+        raise DataError(
+            f"{ref.name}: labels must be class indices 0, 1, 2, ...; "
+            f"found {negative} negative values (smallest {labels.min()})"
+        )
+    return labels
+
+
+def _load_split(split: _Split) -> tuple[np.ndarray, np.ndarray | None]:
+    """A split's samples and labels (None when unlabelled)."""
+    labels = _load_labels(split.y) if split.y is not None else None
+    return _load_samples(split.x), labels
+
+
+def _subset(x: np.ndarray, y: np.ndarray | None,
+            index: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The samples and labels at ``index``."""
+    return x[index], (None if y is None else y[index])
+
+
+def _num_classes(*label_arrays: np.ndarray) -> int:
+    """The number of classes: the largest label plus one."""
+    return max(int(labels.max()) for labels in label_arrays) + 1
+
+
+def file(
+    path: str | os.PathLike,
+    labels: str | None = None,
+    test: str | None = None,
+    test_labels: str | None = None,
+    x: str = "x",
+    y: str = "y",
+    *,
+    base_dir: Path | None = None,
+) -> Dataset:
+    """Samples (and optional integer labels) from the user's own files.
+
+    The format is recognised by the file's first bytes, whatever its name:
+
+    * ``.npz``: the samples are array ``x`` and the optional labels array ``y``; arrays
+      ``x_test`` / ``y_test`` in the same file, when present, are the test split.
+    * ``.npy``: the array is the samples; labels come from the ``labels`` file.
+    * IDX (as MNIST is distributed: ``*-ubyte``, ``.idx``, optionally gzipped): the
+      array is the samples; labels come from the ``labels`` file.  All IDX element
+      types are read (unsigned/signed byte, short, int, float, double).
+
+    The first axis indexes samples; the rest is kept as the sample shape (the spec
+    decides whether to flatten).  uint8 data are scaled to [0, 1]; other numbers are
+    converted to float32 as they are, and must be finite.  Labels are a 1-D array of
+    non-negative integers, one per sample; the number of classes is the largest label
+    plus one over both splits.  Without a test file (or ``x_test`` array) the test split
+    is every sample whose index ``i % 5 == 0``, the training split the others.
+
+    Args:
+        path: the samples file; a relative path is taken from the spec's directory.
+        labels: an .npy or IDX file of labels for ``path`` (not for .npz files).
+        test: a second file in the same format holding the test split.
+        test_labels: an .npy or IDX file of labels for the ``test`` file (not for .npz).
+        x: name of the samples array in an .npz file (its test split: ``<x>_test``).
+        y: name of the labels array in an .npz file (its test split: ``<y>_test``).
+        base_dir: directory that relative paths start from; supplied by energydsl,
+            not by the spec (default: the current directory).
+    """
+    train, test_split = _plan_file(path, labels, test, test_labels, x, y, base_dir)
+    _checked_shape(train, test_split)
+    x_all, y_all = _load_split(train)
+    if test_split is None:
+        train_index, test_index = modulo_split(len(x_all))
+        x_train, y_train = _subset(x_all, y_all, train_index)
+        x_test, y_test = _subset(x_all, y_all, test_index)
+    else:
+        (x_train, y_train), (x_test, y_test) = (x_all, y_all), _load_split(test_split)
+    labelled = y_train is not None
+    return Dataset(
+        name=f"file:{path}",
+        x_train=torch.from_numpy(x_train),
+        x_test=torch.from_numpy(x_test),
+        y_train=torch.from_numpy(y_train) if labelled else None,
+        y_test=torch.from_numpy(y_test) if labelled else None,
+        num_classes=_num_classes(y_train, y_test) if labelled else None,
+    )
+
+
+def _describe_file(path, labels, test, test_labels, x, y, *, base_dir):
+    train, test_split = _plan_file(path, labels, test, test_labels, x, y, base_dir)
+    shape = _checked_shape(train, test_split)
+    if train.y is None:
+        return shape, None
+    label_arrays = [_load_labels(train.y)]
+    if test_split is not None:
+        label_arrays.append(_load_labels(test_split.y))
+    return shape, _num_classes(*label_arrays)
+
+
+SOURCE = Source("file", load=file, describe=_describe_file, check=_check_file)
