@@ -8,7 +8,6 @@ order, so a name is known from its declaration on.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 
 
 from energydsl.lang import spec as S
@@ -74,9 +73,7 @@ class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, E
         inference_terms = self._inference_terms(terms)
         chosen = [t for t in terms if inference_terms is None or t.name in inference_terms]
         methods = self._infer(latent, encoder, chosen)
-        training = self._training(terms)
-        if training.optimizer == "bcd":
-            training = replace(training, decoders=self._decoders(params, latent))
+        training = self._training(terms, params, latent)
         return Program(
             spec=spec,
             name=spec.name.name if spec.name else _stem(spec.path),
