@@ -13,11 +13,12 @@ from energydsl.solvers import SOLVERS
 from energydsl.compiler.initialisers import INITIALISERS
 from energydsl.compiler.params import LEARN_MODES
 from energydsl.compiler.structures import STRUCTURES
-from energydsl.compiler.training import OPTIMIZERS, SCHEDULES
+from energydsl.compiler.training import SCHEDULES
 from energydsl.ops.constraints import CONSTRAINTS
 from energydsl.data import SOURCES
 from energydsl.expr.compiler import FUNCTION_DESCRIPTIONS, FUNCTIONS
 from energydsl.lang.parser import STATEMENT_KEYWORDS
+from energydsl.optim import OPTIMIZERS
 from energydsl.compiler.pools import POOL_FAMILIES
 from energydsl.reporting.reference import REGENERATE, reference_markdown
 from energydsl.terms import TERMS
@@ -100,7 +101,39 @@ def test_every_inference_method_is_listed(method):
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_every_optimizer_is_listed_with_its_options(name):
-    assert f"### `{name}({', '.join(OPTIMIZERS[name])})`" in section("Optimizers")
+    assert f"### `{name}({', '.join(OPTIMIZERS[name].options)})`" in section("Optimizers")
+
+
+def test_a_new_optimizer_is_one_registry_entry():
+    """An entry registered under a new word: specs compile with it, the loop builds it, the reference lists it."""
+    import torch
+
+    import energydsl
+    from energydsl.optim import Optimizer
+    from energydsl.training.loop import make_optimizers
+
+    class RMSprop(Optimizer):
+        name = "rmsprop"
+        options = {"lr": 0.01, "alpha": 0.99}
+        unit_options = ("alpha",)
+        description = "RMSprop (torch.optim.RMSprop)"
+
+        def make(self, groups, options, lr, maximize, column_projection):
+            return torch.optim.RMSprop(groups, lr=lr, maximize=maximize, **options)
+
+    OPTIMIZERS.register(RMSprop())
+    try:
+        model = energydsl.load(
+            "model tiny\ndata synthetic(dim = 8, atoms = 12, count = 50, k = 2, seed = 0)\ninput x[8]\nlatent z[12]\n"
+            "param D[8, 12]  init samples(x)  constrain col_norm <= 1\n"
+            "energy\n  recon : 0.5 * sqerr(x, D @ z)\n  sparse : 0.1 * l1(z)\n"
+            "infer z by fista(steps = 20)\ntrain\n  optimizer rmsprop(alpha = 0.9)\n"
+        )
+        assert model.program.training.settings() == {"lr": 0.01, "alpha": 0.9}
+        assert isinstance(make_optimizers(model).descent, torch.optim.RMSprop)
+        assert "### `rmsprop(lr, alpha)`\n\nRMSprop (torch.optim.RMSprop); default `lr = 0.01`." in reference_markdown()
+    finally:
+        OPTIMIZERS.unregister("rmsprop")
 
 
 @pytest.mark.parametrize("name", sorted(SOURCES))

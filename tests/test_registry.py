@@ -65,7 +65,7 @@ def plugin_site(tmp_path, group: str, line: str):
 @pytest.mark.parametrize("line, message", [
     ("huber = no_such_module:Huber", "the energy term plugin 'huber = no_such_module:Huber' (entry point group "
                                      "energydsl.terms) failed to load: ModuleNotFoundError"),
-    ("huber = json:JSONDecoder", "the energy term plugin 'huber = json:JSONDecoder' names itself 'JSONDecoder'"),
+    ("huber = energydsl.terms.l1:l1", "the energy term plugin 'huber = energydsl.terms.l1:l1' names itself 'l1'"),
 ])
 def test_a_broken_plugin_is_one_line_naming_it(tmp_path, line, message):
     site = plugin_site(tmp_path, "energydsl.terms", line)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 
 
 from energydsl.lang import spec as S
@@ -89,9 +88,7 @@ class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, E
         inference_terms = self._inference_terms(terms)
         chosen = [t for t in terms if inference_terms is None or t.name in inference_terms]
         methods = self._infer(latent, encoder, chosen)
-        training = self._training(terms)
-        if training.optimizer == "bcd":
-            training = replace(training, decoders=self._decoders(params, latent))
+        training = self._training(terms, params, latent)
         return Program(
             spec=spec,
             name=spec.name.name if spec.name else _stem(spec.path),

@@ -10,6 +10,7 @@ from energydsl.ops import structures as st
 from energydsl.ops.constraints import Constraint
 from energydsl.errors import Span
 from energydsl.expr.compiler import Closure
+from energydsl.optim import OPTIMIZERS, Optimizer
 from energydsl.ops.pools import PoolFamily
 from energydsl.compiler.roles import Roles
 from energydsl.solvers import SOLVERS, Solver
@@ -88,11 +89,16 @@ class Training:
     batch: int
     seed: int
     phases: tuple[Phase, ...]
-    decoders: tuple[tuple[str, str], ...] = ()  # optimizer bcd: (parameter, its sqerr term)
+    decoders: tuple[tuple[str, str], ...] = ()  # what the optimizer's check returned: bcd's (parameter, its sqerr term)
+
+    @property
+    def entry(self) -> Optimizer:
+        """The optimizer's registry entry."""
+        return OPTIMIZERS[self.optimizer]
 
     def settings(self) -> dict:
         """The optimizer's settings as the user would write them (bcd has no learning rate)."""
-        return dict(self.options) if self.optimizer == "bcd" else {"lr": self.lr, **self.options}
+        return {"lr": self.lr, **self.options} if self.entry.has_lr else dict(self.options)
 
 
 @dataclass

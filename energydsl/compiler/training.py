@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-
+from dataclasses import replace
 
 from energydsl.lang import spec as S
-from energydsl.optim.bcd import DEFAULT_FORGET
 from energydsl.errors import Span, SpecError, did_you_mean, one_of
 from energydsl.compiler.common import _options
+from energydsl.optim import OPTIMIZERS
 from energydsl.terms import BoundTerm
 from energydsl.compiler.program import Variable, ParamPlan, Phase, Training
 
-OPTIMIZER_DESCRIPTIONS = {
-    "sgd": "Stochastic gradient descent (torch.optim.SGD), with optional momentum",
-    "adam": "Adam (torch.optim.Adam) with betas (beta1, beta2)",
-    "bcd": ("Online dictionary learning (Mairal et al. 2010): block-coordinate descent on the "
-            "reconstruction of every sample seen, one dictionary column at a time; old statistics weigh "
-            f"(1 − 1/t)^forget at step t (default forget = {DEFAULT_FORGET:g}). Every learned parameter must be the "
-            "dictionary D of one sqerr(x, D @ z) term, with col_norm, nonneg or mask constraints"),
-}
-OPTIMIZERS = {
-    "sgd": ("lr", "momentum", "weight_decay", "nesterov"),
-    "adam": ("lr", "beta1", "beta2", "weight_decay"),
-    "bcd": ("forget",),  # online dictionary learning (energydsl.dictionary): no learning rate
-}
-DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "bcd": 1.0}
-# the constraints that optimizer bcd can apply to one column at a time
-BCD_CONSTRAINTS = ("col_norm", "nonneg", "mask")
+DEFAULT_OPTIMIZER = "adam"
 SCHEDULES = {
     "constant": "the optimizer's learning rates throughout the phase",
     "cosine": "rates times ½(1 + cos(π·k/N)) in the phase's epoch k of N: from the full rate down towards 0",
@@ -38,11 +23,20 @@ SCHEDULES = {
 class TrainingStage:
     """A part of :class:`~energydsl.compiler.compile.Compiler`: see its docstring."""
 
-    def _training(self, terms: list[BoundTerm]) -> Training:
+    def _training(self, terms: list[BoundTerm], params: list[ParamPlan], latent: Variable) -> Training:
         decl = self.spec.train or S.TrainDecl(span=Span(line=1, column=1, end_line=1, end_column=2))
-        optimizer, options, lr = "adam", {}, DEFAULT_LR["adam"]
+        optimizer, options, lr = DEFAULT_OPTIMIZER, {}, OPTIMIZERS[DEFAULT_OPTIMIZER].default_lr
         if decl.optimizer is not None:
             optimizer, options, lr = self._optimizer(decl.optimizer)
+        training = self._phases(decl, terms, optimizer, options, lr)
+        if decl.optimizer is None:
+            return training
+        decoders = OPTIMIZERS[optimizer].check_parameters(params, self._decoders(latent), latent.name,
+                                                         decl.optimizer.func_span)  # fmt: skip
+        return replace(training, decoders=decoders)
+
+    def _phases(self, decl: S.TrainDecl, terms: list[BoundTerm], optimizer: str, options: dict,
+                lr: float) -> Training:  # fmt: skip
         batch = self.consts.integer(decl.batch, "the batch size") if decl.batch else 64
         seed = self.consts.integer(decl.seed, "the seed", 0) if decl.seed else 0
         all_terms = tuple(t.name for t in terms)
@@ -70,38 +64,23 @@ class TrainingStage:
             phases.append(Phase(phase.name.name, epochs, active, self._schedule(phase), lr_scale))
         return Training(optimizer, options, lr, batch, seed, tuple(phases))
 
-    def _decoders(self, params: list[ParamPlan], latent: Variable) -> tuple[tuple[str, str], ...]:
-        """Optimizer bcd's (parameter, term) pairs: every learned parameter must be the
-        dictionary D of exactly one term ``w * sqerr(target, D @ z)``."""
-        optimizer = self.spec.train.optimizer
-        decoders = {}
+    def _decoders(self, latent: Variable) -> dict[str, list[str]]:
+        """For each parameter D, the energy terms ``w * sqerr(target, D @ z)`` that it decodes
+        (what an optimizer such as bcd checks the learned parameters against)."""
+        decoders: dict[str, list[str]] = {}
         for decl in self.spec.energy:
             _, call = self._split_weight(decl.value)
             decoded = call.args[1] if call.func == "sqerr" and len(call.args) == 2 else None
             if (isinstance(decoded, S.BinOp) and decoded.op == "@" and isinstance(decoded.left, S.Name)
                     and isinstance(decoded.right, S.Name) and decoded.right.id == latent.name):  # fmt: skip
-                decoders.setdefault(decoded.left.id, []).append(decl)
-        for plan in params:
-            if plan.learn == "fixed":
-                continue
-            if plan.learn == "ascent" or len(decoders.get(plan.name, ())) != 1:
-                found = "is learned by ascent" if plan.learn == "ascent" else (
-                    f"decodes {len(decoders[plan.name])} terms" if plan.name in decoders else "is not a decoder")
-                raise SpecError(f"optimizer bcd learns dictionaries only: parameter '{plan.name}' {found}",
-                                optimizer.func_span, hint=f"bcd needs one term 'sqerr(x, {plan.name} @ "
-                                f"{latent.name})' per learned parameter; fix the others with 'learn fixed'")  # fmt: skip
-            unsupported = [c.kind for c in plan.constraints if c.kind not in BCD_CONSTRAINTS]
-            if unsupported or len(plan.shape) != 2:
-                what = f"constraint '{unsupported[0]}'" if unsupported else f"shape {list(plan.shape)}"
-                raise SpecError(f"optimizer bcd updates one column at a time; parameter '{plan.name}' has {what}",
-                                plan.span, hint=f"bcd takes matrices with {', '.join(BCD_CONSTRAINTS)} constraints")  # fmt: skip
-        return tuple((plan.name, decoders[plan.name][0].name.name) for plan in params if plan.learn != "fixed")
+                decoders.setdefault(decoded.left.id, []).append(decl.name.name)
+        return decoders
 
     def _phase_lr_scale(self, phase: S.PhaseDecl, optimizer: str) -> float:
         if phase.lr_scale is None:
             return 1.0
-        if optimizer == "bcd":
-            raise SpecError(f"phase '{phase.name.name}': optimizer bcd has no learning rate to scale",
+        if not OPTIMIZERS[optimizer].has_lr:
+            raise SpecError(f"phase '{phase.name.name}': optimizer {optimizer} has no learning rate to scale",
                             phase.lr_scale.span, hint="remove 'lr_scale' from the phase")  # fmt: skip
         return self.consts.positive(phase.lr_scale, "lr_scale")
 
@@ -118,14 +97,10 @@ class TrainingStage:
         if node.func not in OPTIMIZERS:
             raise SpecError(f"unknown optimizer '{node.func}'", node.func_span,
                             hint=did_you_mean(node.func, OPTIMIZERS) or one_of(OPTIMIZERS))  # fmt: skip
-        options, spans = _options(self.consts, node, OPTIMIZERS[node.func], node.func)
-        lr = options.pop("lr", DEFAULT_LR[node.func])
+        entry = OPTIMIZERS[node.func]
+        options, spans = _options(self.consts, node, tuple(entry.options), node.func)
+        # an optimizer without a learning rate still gives its groups a base rate of 1 (schedules multiply it)
+        lr = options.pop("lr", entry.default_lr if entry.has_lr else 1.0)
         if lr <= 0:
             raise SpecError(f"lr must be positive, got {lr:g}", spans["lr"])
-        for key, value in options.items():
-            if value < 0 or (key in ("beta1", "beta2", "momentum") and value >= 1):
-                limit = "in [0, 1)" if key in ("beta1", "beta2", "momentum") else ">= 0"
-                raise SpecError(f"{key} must be {limit}, got {value:g}", spans[key])
-        if "nesterov" in options:
-            options["nesterov"] = bool(options["nesterov"])
-        return node.func, options, lr
+        return node.func, entry.check_options(options, spans), lr

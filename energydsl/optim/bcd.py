@@ -24,16 +24,17 @@ is what makes plain SGD on the dictionary slow.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
+
+from energydsl.errors import SpecError
+from energydsl.optim.base import ColumnProjection, Optimizer
 
 # β_t = (1 − 1/t)^forget.  Codes change fast while the dictionary forms, so old statistics
 # must fade quickly: 10 reached a lower held-out energy than 1, 20 and 100 on the
 # whitened patches of specs/dictionary_learning.energy (see benchmarks/dictionary_learning.py).
 DEFAULT_FORGET = 10.0
-
-ColumnProjection = Callable[[torch.Tensor, int], None]  # project(D, j): column j of D, in place
+# the constraints that bcd can apply to one column at a time
+COLUMN_CONSTRAINTS = ("col_norm", "nonneg", "mask")
 
 
 class BlockCoordinateDictionary(torch.optim.Optimizer):
@@ -92,3 +93,48 @@ class BlockCoordinateDictionary(torch.optim.Optimizer):
                 continue
             D[:, j : j + 1] += (B[:, j : j + 1] - D @ A[:, j : j + 1]) / a_jj
             project(D, j)
+
+
+class BCD(Optimizer):
+    """The registry's entry: every learned parameter must be the dictionary D of exactly one
+    term ``w * sqerr(target, D @ z)``, a matrix with column-wise constraints only."""
+
+    name = "bcd"
+    options = {"forget": DEFAULT_FORGET}  # no learning rate
+    description = ("Online dictionary learning (Mairal et al. 2010): block-coordinate descent on the "
+                   "reconstruction of every sample seen, one dictionary column at a time; old statistics weigh "
+                   f"(1 − 1/t)^forget at step t (default forget = {DEFAULT_FORGET:g}). Every learned parameter must "
+                   "be the dictionary D of one sqerr(x, D @ z) term, with col_norm, nonneg or mask constraints")  # fmt: skip
+
+    def check_parameters(self, plans, decoders, latent, span):
+        for plan in plans:
+            if plan.learn == "fixed":
+                continue
+            if plan.learn == "ascent" or len(decoders.get(plan.name, ())) != 1:
+                found = "is learned by ascent" if plan.learn == "ascent" else (
+                    f"decodes {len(decoders[plan.name])} terms" if plan.name in decoders else "is not a decoder")
+                raise SpecError(f"optimizer bcd learns dictionaries only: parameter '{plan.name}' {found}", span,
+                                hint=f"bcd needs one term 'sqerr(x, {plan.name} @ {latent})' per learned "
+                                "parameter; fix the others with 'learn fixed'")  # fmt: skip
+            unsupported = [c.kind for c in plan.constraints if c.kind not in COLUMN_CONSTRAINTS]
+            if unsupported or len(plan.shape) != 2:
+                what = f"constraint '{unsupported[0]}'" if unsupported else f"shape {list(plan.shape)}"
+                raise SpecError(f"optimizer bcd updates one column at a time; parameter '{plan.name}' has {what}",
+                                plan.span, hint=f"bcd takes matrices with {', '.join(COLUMN_CONSTRAINTS)} constraints")  # fmt: skip
+        return tuple((plan.name, decoders[plan.name][0]) for plan in plans if plan.learn != "fixed")
+
+    def make(self, groups, options, lr, maximize, column_projection):
+        decoders = [(p, column_projection(p)) for group in groups for p in group["params"]]
+        return BlockCoordinateDictionary(decoders, **options)
+
+    def state_values(self, shapes, options):
+        return sum(m * m + n * m for n, m in shapes)  # per dictionary D[n, m]: A (m × m) and B (n × m)
+
+    def explain_step(self, latent):
+        z = latent
+        return (f"each batch: infer {z}* with the dictionaries frozen; add the batch's statistics "
+                f"Σ {z}{z}ᵀ and Σ x{z}ᵀ to the forgetful sums; minimise the reconstruction of every sample "
+                "seen over one dictionary column at a time (Mairal et al. 2010); then the projections")
+
+
+bcd = BCD()

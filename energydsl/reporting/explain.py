@@ -451,14 +451,11 @@ def _training(program: Program) -> list[str]:
     options = ", ".join(f"{k} = {str(v).lower() if isinstance(v, bool) else f'{v:g}'}" for k, v in values.items())
     lines = [f"Training  {training.optimizer}({options}), batch {training.batch}, seed {training.seed}"]
     z = program.latent.name
-    if training.optimizer == "bcd":
-        step = (f"each batch: infer {z}* with the dictionaries frozen; add the batch's statistics "
-                f"Σ {z}{z}ᵀ and Σ x{z}ᵀ to the forgetful sums; minimise the reconstruction of every sample "
-                "seen over one dictionary column at a time (Mairal et al. 2010); then the projections")  # fmt: skip
-    elif all(m.solver.runs_encoder for m in program.methods):
+    step = training.entry.explain_step(z)  # None: the gradient step, below
+    if step is None and all(m.solver.runs_encoder for m in program.methods):
         step = (f"each batch: {z} = encoder(x), kept differentiable so the energy's gradient reaches the "
                 "encoder's parameters; one step on every learned parameter; then the projections")  # fmt: skip
-    else:
+    elif step is None:
         step = (f"each batch: infer {z}* with the parameters frozen; one descent step on the parameters that "
                 "descend, one ascent step on those that ascend; then the projections")  # fmt: skip
     lines += _wrapped(step, "    ", "  ")

@@ -33,7 +33,7 @@ from pygments.token import Comment, Keyword, Name, Number, Operator, Punctuation
 from energydsl.solvers import SOLVERS
 from energydsl.compiler.params import LEARN_MODES
 from energydsl.compiler.structures import STRUCTURES
-from energydsl.compiler.training import OPTIMIZERS
+from energydsl.optim import OPTIMIZERS
 from energydsl.compiler.variables import NORMALIZATIONS
 from energydsl.ops.constraints import CONSTRAINTS
 from energydsl.data import SOURCES

@@ -29,7 +29,8 @@ from energydsl.compiler.params import LEARN_MODES
 from energydsl.compiler.program import DEFAULT_STEPS, DEFAULT_TOL
 from energydsl.compiler.pools import POOL_FAMILIES, family_from_list
 from energydsl.compiler.structures import STRUCTURES
-from energydsl.compiler.training import DEFAULT_LR, OPTIMIZER_DESCRIPTIONS, OPTIMIZERS, SCHEDULES
+from energydsl.compiler.training import SCHEDULES
+from energydsl.optim import OPTIMIZERS
 from energydsl.compiler.variables import NORMALIZATIONS
 from energydsl.data import SOURCES
 from energydsl.expr.compiler import FUNCTION_DESCRIPTIONS, FUNCTIONS
@@ -318,11 +319,10 @@ def _inference() -> list[str]:
 
 def _optimizers() -> list[str]:
     out = _heading("Optimizers")
-    descriptions = _required(OPTIMIZER_DESCRIPTIONS, OPTIMIZERS, "optimizer")
-    for name, options in OPTIMIZERS.items():
-        default = "no learning rate" if "lr" not in options else f"default `lr = {DEFAULT_LR[name]:g}`"
-        summary = f"{_inline(descriptions[name])}; {default}."
-        out += ["", f"### `{name}({', '.join(options)})`", "", summary]
+    for name, entry in OPTIMIZERS.items():
+        default = f"default `lr = {entry.default_lr:g}`" if entry.has_lr else "no learning rate"
+        summary = f"{_inline(entry.description)}; {default}."
+        out += ["", f"### `{name}({', '.join(entry.options)})`", "", summary]
     out += ["", "Learning-rate schedules, per phase (`phase NAME epochs N schedule cosine`):", ""]
     out += [f"- `{name}`: {_inline(text)}" for name, text in SCHEDULES.items()]
     return out

@@ -217,14 +217,9 @@ def check_fits(program: Program, samples: int, available: int | None = None) -> 
 
 
 def _optimizer_state_values(program: Program, learning: int) -> int:
-    """Values the optimizer keeps, for ``learning`` values of learning parameters."""
+    """Values the optimizer keeps for the learning parameters (``learning`` of their values), as its entry counts them."""
     training = program.training
-    if training.optimizer == "bcd":  # per dictionary D[n, m]: A (m × m) and B (n × m)
-        shapes = [p.shape for p in program.params if p.learn != "fixed"]
-        return sum(m * m + n * m for n, m in shapes)
-    if training.optimizer == "adam":
-        return 2 * learning  # exp_avg, exp_avg_sq
-    return learning if training.options.get("momentum", 0) > 0 else 0  # momentum_buffer
+    return training.entry.state_values([p.shape for p in program.params if p.learn != "fixed"], training.options)
 
 
 def _uses_prox(program: Program) -> bool:

@@ -47,26 +47,22 @@ class Optimizers:
 def make_optimizers(model: EnergyModel) -> Optimizers:
     """One optimizer per direction; each parameter its own group and learning rate."""
     training = model.program.training
-    if training.optimizer == "bcd":  # every learned parameter is a dictionary (checked by the compiler)
-        decoders = [(model.params[name], _column_projection(model, name)) for name, _ in training.decoders]
-        return Optimizers(BlockCoordinateDictionary(decoders, **training.options), None)
     groups: dict[str, list[dict]] = {"descent": [], "ascent": []}
     for plan in model.program.params:
         if plan.learn == "fixed":
             continue
         lr = plan.lr if plan.lr is not None else training.lr * plan.lr_scale
         groups[plan.learn].append({"params": [model.params[plan.name]], "lr": lr, "base_lr": lr})
-    return Optimizers(*(_optimizer(training, groups[d], maximize=d == "ascent") for d in ("descent", "ascent")))
+    return Optimizers(*(_optimizer(model, groups[d], maximize=d == "ascent") for d in ("descent", "ascent")))
 
 
-def _optimizer(training, groups: list[dict], maximize: bool):
+def _optimizer(model: EnergyModel, groups: list[dict], maximize: bool):
     if not groups:
         return None
-    options = dict(training.options)
-    if training.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=training.lr, maximize=maximize, **options)
-    betas = (options.pop("beta1", 0.9), options.pop("beta2", 0.999))
-    return torch.optim.Adam(groups, lr=training.lr, betas=betas, maximize=maximize, **options)
+    training = model.program.training
+    names = {id(p): name for name, p in model.params.items()}
+    return training.entry.make(groups, dict(training.options), training.lr, maximize,
+                               lambda D: _column_projection(model, names[id(D)]))  # fmt: skip
 
 
 def _column_projection(model: EnergyModel, name: str):
