@@ -3,15 +3,40 @@
     model = energydsl.load("specs/sparse_coding.energy", set={"lam": 0.1})
     z = model.infer(x)
     e = model.energy(x, z)
+
+Importing the package loads nothing heavy: each public name is imported from the
+module that defines it on first use (PEP 562), so ``import energydsl`` and the
+command line's ``--help`` stay fast and never touch matplotlib's settings.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from energydsl.api import compile_program, load, load_run, train
-from energydsl.data import Dataset, DataError
-from energydsl.errors import RunError, SpecError, UserError
-from energydsl.model import EnergyModel
-from energydsl.runs.stacking import export
+import importlib
+from typing import TYPE_CHECKING
+
+from energydsl._version import __version__ as __version__  # re-exported
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below imports these on first use
+    from energydsl.api import compile_program, load, load_run, train
+    from energydsl.data import DataError, Dataset
+    from energydsl.errors import RunError, SpecError, UserError
+    from energydsl.model import EnergyModel
+    from energydsl.runs.stacking import export
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "compile_program": "energydsl.api",
+    "load": "energydsl.api",
+    "load_run": "energydsl.api",
+    "train": "energydsl.api",
+    "Dataset": "energydsl.data",
+    "DataError": "energydsl.data",
+    "RunError": "energydsl.errors",
+    "SpecError": "energydsl.errors",
+    "UserError": "energydsl.errors",
+    "EnergyModel": "energydsl.model",
+    "export": "energydsl.runs.stacking",
+}
 
 __all__ = [
     "DataError",
@@ -26,3 +51,16 @@ __all__ = [
     "load_run",
     "train",
 ]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

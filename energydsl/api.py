@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from energydsl.runs import checkpoint  # energydsl.runs also registers the stacked data source
+from energydsl.runs import checkpoint
 from energydsl.runs.directory import load_run, run_dataset
 from energydsl.reporting.analysis import infer_all, run_metrics
 from energydsl.building import compile_program, load_dataset, read_spec

@@ -2,6 +2,9 @@
 
 User mistakes print one clear message (for specs: ``file:line:col: message``,
 the source line and a caret) and exit 2; they never show a traceback.
+
+Building the parser imports nothing heavy, so ``energydsl --help`` and ``energydsl fmt``
+never load torch: each command imports what it needs when it runs.
 """
 
 from __future__ import annotations
@@ -12,22 +15,20 @@ import math
 import signal
 import sys
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from energydsl._version import __version__
-from energydsl import api
-from energydsl.training import distributed
-from energydsl.compiler import Program
-from energydsl.runs.checkpoint import CHECKPOINT_FILE
 from energydsl.errors import UserError
-from energydsl.errors import NumericalError
-from energydsl.training.progress import ConsoleProgress, TensorBoardLog
-from energydsl.reporting.report import REPORT_FILE
-from energydsl.training.loop import Interrupted
+
+if TYPE_CHECKING:
+    import torch
+
+    from energydsl.compiler import Program
+    from energydsl.training import distributed
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+DEFAULT_CHECKPOINT_EVERY = 200  # = api.DEFAULT_CHECKPOINT_EVERY (test_cli checks), here so that --help needs no torch
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,6 +49,8 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
 def _device(name: str | None) -> torch.device | None:
     if name is None:
         return None
+    import torch
+
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -58,6 +61,9 @@ def _device(name: str | None) -> torch.device | None:
 
 
 def cmd_run(args) -> int:
+    from energydsl import api
+    from energydsl.training import distributed
+
     overrides = _overrides(args.set)
     if args.checkpoint_every < 0:
         raise UserError(f"--checkpoint-every {args.checkpoint_every}: expected a number of steps >= 0")
@@ -78,6 +84,13 @@ def cmd_run(args) -> int:
 
 
 def _run(args, overrides: dict, device, workers: distributed.Workers) -> int:
+    from energydsl import api
+    from energydsl.errors import NumericalError
+    from energydsl.reporting.report import REPORT_FILE
+    from energydsl.runs.checkpoint import CHECKPOINT_FILE
+    from energydsl.training.loop import Interrupted
+    from energydsl.training.progress import ConsoleProgress, TensorBoardLog
+
     model = api.load(args.spec, overrides, data=args.data, device=device, seed=args.seed)
     out = Path(args.out) if args.out else Path("runs") / model.name
     epochs = sum(phase.epochs for phase in model.program.training.phases)
@@ -128,6 +141,8 @@ def _worker_argv(args) -> list[str]:
 
 
 def cmd_eval(args) -> int:
+    from energydsl import api
+
     metrics = api.evaluate_run(args.run)
     if args.json:
         print(json.dumps(metrics, sort_keys=True))
@@ -139,12 +154,16 @@ def cmd_eval(args) -> int:
 
 
 def cmd_plot(args) -> int:
+    from energydsl import api
+
     for path in api.plot_run(args.run):
         print(path)
     return 0
 
 
 def cmd_check(args) -> int:
+    from energydsl import api
+
     status = 0
     overrides = _overrides(args.set)
     for path in args.specs:
@@ -166,6 +185,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_explain(args) -> int:
+    from energydsl import api
     from energydsl.reporting.explain import explain
 
     overrides = _overrides(args.set)
@@ -261,9 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
                      help="with --nproc on several nodes: the rendezvous address, the same on every node")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    run.add_argument("--checkpoint-every", type=int, default=api.DEFAULT_CHECKPOINT_EVERY, metavar="STEPS",
+    run.add_argument("--checkpoint-every", type=int, default=DEFAULT_CHECKPOINT_EVERY, metavar="STEPS",
                      help="write the training checkpoint every STEPS steps (0: after each epoch only; "
-                          f"default {api.DEFAULT_CHECKPOINT_EVERY})")  # fmt: skip
+                          f"default {DEFAULT_CHECKPOINT_EVERY})")  # fmt: skip
     run.set_defaults(handler=cmd_run)
 
     check = commands.add_parser("check", help="validate specs and print what they compile to")

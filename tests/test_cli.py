@@ -174,3 +174,19 @@ infer z by ista(steps = 10)
     assert main(["check", str(spec)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"{spec}:1:1: out of memory") and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_parsers_checkpoint_default_is_the_apis(capsys):
+    """The parser keeps its own copy (so that --help needs no torch); it must agree with the API's."""
+    from energydsl import api, cli
+
+    assert cli.DEFAULT_CHECKPOINT_EVERY == api.DEFAULT_CHECKPOINT_EVERY
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert f"default {api.DEFAULT_CHECKPOINT_EVERY})" in " ".join(capsys.readouterr().out.split())
+
+
+def test_version_flag_prints_the_packages_version(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"energydsl {energydsl.__version__}"

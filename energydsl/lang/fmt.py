@@ -47,7 +47,7 @@ from pathlib import Path
 
 from lark import Lark, Token, Tree
 
-from energydsl.runs.checkpoint import atomic_write
+from energydsl.atomic import atomic_write
 from energydsl.errors import SpecError
 from energydsl.lang.parser import _AlwaysAcceptNames, parse, parse_file
 

@@ -11,7 +11,7 @@ import html
 import json
 from pathlib import Path
 
-from energydsl.runs.checkpoint import atomic_write
+from energydsl.atomic import atomic_write
 
 REPORT_FILE = "report.html"
 

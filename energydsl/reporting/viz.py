@@ -8,6 +8,10 @@
 - ``sparsity.png``: the histogram of L0 per sample and each unit's activation frequency;
 - ``tree.png``: the spec's tree drawn with networkx, units coloured by activation frequency;
 - ``angles.png``: DrSAE's encoder/decoder angle per unit (part vs categorical units).
+
+Each picture is a :class:`matplotlib.figure.Figure` saved through the Agg canvas; pyplot
+is never imported, so matplotlib's backend stays as the user set it (a notebook keeps
+its inline plots).  matplotlib itself loads on the first picture, not on import.
 """
 
 from __future__ import annotations
@@ -15,12 +19,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np
 
 from energydsl.reporting.analysis import CATEGORICAL_ABOVE, PART_BELOW, unit_angles
 from energydsl.ops.structures import Structure
@@ -67,7 +66,9 @@ def curves_png(history: list[dict], path: Path) -> Path:
     """Held-out energy and terms (left), reconstruction and test error (right), per epoch."""
     epochs = [m["epoch"] for m in history]
     errors = [key for key in ("recon_error", "test_error") if key in history[-1]]
-    figure, axes = plt.subplots(1, 1 + bool(errors), figsize=(11 if errors else 6, 4), squeeze=False)
+    from matplotlib.ticker import MaxNLocator
+
+    figure, axes = _figure(1, 1 + bool(errors), figsize=(11 if errors else 6, 4), squeeze=False)
     left = axes[0, 0]
     for key in ["energy"] + [k for k in history[-1] if k.startswith("term.")]:
         left.plot(epochs, [m.get(key, np.nan) for m in history], marker=".", label=key.removeprefix("term."))
@@ -88,7 +89,7 @@ def curves_png(history: list[dict], path: Path) -> Path:
 
 def sparsity_png(active: np.ndarray, path: Path) -> Path:
     """How many units each sample uses, and how often each unit is used."""
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, (left, right) = _figure(1, 2, figsize=(11, 4))
     l0 = active.sum(axis=1)
     left.hist(l0, bins=min(50, max(int(l0.max()) + 1, 1)), color="C0")
     left.set_xlabel("active units per sample (L0)")
@@ -103,14 +104,16 @@ def sparsity_png(active: np.ndarray, path: Path) -> Path:
 
 
 def tree_png(tree: Structure, frequency: np.ndarray, path: Path) -> Path:
-    """The tree with networkx, each unit coloured by how often it is active."""
-    import networkx as nx
+    """The tree (laid out by its structure), each unit coloured by how often it is active."""
+    from matplotlib.collections import LineCollection
 
     positions = tree.positions()
-    figure, axes = plt.subplots(figsize=(min(24, 0.3 * tree.size + 3), 4))
-    nx.draw_networkx_edges(tree.graph, positions, ax=axes, edge_color="0.6")
-    nodes = nx.draw_networkx_nodes(tree.graph, positions, ax=axes, node_size=60, node_color=frequency[list(tree.graph)],
-                                   cmap="viridis", vmin=0)  # fmt: skip
+    figure, axes = _figure(figsize=(min(24, 0.3 * tree.size + 3), 4))
+    # drawn here rather than with networkx's drawing functions, which import pyplot
+    axes.add_collection(LineCollection([(positions[a], positions[b]) for a, b in tree.graph.edges], colors="0.6"))
+    units = list(tree.graph)
+    nodes = axes.scatter([positions[u][0] for u in units], [positions[u][1] for u in units], s=60,
+                         c=frequency[units], cmap="viridis", vmin=0, zorder=2)  # fmt: skip
     figure.colorbar(nodes, ax=axes, label="activation frequency")
     axes.set_axis_off()
     axes.set_title(f"tree {tree.name}")
@@ -120,7 +123,7 @@ def tree_png(tree: Structure, frequency: np.ndarray, path: Path) -> Path:
 
 def angles_png(angles: np.ndarray, path: Path) -> Path:
     """Histogram of encoder/decoder angles with the part / categorical thresholds."""
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure, axes = _figure(figsize=(6, 4))
     axes.hist(angles, bins=40, color="C2")
     for threshold, label in ((PART_BELOW, "part"), (CATEGORICAL_ABOVE, "categorical")):
         axes.axvline(threshold, color="k", linestyle="--", linewidth=0.8)
@@ -178,7 +181,7 @@ def filters_png(decoder: np.ndarray, path: Path, input_shape, layout: Structure 
     for unit, tile in enumerate(tiles):
         r, c = divmod(unit, cols)
         canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = tile
-    figure, axes = plt.subplots(figsize=(min(16, 0.4 * cols + 1), min(16, 0.4 * rows + 1)))
+    figure, axes = _figure(figsize=(min(16, 0.4 * cols + 1), min(16, 0.4 * rows + 1)))
     axes.imshow(canvas, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
     axes.set_axis_off()
     title = f"decoder columns on the {layout.kind} {layout.name}" if layout is not None else "decoder columns"
@@ -220,7 +223,7 @@ def kernel_png(kernel: np.ndarray, path: Path, title: str) -> None:
     for r in range(rows):
         for c in range(cols):
             canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = grid[r, c]
-    figure, axes = plt.subplots(figsize=(min(16, 0.12 * cols * (w + 1) + 1), min(16, 0.12 * rows * (h + 1) + 1)))
+    figure, axes = _figure(figsize=(min(16, 0.12 * cols * (w + 1) + 1), min(16, 0.12 * rows * (h + 1) + 1)))
     axes.imshow(canvas, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
     axes.set_axis_off()
     axes.set_title(title)
@@ -231,7 +234,7 @@ def _tree_figure(tiles, tree: Structure, path: Path) -> None:
     positions = tree.positions()
     xs = [p[0] for p in positions.values()]
     depth = int(tree.depths.max())
-    figure, axes = plt.subplots(figsize=(min(24, 0.45 * (max(xs) + 2)), 1.2 * (depth + 1) + 0.5))
+    figure, axes = _figure(figsize=(min(24, 0.45 * (max(xs) + 2)), 1.2 * (depth + 1) + 0.5))
     for parent, child in ((int(tree.parents[i]), i) for i in range(tree.size) if tree.parents[i] >= 0):
         (x0, y0), (x1, y1) = positions[parent], positions[child]
         axes.plot([x0, x1], [y0, y1], color="0.7", linewidth=0.8, zorder=0)
@@ -246,17 +249,27 @@ def _tree_figure(tiles, tree: Structure, path: Path) -> None:
 
 
 def matrix_png(matrix: np.ndarray, path: Path, title: str) -> None:
-    figure, axes = plt.subplots(figsize=(6, 5))
+    figure, axes = _figure(figsize=(6, 5))
     image = axes.imshow(matrix, cmap="viridis", interpolation="nearest")
     figure.colorbar(image, ax=axes)
     axes.set_title(title)
     _save(figure, path)
 
 
+def _figure(rows: int = 1, cols: int = 1, figsize=None, squeeze: bool = True):
+    """A figure and its axes, like ``pyplot.subplots`` but without pyplot's global state."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(rows, cols, squeeze=squeeze)
+
+
 def _save(figure, path: Path) -> None:
-    """Write through a temporary file, so a run directory never holds half a picture."""
+    """Draw with Agg and write through a temporary file, so a run directory never holds half a picture."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
+    FigureCanvasAgg(figure)  # attaches itself as the figure's canvas
     figure.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
-    plt.close(figure)
     tmp.replace(path)

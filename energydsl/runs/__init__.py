@@ -1,11 +1,6 @@
 """Trained runs: checkpoints and run directories, stacking and export, pruning.
 
-Registers the ``stacked`` data source, which reads trained runs, in :data:`energydsl.data.SOURCES`
-(the data layer does not know about runs): import :mod:`energydsl.runs` before describing or
-loading a spec's data.
+The ``stacked`` data source, which reads trained runs, lives here (runs/stacking.py) and reaches
+:data:`energydsl.data.SOURCES` through the package's own ``energydsl.data`` entry point, as a
+plugin's source would: the data layer never imports upward.
 """
-
-from energydsl.data import SOURCES
-from energydsl.runs import stacking
-
-SOURCES.register(stacking.STACKED)

@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
-import stat
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,6 +27,7 @@ import safetensors.torch
 import torch
 
 from energydsl._version import __version__
+from energydsl.atomic import atomic_write, atomic_write_json
 from energydsl.compiler import Program
 from energydsl.errors import RunError, Span
 
@@ -40,30 +38,6 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT = 1
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
-
-    A file that is replaced keeps its permissions.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if path.exists():
-            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def resolved_source(program: Program, overrides: dict[str, float], data_text: str | None) -> str:
