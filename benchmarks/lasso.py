@@ -8,7 +8,7 @@ median time and its relative objective gap Σ F(z) / Σ F(z*) − 1.
 energydsl solves it through the public API — ``energydsl.load(spec)``, the
 dictionary assigned to ``model.params["W"]``, ``model.infer(x, tol=...)`` — by
 FISTA at several tolerances (its ``tol`` bounds the last step, not the
-objective), and exactly by ``infer z by lars`` (the homotopy, energydsl/homotopy.py).
+objective), and exactly by ``infer z by lars`` (the homotopy, energydsl/ops/homotopy.py).
 Run by hand:  python benchmarks/lasso.py [--repeats 3]
 """
 

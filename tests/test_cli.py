@@ -154,6 +154,7 @@ def test_quickstart_example_runs(capsys):
     assert recovered >= 90
 
 
+@pytest.mark.slow
 def test_a_spec_too_large_for_memory_is_a_clear_error(tmp_path, capsys):
     """A consistent spec whose matrices cannot be allocated: one line, exit 2, no traceback."""
     units = (4**10 - 1) // 3  # a 4-ary tree of depth 9; its inhibition matrix is 349525² (122 GB as bool)

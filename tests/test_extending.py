@@ -61,6 +61,7 @@ def test_the_plugin_prox_is_the_prox(site, monkeypatch):
             np.testing.assert_allclose(expected, u.value, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_spec_trains_with_the_plugin_term_from_outside_the_repository(site, tmp_path):
     work = tmp_path / "elsewhere"
     work.mkdir()

@@ -16,7 +16,7 @@ from energydsl.lang.parser import STATEMENT_KEYWORDS
 from energydsl.compiler.pools import POOL_FAMILIES
 from energydsl.terms import TERMS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SPECS = sorted((ROOT / "specs").glob("*.energy")) + sorted((ROOT / "tests" / "specs" / "ok").glob("*.energy"))
 ALL_SPECS = SPECS + sorted((ROOT / "tests" / "specs" / "bad").glob("*.energy"))
 

@@ -15,7 +15,7 @@ import torch
 import energydsl
 from energydsl.data import Dataset
 
-RECOVERY_SPEC = Path(__file__).parent / "specs" / "ok" / "synthetic_recovery.energy"
+RECOVERY_SPEC = Path(__file__).parents[1] / "specs" / "ok" / "synthetic_recovery.energy"
 
 
 
@@ -35,6 +35,7 @@ def snapshot(model) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- dictionary recovery
 
 
+@pytest.mark.slow
 def test_sparse_coding_recovers_the_synthetic_dictionary():
     model = energydsl.load(RECOVERY_SPEC)
     true = model.dataset.extras["dictionary"]
@@ -271,6 +272,7 @@ train
 """
 
 
+@pytest.mark.slow
 def test_lista_learns_to_approximate_fista_codes_better_than_ista():
     """Two learned steps approach the optimal codes z* of the fixed dictionary better than
     two ISTA steps of size 1/L (the point of LISTA), and far better than at initialisation."""
@@ -293,6 +295,7 @@ def test_lista_learns_to_approximate_fista_codes_better_than_ista():
     assert after < 0.6 * before and after < 0.75 * error(ista), (before, error(ista), after)
 
 
+@pytest.mark.slow
 def test_cosine_schedule_sets_each_epochs_learning_rate(monkeypatch):
     """`schedule cosine` multiplies every group's rate (lr_scale ratios kept) by ½(1 + cos(πk/N))
     in the phase's epoch k; a constant phase keeps the optimizer's rates."""
@@ -352,7 +355,7 @@ def test_drsae_keeps_part_units_with_sgd_and_loses_them_with_adam(spec, part_uni
     units, < 0.5 rad); Adam's steps of about lr on entries of about 2e-4 turn every unit away."""
     from energydsl.reporting.analysis import infer_all, unit_kinds
 
-    source = (Path(__file__).parents[1] / "specs" / f"{spec}.energy").read_text(encoding="utf-8")
+    source = (Path(__file__).parents[2] / "specs" / f"{spec}.energy").read_text(encoding="utf-8")
     source = re.sub(r"  phase pretrain.*\n  phase finetune.*\n", "  phase pretrain epochs 1 terms recon, sparse\n", source)
     model = energydsl.load(source, set={"units": 100})
     energydsl.train(model)

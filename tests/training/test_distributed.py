@@ -46,6 +46,7 @@ def assert_close(a: dict, b: dict) -> None:
         assert (value - b[name]).abs().max() <= 2e-5 * scale, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["fista", "drsae"])
 def test_two_workers_reach_the_parameters_of_one(tmp_path, source, drsae_source):
     """FISTA inference (sharded solves) and an encoder with labels (sharded labels)."""
@@ -60,6 +61,7 @@ def test_two_workers_reach_the_parameters_of_one(tmp_path, source, drsae_source)
     assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == 2  # rank 0 alone writes
 
 
+@pytest.mark.slow
 def test_two_workers_resume_a_checkpoint(tmp_path):
     spec = tmp_path / "fista.energy"
     spec.write_text(FISTA_SPEC)
@@ -95,6 +97,7 @@ sys.stdout.write(f"rank {workers.rank}: gradient {weight.grad.tolist()}, group f
 """  # one write: the workers share the launcher's unbuffered stdout
 
 
+@pytest.mark.slow
 def test_leaving_frees_the_group_and_its_threads(tmp_path):
     """A group that outlives destroy_process_group keeps gloo's threads alive into interpreter
     shutdown, where one of them, still releasing the last collective's tensors, asks for the GIL

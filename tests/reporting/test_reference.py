@@ -23,7 +23,7 @@ from energydsl.compiler.pools import POOL_FAMILIES
 from energydsl.reporting.reference import REGENERATE, reference_markdown
 from energydsl.terms import TERMS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MARKDOWN = reference_markdown()
 
 

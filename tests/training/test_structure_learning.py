@@ -2,6 +2,7 @@
 under tree inhibition, S learned by ascent within its constraints, and a topographic
 map from group sparsity over overlapping windows."""
 
+import pytest
 import torch
 
 import energydsl
@@ -140,6 +141,7 @@ def test_pruning_removes_rare_branches_and_saves_like_any_run(tmp_path):
     assert rooted_fraction(pruned.infer(model.dataset.x_test), pruned.program.structures["T"]) >= 0.95
 
 
+@pytest.mark.slow
 def test_overlapping_windows_learn_a_topographic_map():
     """Units that share windows learn similar filters: neighbours on the torus end
     up well above random pairs in |cosine|, where the same training with l1 leaves

@@ -22,7 +22,7 @@ import pytest
 import energydsl
 from energydsl.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BAD = sorted((ROOT / "tests/specs/bad").glob("*.energy"))
 OK = sorted((ROOT / "tests/specs/ok").glob("*.energy")) + sorted((ROOT / "specs").glob("*.energy"))
 UPDATE = os.environ.get("ENERGYDSL_UPDATE_GOLDEN") == "1"

@@ -107,6 +107,7 @@ def planted_runs(tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
 def test_bcd_recovers_a_planted_dictionary_where_sgd_has_not_yet(planted_runs):
     """After 4 epochs (96 steps) bcd has matched 93 % of the planted atoms, sgd 23 % (measured).
     forget = 50: on so few steps the codes change fast and old statistics must fade faster

@@ -17,7 +17,7 @@ from energydsl.cli import main
 from energydsl.reporting.resources import ResourceError, check_fits, estimate, format_bytes, parse_size
 from energydsl.training.loop import make_optimizers, train_step
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GiB = 2**30
 
 # W and b learn, S is fixed and masked: 12·20 + 20·20 + 12 = 652 parameter values.
@@ -221,6 +221,7 @@ print(json.dumps({"growth": status("VmHWM") - base, "samples": len(model.dataset
 """
 
 
+@pytest.mark.slow
 def test_drsae_estimate_is_within_three_times_the_measured_peak():
     spec = ROOT / "specs" / "drsae.energy"
     command = [sys.executable, "-c", MEASURE, str(spec)]

@@ -238,6 +238,7 @@ def test_xent_problem_is_not_quadratic(labelled):
     assert model.problem(model.preprocess(x), None, None).quadratic is True  # no label: no xent
 
 
+@pytest.mark.slow
 def test_fista_with_xent_reaches_the_optimum(labelled):
     """A non-quadratic smooth part (backtracking): compare with cvxpy and check the fixed point."""
     model, x, y = labelled

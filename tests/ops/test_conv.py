@@ -230,6 +230,7 @@ def dense_objective(A, x, lam, pools, z) -> float:
     return 0.5 * float(np.sum((x - A @ z) ** 2)) + lam * sum(np.linalg.norm(z[list(p)]) for p in pools)
 
 
+@pytest.mark.slow
 def test_convolutional_fista_matches_a_dense_solver(monkeypatch):
     # force the path that code maps take: no Gram matrix, the step from power iteration
     monkeypatch.setattr(stepsize, "DENSE_GRAM_MAX_UNITS", 0)

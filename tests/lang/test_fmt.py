@@ -16,7 +16,7 @@ from energydsl.lang.fmt import format_paths, format_source
 from energydsl.model import EnergyModel
 from energydsl.lang.parser import _lark
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SPECS = sorted((ROOT / "specs").glob("*.energy")) + sorted((ROOT / "tests/specs/ok").glob("*.energy"))
 IDS = [str(path.relative_to(ROOT)) for path in SPECS]
 

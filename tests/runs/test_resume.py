@@ -81,6 +81,7 @@ def test_resume_after_an_interruption_mid_epoch_is_bitwise_identical(tmp_path, r
     assert_bitwise_equal(params(out), reference)
 
 
+@pytest.mark.slow
 def test_kill_9_at_a_random_step_then_resume_is_bitwise_identical(spec_file, tmp_path):
     """A real process killed without warning loses at most one checkpoint interval."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -129,6 +130,7 @@ def test_a_corrupt_checkpoint_is_a_clear_error(spec_file, tmp_path):
         energydsl.train(energydsl.load(spec_file), out=out, resume=True)
 
 
+@pytest.mark.slow
 def test_ctrl_c_from_the_command_line_saves_and_exits_130(spec_file, tmp_path):
     """A real SIGINT to a real process: it finishes the step, saves, says how to resume."""
     out = tmp_path / "run"

@@ -39,7 +39,7 @@ from hypothesis import strategies as st
 from energydsl.cli import main
 from energydsl.lang.parser import STATEMENT_KEYWORDS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SPECS = sorted((ROOT / "specs").glob("*.energy")) + sorted((ROOT / "tests/specs/ok").glob("*.energy"))
 MUTANTS_PER_SPEC = 180  # with 14 specs: 2,520 mutants, about 20 s on one core
 

@@ -11,7 +11,7 @@ from energydsl.api import compile_program
 from energydsl.reporting.explain import explain
 from energydsl.terms import TERMS
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
+SPECS = Path(__file__).resolve().parents[2] / "specs"
 
 
 @functools.cache
