@@ -11,19 +11,19 @@ from pathlib import Path
 
 import torch
 
-from energydsl.runs import checkpoint
-from energydsl.runs.directory import load_run, run_dataset
-from energydsl.reporting.analysis import infer_all, run_metrics
 from energydsl.building import compile_program, load_dataset, read_spec
 from energydsl.data import Dataset
-from energydsl.training.distributed import SINGLE, Workers
 from energydsl.errors import RunError
 from energydsl.model import EnergyModel
-from energydsl.training.loop import evaluate, initial_state
-from energydsl.training.loop import train as _train_loop
+from energydsl.reporting.analysis import infer_all, run_metrics
 from energydsl.reporting.report import REPORT_FILE, write_report
 from energydsl.reporting.resources import check_fits
 from energydsl.reporting.viz import write_pictures
+from energydsl.runs import checkpoint
+from energydsl.runs.directory import load_run, run_dataset
+from energydsl.training.distributed import SINGLE, Workers
+from energydsl.training.loop import evaluate, initial_state
+from energydsl.training.loop import train as _train_loop
 
 __all__ = ["compile_program", "evaluate_run", "load", "load_dataset", "load_run", "plot_run", "read_spec",
            "run_dataset", "train"]

@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from energydsl.compiler import Program
-from energydsl.terms import BoundTerm
 from energydsl.expr.compiler import Env
 from energydsl.solvers import Batch, Problem
 from energydsl.solvers.prox import make_prox
 from energydsl.solvers.stepsize import FEW_SAMPLES, PowerIteration, uses_power_iteration
+from energydsl.terms import BoundTerm
 
 
 class EnergyModel(nn.Module):
@@ -32,7 +32,7 @@ class EnergyModel(nn.Module):
         self.program = program
         self.params = nn.ParameterDict()
         self.masks: dict[str, list[torch.Tensor]] = {}
-        self._power_iteration = PowerIteration()  # FISTA's step for code maps, warm across batches
+        self.step_size_estimate = PowerIteration()  # FISTA's step for code maps, warm across batches
         generator = torch.Generator().manual_seed(program.training.seed if seed is None else seed)
         self._initialize(train_x, generator)
 
@@ -195,7 +195,7 @@ class EnergyModel(nn.Module):
         L = None
         if quadratic and uses_power_iteration(self.program.latent):  # large code maps: no Gram matrix
             few = smooth_of(xp[:FEW_SAMPLES], None if y is None else y[:FEW_SAMPLES])
-            L = self._power_iteration(smooth_energy, few, xp.new_zeros((xp.shape[0],) + self.program.latent.shape))
+            L = self.step_size_estimate(smooth_energy, few, xp.new_zeros((xp.shape[0],) + self.program.latent.shape))
         return Problem(smooth_energy, prox, quadratic, curvature, lipschitz=L)
 
     # ------------------------------------------------------------ classification

@@ -29,11 +29,11 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.metrics import accuracy_score
 from sklearn.utils.validation import check_array, check_consistent_length, check_is_fitted, column_or_1d
 
-from energydsl.lang import spec as S
 from energydsl.api import load, read_spec, train
 from energydsl.data import Dataset
 from energydsl.errors import WHOLE_SPEC, SpecError, UserError, did_you_mean
 from energydsl.expr.compiler import ExprCompiler, Symbol, Value
+from energydsl.lang import spec as S
 
 __all__ = ["EnergyEstimator", "EstimatorError"]
 

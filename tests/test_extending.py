@@ -13,12 +13,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import cvxpy as cp
 import numpy as np
 import pytest
+import tomllib
 import torch
 
 PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "plugin"

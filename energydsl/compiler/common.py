@@ -5,10 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-
 from energydsl.errors import Span, SpecError, did_you_mean, one_of
 from energydsl.expr.compiler import ExprCompiler
-
 
 _EXAMPLES = {"input": "x[784]", "latent": "z[256]", "label": "y : 10 classes", "encoder": "z = relu(E @ x)"}
 

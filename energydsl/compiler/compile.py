@@ -10,20 +10,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 
-
-from energydsl.lang import spec as S
+from energydsl.compiler.common import _EXAMPLES, _override_value, _stem
+from energydsl.compiler.energy import EnergyStage
+from energydsl.compiler.expressions import ExpressionsStage
+from energydsl.compiler.inference import InferenceStage
+from energydsl.compiler.params import ParamsStage
+from energydsl.compiler.program import DataCall, Program, Variable
+from energydsl.compiler.roles import Roles, find_roles
+from energydsl.compiler.structures import StructuresStage
+from energydsl.compiler.training import TrainingStage
+from energydsl.compiler.variables import VariablesStage
 from energydsl.errors import WHOLE_SPEC, Span, SpecError, UserError, did_you_mean, one_of
 from energydsl.expr.compiler import ExprCompiler, Symbol, Value
-from energydsl.compiler.common import _EXAMPLES, _override_value, _stem
-from energydsl.compiler.roles import Roles, find_roles
-from energydsl.compiler.program import DataCall, Program, Variable
-from energydsl.compiler.variables import VariablesStage
-from energydsl.compiler.structures import StructuresStage
-from energydsl.compiler.params import ParamsStage
-from energydsl.compiler.expressions import ExpressionsStage
-from energydsl.compiler.energy import EnergyStage
-from energydsl.compiler.inference import InferenceStage
-from energydsl.compiler.training import TrainingStage
+from energydsl.lang import spec as S
 
 DataInfo = tuple[tuple[int, ...], int | None]  # the data's sample shape and classes (None: unlabelled)
 
@@ -58,6 +57,12 @@ def compile_spec(
 
 class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, EnergyStage, InferenceStage,
                TrainingStage):
+    """One spec's compilation.  Each stage (a mixin in its own module: variables, structures,
+    params, expressions, energy, inference, training) checks and compiles one kind of
+    declaration; they share the state set here and in :meth:`run`: ``spec``, ``consts`` (the
+    compiler of constant expressions), ``scope`` (name → symbol, filled as names are declared,
+    through :meth:`_declare`), ``structures`` and ``nonneg``."""
+
     def __init__(self, spec: S.Spec, overrides: dict, data: S.Call | None, data_info, describe_data=None):
         self.spec = spec
         self.overrides = overrides

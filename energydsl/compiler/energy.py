@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-
-
-from energydsl.lang import spec as S
+from energydsl.compiler.program import BoundTerm, Variable
 from energydsl.errors import WHOLE_SPEC, SpecError, did_you_mean, one_of
 from energydsl.expr.compiler import FUNCTIONS, Closure, ExprCompiler
+from energydsl.lang import spec as S
 from energydsl.ops.pools import PoolFamily
 from energydsl.terms import TERMS
-from energydsl.compiler.program import Variable, BoundTerm
-
-
 
 
 class EnergyStage:

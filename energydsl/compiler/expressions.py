@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-
-
-from energydsl.lang import spec as S
-from energydsl.errors import Span, SpecError
-from energydsl.expr.compiler import Closure, Env, ExprCompiler, Symbol, Value
-from energydsl.ops.pools import PoolFamily
 from energydsl.compiler.pools import POOL_FAMILIES, family_from_list, pool_from_ranges, unknown_builder
 from energydsl.compiler.program import Variable
-
-
+from energydsl.errors import Span, SpecError
+from energydsl.expr.compiler import Closure, Env, ExprCompiler, Symbol, Value
+from energydsl.lang import spec as S
+from energydsl.ops.pools import PoolFamily
 
 
 class ExpressionsStage:

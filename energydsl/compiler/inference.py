@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-
-
-from energydsl.lang import spec as S
-from energydsl.errors import SpecError, did_you_mean, one_of
 from energydsl.compiler.common import _options
-from energydsl.terms import BoundTerm
-from energydsl.compiler.program import Variable, Method
+from energydsl.compiler.program import DEFAULT_STEPS, DEFAULT_TOL, Method, Variable
+from energydsl.errors import SpecError, did_you_mean, one_of
+from energydsl.lang import spec as S
 from energydsl.solvers import SOLVERS
-from energydsl.compiler.program import DEFAULT_STEPS, DEFAULT_TOL
+from energydsl.terms import BoundTerm
 
 
 class InferenceStage:

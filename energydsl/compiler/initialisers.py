@@ -10,11 +10,11 @@ from typing import ClassVar
 
 import torch
 
-from energydsl.lang import spec as S
-from energydsl.ops import structures as st
+from energydsl.compiler.program import Variable
 from energydsl.errors import SpecError
 from energydsl.expr.compiler import Closure, Env, Value
-from energydsl.compiler.program import Variable
+from energydsl.lang import spec as S
+from energydsl.ops import structures as st
 from energydsl.registry import Registry
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-
-from energydsl.lang import spec as S
-from energydsl.ops.constraints import CONSTRAINTS, Constraint, sort_constraints
+from energydsl.compiler.common import _options
+from energydsl.compiler.initialisers import InitTarget, _default_init, init_functions
+from energydsl.compiler.program import ParamPlan, Variable
 from energydsl.errors import SpecError, did_you_mean, one_of
 from energydsl.expr.compiler import Closure, ExprCompiler, Symbol, Value
-from energydsl.compiler.common import _options
-from energydsl.compiler.program import Variable, ParamPlan
-from energydsl.compiler.initialisers import InitTarget, _default_init, init_functions
+from energydsl.lang import spec as S
+from energydsl.ops.constraints import CONSTRAINTS, Constraint, sort_constraints
 
 LEARN_MODES = ("descent", "ascent", "fixed")
 # learning-rate schedules over a phase: the optimizer's rates times a factor of the epoch

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from energydsl.compiler.program import Variable
+from energydsl.errors import SpecError, did_you_mean, one_of
 from energydsl.lang import spec as S
 from energydsl.ops import pools
 from energydsl.ops import structures as st
 from energydsl.ops.pools import PoolFamily
-from energydsl.errors import SpecError, did_you_mean, one_of
-from energydsl.compiler.program import Variable
 from energydsl.registry import Registry
 
 

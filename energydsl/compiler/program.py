@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
+from energydsl.compiler.roles import Roles
+from energydsl.errors import Span
+from energydsl.expr.compiler import Closure
 from energydsl.lang import spec as S
 from energydsl.ops import structures as st
 from energydsl.ops.constraints import Constraint
-from energydsl.errors import Span
-from energydsl.expr.compiler import Closure
-from energydsl.optim import OPTIMIZERS, Optimizer
 from energydsl.ops.pools import PoolFamily
-from energydsl.compiler.roles import Roles
+from energydsl.optim import OPTIMIZERS, Optimizer
 from energydsl.solvers import SOLVERS, Solver
 from energydsl.terms import BoundTerm
 

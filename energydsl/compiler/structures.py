@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import ClassVar
 
-from energydsl.lang import spec as S
-from energydsl.ops import structures as st
-from energydsl.errors import SpecError, did_you_mean, one_of
-from energydsl.expr.compiler import Symbol, Value
 from energydsl.compiler.common import spec_dir
 from energydsl.compiler.program import Variable
+from energydsl.errors import SpecError, did_you_mean, one_of
+from energydsl.expr.compiler import Symbol, Value
+from energydsl.lang import spec as S
+from energydsl.ops import structures as st
 from energydsl.registry import Registry
 
 

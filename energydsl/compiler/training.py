@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from energydsl.lang import spec as S
-from energydsl.errors import Span, SpecError, did_you_mean, one_of
 from energydsl.compiler.common import _options
+from energydsl.compiler.program import ParamPlan, Phase, Training, Variable
+from energydsl.errors import Span, SpecError, did_you_mean, one_of
+from energydsl.lang import spec as S
 from energydsl.optim import OPTIMIZERS
-from energydsl.terms import BoundTerm
-from energydsl.compiler.program import Variable, ParamPlan, Phase, Training
+from energydsl.terms import TERMS, BoundTerm
 
 DEFAULT_OPTIMIZER = "adam"
 SCHEDULES = {
@@ -70,7 +70,8 @@ class TrainingStage:
         decoders: dict[str, list[str]] = {}
         for decl in self.spec.energy:
             _, call = self._split_weight(decl.value)
-            decoded = call.args[1] if call.func == "sqerr" and len(call.args) == 2 else None
+            reconstructs = TERMS[call.func].role == "reconstruction" and len(call.args) == 2
+            decoded = call.args[1] if reconstructs else None
             if (isinstance(decoded, S.BinOp) and decoded.op == "@" and isinstance(decoded.left, S.Name)
                     and isinstance(decoded.right, S.Name) and decoded.right.id == latent.name):  # fmt: skip
                 decoders.setdefault(decoded.left.id, []).append(decl.name.name)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 
-
-from energydsl.ops import structures as st
-from energydsl.errors import SpecError, one_of
-from energydsl.expr.compiler import Symbol, Value
 from energydsl.compiler.common import _join
 from energydsl.compiler.program import Variable
+from energydsl.errors import SpecError, one_of
+from energydsl.expr.compiler import Symbol, Value
+from energydsl.ops import structures as st
 
 NORMALIZATIONS = ("l2",)
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from energydsl.ops import conv
-from energydsl.lang import spec as S
 from energydsl.errors import SpecError, did_you_mean, one_of
+from energydsl.lang import spec as S
+from energydsl.ops import conv
 from energydsl.ops.pools import soft_threshold
 
 INF = math.inf
@@ -421,7 +421,7 @@ class ExprCompiler:
         state_symbol = Symbol("state", Value(state_value.shape, True, degree=state_value.degree),
                               lambda env: env.cache["state:" + state])  # fmt: skip
         inner = ExprCompiler({**self.scope, state: state_symbol}, self.context, self.extra_functions, self.unavailable)
-        body_value, body_fn = inner.compile(_hoist(node.body, state))
+        body_value, body_fn = inner.compile(hoist(node.body, state))
         if body_value.shape != state_value.shape or not body_value.batched:
             raise SpecError(f"the body of recurrent(...) gives {body_value.describe()}, "
                             f"but {state} is {state_value.describe()}", node.body.span)  # fmt: skip
@@ -461,7 +461,7 @@ def _reads(node: S.Expr, name: str) -> bool:
     return any(_reads(child, name) for child in children)
 
 
-def _hoist(node: S.Expr, state: str) -> S.Expr:
+def hoist(node: S.Expr, state: str) -> S.Expr:
     """Mark state-free subtrees of a recurrent body so they are computed once.
 
     The marking is a ``Call`` to the internal function ``__once__``, which
@@ -474,15 +474,15 @@ def _hoist(node: S.Expr, state: str) -> S.Expr:
     updates = {}
     for attr in ("left", "right", "operand"):
         if hasattr(node, attr):
-            updates[attr] = _hoist(getattr(node, attr), state)
+            updates[attr] = hoist(getattr(node, attr), state)
     if isinstance(node, S.Call):
-        updates["args"] = tuple(_hoist(a, state) for a in node.args)
-        updates["kwargs"] = tuple(kw.model_copy(update={"value": _hoist(kw.value, state)}) for kw in node.kwargs)
+        updates["args"] = tuple(hoist(a, state) for a in node.args)
+        updates["kwargs"] = tuple(kw.model_copy(update={"value": hoist(kw.value, state)}) for kw in node.kwargs)
     return node.model_copy(update=updates)
 
 
 def compile_once(compiler: ExprCompiler, node: S.Call) -> tuple[Value, Closure]:
-    """``__once__(e)``: e computed at most once per evaluation (see :func:`_hoist`)."""
+    """``__once__(e)``: e computed at most once per evaluation (see :func:`hoist`)."""
     value, fn = compiler.compile(node.args[0])
     key = f"once:{next(_once_ids)}"
 

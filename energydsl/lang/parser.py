@@ -14,8 +14,8 @@ from pathlib import Path
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 
-from energydsl.lang import spec as S
 from energydsl.errors import WHOLE_SPEC, Span, SpecError, did_you_mean
+from energydsl.lang import spec as S
 
 STATEMENT_KEYWORDS = (
     "model", "data", "const", "input", "label", "latent", "param", "graph", "let",

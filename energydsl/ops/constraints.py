@@ -13,8 +13,8 @@ rows) and are then only approximately both satisfied.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-
 # above this many entries (units × pools) the pools of one level are a table of indices (see GroupNorms)
 DENSE_LEVEL_LIMIT = 4_000_000
 
@@ -139,7 +138,8 @@ class GroupNorms:
         self.levels = None if levels is None else [make(lv) for lv in levels]
         self.gap_tol = gap_tol
         self.max_iter = max_iter
-        self._dual: torch.Tensor | None = None  # warm start
+        # the dual prox's last solution, its next start; public so that a measurement can leave it as it was
+        self.warm_start: torch.Tensor | None = None
         self._cache: dict = {}
 
     def _level_matrix(self, pools: list[int]) -> torch.Tensor:
@@ -233,7 +233,7 @@ class GroupNorms:
             previous = (step_xi, step_xs)
             if k % 10 == 9 and self._gap_small(result, *previous, bound, unit_bound, tol):
                 break
-        self._dual = previous
+        self.warm_start = previous
         u = result - self.units(previous[0]) - previous[1]
         # where the prox is exactly 0, v − Aᵀξ leaves rounding of v's size: make it 0 again
         u = torch.where(u.abs() <= 1e-12 * result.abs().amax(dim=1, keepdim=True), torch.zeros_like(u), u)
@@ -242,9 +242,10 @@ class GroupNorms:
     def _start(self, v, with_l1: bool):
         """The previous call's dual point (a warm start), if it fits this call."""
         memberships = (v.shape[0], self.unit_of.shape[0])
-        if self._dual is not None and self._dual[0].shape == memberships and self._dual[0].device == v.device:
-            xs = self._dual[1] if with_l1 else torch.zeros_like(v)
-            return self._dual[0], xs
+        warm = self.warm_start
+        if warm is not None and warm[0].shape == memberships and warm[0].device == v.device:
+            xs = warm[1] if with_l1 else torch.zeros_like(v)
+            return warm[0], xs
         return v.new_zeros(memberships), torch.zeros_like(v)
 
     def _project(self, xi, bound):

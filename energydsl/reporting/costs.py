@@ -77,12 +77,12 @@ def stand_in_model(program: Program) -> EnergyModel:
 @contextmanager
 def _warm_starts_kept(program: Program):
     """The dual prox keeps a warm start on the (shared) term; measuring must not leave one behind."""
-    saved = [(t.term.norms, t.term.norms._dual) for t in program.terms if t.term.prox_kind == "group"]
+    saved = [(t.term.norms, t.term.norms.warm_start) for t in program.terms if t.term.prox_kind == "group"]
     try:
         yield
     finally:
         for norms, dual in saved:
-            norms._dual = dual
+            norms.warm_start = dual
 
 
 def _flops(fn: Callable[[], object]) -> tuple[int, object]:

@@ -21,16 +21,15 @@ from collections.abc import Callable
 
 import torch
 
-from energydsl.lang import spec as S
 from energydsl.compiler import Method, ParamPlan, Program
-from energydsl.terms import BoundTerm
 from energydsl.errors import Span
-from energydsl.expr.compiler import _hoist
+from energydsl.expr.compiler import hoist
+from energydsl.lang import spec as S
 from energydsl.model import EnergyModel
 from energydsl.ops.pools import PoolFamily
-from energydsl.solvers.stepsize import DENSE_GRAM_MAX_UNITS
-from energydsl.terms import TERMS
 from energydsl.reporting.costs import Costs, SolverCost, by_exact_path, fista_method, measure, stand_in_model
+from energydsl.solvers.stepsize import DENSE_GRAM_MAX_UNITS
+from energydsl.terms import TERMS, BoundTerm
 
 WIDTH = 100  # prose lines are wrapped to this width
 
@@ -341,14 +340,14 @@ def _encoder_lines(program: Program) -> list[str]:
     steps = program.roles.recurrent_steps
     body = _source_text(program, decl.value.body.span)
     lines = [f"  encoder: {steps} recurrent steps of {z} ← {body}, from {z} = 0 (weights shared across steps)"]
-    hoisted = [_source_text(program, node.span) for node in _hoisted(_hoist(decl.value.body, z))]
+    hoisted = [_source_text(program, node.span) for node in _hoisted(hoist(decl.value.body, z))]
     if hoisted:
         lines.append(f"  computed once, before the steps (they do not read {z}): {', '.join(hoisted)}")
     return lines
 
 
 def _hoisted(node: S.Expr) -> list[S.Expr]:
-    """The subexpressions the recurrence computes once (marked by :func:`energydsl.expr._hoist`)."""
+    """The subexpressions the recurrence computes once (marked by :func:`energydsl.expr.hoist`)."""
     if isinstance(node, S.Call) and node.func == "__once__":
         return [node.args[0]]
     children = [getattr(node, f) for f in ("left", "right", "operand") if hasattr(node, f)]

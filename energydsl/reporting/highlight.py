@@ -30,16 +30,23 @@ from typing import ClassVar
 from pygments.lexer import RegexLexer, bygroups, default, include, words
 from pygments.token import Comment, Keyword, Name, Number, Operator, Punctuation, String, Whitespace
 
-from energydsl.solvers import SOLVERS
 from energydsl.compiler.params import LEARN_MODES
+from energydsl.compiler.pools import POOL_FAMILIES
 from energydsl.compiler.structures import STRUCTURES
-from energydsl.optim import OPTIMIZERS
 from energydsl.compiler.variables import NORMALIZATIONS
-from energydsl.ops.constraints import CONSTRAINTS
 from energydsl.data import SOURCES
 from energydsl.expr.compiler import FUNCTIONS
-from energydsl.compiler.pools import POOL_FAMILIES
-from energydsl.reporting.reference import grammar_keywords, grammar_rules, init_builders, matrix_builders, statement_keyword, statement_rules
+from energydsl.ops.constraints import CONSTRAINTS
+from energydsl.optim import OPTIMIZERS
+from energydsl.reporting.reference import (
+    grammar_keywords,
+    grammar_rules,
+    init_builders,
+    matrix_builders,
+    statement_keyword,
+    statement_rules,
+)
+from energydsl.solvers import SOLVERS
 from energydsl.terms import TERMS
 
 __all__ = ["EnergyLexer"]

@@ -21,19 +21,19 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files
 
-from energydsl.ops import constraints
-from energydsl.solvers import SOLVERS
-from energydsl.ops.constraints import CONSTRAINTS
 from energydsl.compiler.initialisers import INITIALISERS
 from energydsl.compiler.params import LEARN_MODES
-from energydsl.compiler.program import DEFAULT_STEPS, DEFAULT_TOL
 from energydsl.compiler.pools import POOL_FAMILIES, family_from_list
+from energydsl.compiler.program import DEFAULT_STEPS, DEFAULT_TOL
 from energydsl.compiler.structures import STRUCTURES
 from energydsl.compiler.training import SCHEDULES
-from energydsl.optim import OPTIMIZERS
 from energydsl.compiler.variables import NORMALIZATIONS
 from energydsl.data import SOURCES
 from energydsl.expr.compiler import FUNCTION_DESCRIPTIONS, FUNCTIONS
+from energydsl.ops import constraints
+from energydsl.ops.constraints import CONSTRAINTS
+from energydsl.optim import OPTIMIZERS
+from energydsl.solvers import SOLVERS
 from energydsl.terms import TERMS
 
 REGENERATE = "python -m energydsl.reporting.reference > docs/reference.md"

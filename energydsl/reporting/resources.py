@@ -175,20 +175,20 @@ def estimate(program: Program, samples: int = 0, dtype: torch.dtype | None = Non
     eval_batch = min(EVAL_BATCH, samples) if samples else EVAL_BATCH
     activations = max(_activations(program, batch, True), _activations(program, eval_batch, False))
     per_sample = math.prod(program.sample_shape) * DATA_BYTES + (INT64 if program.label else 0)
-    terms = _term_memory(program, max(batch, eval_batch), size)
-    return Estimate(
-        {
-            "parameters": values * size,
-            "masks": masks * size,
-            "gradients": learning * size,
-            "optimizer state": _optimizer_state_values(program, learning) * size,
-            "activations": activations * size,
-            "gram": _gram_bytes(program, size) + terms.get("gram", 0),
-            "dual variables": terms.get("dual variables", 0),
-            "pool tables": terms.get("pool tables", 0),
-            "dataset": samples * per_sample,
-        }
-    )
+    parts = {
+        "parameters": values * size,
+        "masks": masks * size,
+        "gradients": learning * size,
+        "optimizer state": _optimizer_state_values(program, learning) * size,
+        "activations": activations * size,
+        "gram": _gram_bytes(program, size),
+        "dual variables": 0,
+        "pool tables": 0,
+        "dataset": samples * per_sample,
+    }
+    for part, count in _entries_memory(program, max(batch, eval_batch), size):
+        parts[part] = parts.get(part, 0) + count
+    return Estimate(parts)
 
 
 def check_fits(program: Program, samples: int, available: int | None = None) -> Estimate:
@@ -204,7 +204,7 @@ def check_fits(program: Program, samples: int, available: int | None = None) -> 
     if available is None:
         available, source = available_memory()
     if available is not None and needed.total > available:
-        remedy = _REMEDIES[needed.largest(1)[0][0]]
+        remedy = _REMEDIES.get(needed.largest(1)[0][0], "a smaller batch or fewer latent units")
         override = f"raise {LIMIT_VARIABLE}" if source == LIMIT_VARIABLE else f"set {LIMIT_VARIABLE} (e.g. 64G)"
         raise ResourceError(
             f"spec '{program.name}' needs {needed} but {format_bytes(available)} of memory is available "
@@ -271,15 +271,13 @@ def _gram_bytes(program: Program, size: int) -> int:
         total += 3 * m * m * size  # H, the identity, (H + Hᵀ) / 2
         if m <= EXACT_EIGEN_LIMIT:
             total += 2 * m * m * FLOAT64  # eigvalsh on H.double(): the copy and its workspace
-    for method in program.methods:  # what a method holds beyond one step (lars: H and its factor)
-        total += method.solver.memory(m, size).get("gram", 0)
     return total
 
 
-def _term_memory(program: Program, batch: int, size: int) -> dict[str, int]:
-    """What the terms say they add (pool tables, dual variables, λ_max workspaces), by part."""
-    parts: dict[str, int] = {}
-    for term in program.terms:
-        for part, count in term.term.memory(batch, size, _uses_prox(program)).items():
-            parts[part] = parts.get(part, 0) + count
-    return parts
+def _entries_memory(program: Program, batch: int, size: int) -> list[tuple[str, int]]:
+    """What the terms and inference methods say they add, by part: pool tables, dual variables,
+    λ_max workspaces (terms); the homotopy's Gram matrix and factors (lars)."""
+    prox = _uses_prox(program)
+    added = [item for term in program.terms for item in term.term.memory(batch, size, prox).items()]
+    units = program.latent.shape[0]
+    return added + [item for method in program.methods for item in method.solver.memory(units, size).items()]

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from energydsl.reporting.analysis import CATEGORICAL_ABOVE, PART_BELOW, unit_angles
 from energydsl.ops.structures import Structure
+from energydsl.reporting.analysis import CATEGORICAL_ABOVE, PART_BELOW, unit_angles
 
 
 def write_pictures(model, directory: Path, history: list[dict] | None = None, z=None) -> list[Path]:

@@ -145,8 +145,8 @@ def save_state(directory: Path, model, state, source: str) -> None:
     tensors["rng/torch"] = torch.get_rng_state()
     if state.order is not None:
         tensors["order"] = state.order.cpu()
-    if model._power_iteration.vector is not None:  # the warm start of code maps' step size
-        tensors["power_iteration"] = model._power_iteration.vector.cpu()
+    if model.step_size_estimate.vector is not None:  # the warm start of code maps' step size
+        tensors["power_iteration"] = model.step_size_estimate.vector.cpu()
     optimizers = {}
     for direction in ("descent", "ascent"):
         optimizer = getattr(state.optimizers, direction)
@@ -201,7 +201,7 @@ def load_state(directory: Path, model, state, source: str) -> None:
     torch.set_rng_state(tensors["rng/torch"])
     state.order = tensors.get("order")
     if "power_iteration" in tensors:
-        model._power_iteration.vector = tensors["power_iteration"].to(model.device)
+        model.step_size_estimate.vector = tensors["power_iteration"].to(model.device)
     state.step, state.epoch, state.batch = position["step"], position["epoch"], position["batch"]
     state.history = position["history"]
 

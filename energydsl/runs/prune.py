@@ -15,15 +15,15 @@ from pathlib import Path
 
 import torch
 
-from energydsl.runs import checkpoint
-from energydsl.lang import spec as S
-from energydsl.runs.directory import load_run
 from energydsl.compiler import compile_spec
 from energydsl.data import load_data
 from energydsl.errors import RunError
-from energydsl.model import EnergyModel
+from energydsl.lang import spec as S
 from energydsl.lang.parser import parse
+from energydsl.model import EnergyModel
 from energydsl.ops.structures import Structure
+from energydsl.runs import checkpoint
+from energydsl.runs.directory import load_run
 
 INFER_BATCH = 1024
 

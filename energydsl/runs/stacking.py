@@ -30,13 +30,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from energydsl.ops.conv import l2_pool
+from energydsl.building import compile_program
+from energydsl.compiler import spec_dir
 from energydsl.data import DataError, Dataset, describe_source
 from energydsl.data.base import Args, Source
 from energydsl.errors import SpecError, UserError
 from energydsl.expr.compiler import Env
-from energydsl.building import compile_program
-from energydsl.compiler import spec_dir
+from energydsl.ops.conv import l2_pool
 from energydsl.runs import checkpoint
 from energydsl.runs.directory import load_run, run_dataset
 

@@ -6,8 +6,16 @@ import torch
 
 from energydsl.errors import NumericalError
 from energydsl.solvers.admm import _admm_if_overlapping
-from energydsl.solvers.problem import CURVATURE_NOT_FINITE, SAFETY, Problem, affine_gradient, largest_eigenvalue, lipschitz, smooth_and_grad
 from energydsl.solvers.base import Batch, Solver
+from energydsl.solvers.problem import (
+    CURVATURE_NOT_FINITE,
+    SAFETY,
+    Problem,
+    affine_gradient,
+    largest_eigenvalue,
+    lipschitz,
+    smooth_and_grad,
+)
 from energydsl.solvers.prox import ExactProx, check_proximable
 
 

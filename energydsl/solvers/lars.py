@@ -5,11 +5,18 @@ from __future__ import annotations
 import torch
 
 from energydsl.errors import NumericalError, SpecError
-from energydsl.solvers.base import Batch, Solver
-from energydsl.solvers.stepsize import DENSE_GRAM_MAX_UNITS
 from energydsl.solvers.admm import ADMM_FINEST_TOL
+from energydsl.solvers.base import Batch, Solver
 from energydsl.solvers.fista import _fista_affine
-from energydsl.solvers.problem import CURVATURE_NOT_FINITE, FLOAT64, SAFETY, Problem, affine_gradient, largest_eigenvalue
+from energydsl.solvers.problem import (
+    CURVATURE_NOT_FINITE,
+    FLOAT64,
+    SAFETY,
+    Problem,
+    affine_gradient,
+    largest_eigenvalue,
+)
+from energydsl.solvers.stepsize import DENSE_GRAM_MAX_UNITS
 
 
 def lars(problem: Problem, z: torch.Tensor) -> torch.Tensor:

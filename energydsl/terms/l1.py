@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from energydsl.errors import SpecError
 from energydsl.terms.base import SeparableTerm, _per_sample_sum
 

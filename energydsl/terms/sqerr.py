@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from energydsl.errors import SpecError
 from energydsl.terms.base import Term, _per_sample_sum
 

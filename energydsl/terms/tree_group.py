@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-
-from energydsl.ops.structures import subtrees
 from energydsl.ops.pools import PoolFamily
+from energydsl.ops.structures import subtrees
 from energydsl.terms.base import GroupTerm
 
 

@@ -20,10 +20,10 @@ import torch
 
 from energydsl.compiler import Phase
 from energydsl.data import DataError, Dataset
-from energydsl.optim.bcd import BlockCoordinateDictionary
-from energydsl.training.distributed import SINGLE, Workers
 from energydsl.errors import NumericalError
 from energydsl.model import EnergyModel
+from energydsl.optim.bcd import BlockCoordinateDictionary
+from energydsl.training.distributed import SINGLE, Workers
 
 EVAL_BATCH = 1024
 

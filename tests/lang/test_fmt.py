@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from energydsl.api import compile_program
 from energydsl.errors import SpecError
 from energydsl.lang.fmt import format_paths, format_source
-from energydsl.model import EnergyModel
 from energydsl.lang.parser import _lark
+from energydsl.model import EnergyModel
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = sorted((ROOT / "specs").glob("*.energy")) + sorted((ROOT / "tests/specs/ok").glob("*.energy"))

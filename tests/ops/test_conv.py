@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 
 import energydsl
-from energydsl.ops import conv
-from energydsl.solvers import problem as infer
-from energydsl.solvers import stepsize
 from energydsl.data import Dataset
 from energydsl.errors import SpecError
+from energydsl.ops import conv
 from energydsl.ops.pools import GroupNorms, maps
+from energydsl.solvers import problem as infer
+from energydsl.solvers import stepsize
 
 IMAGE = (1, 8, 8)
 

@@ -19,10 +19,10 @@ import torch
 
 import energydsl
 from energydsl.ops import structures as st
+from energydsl.ops.pools import GroupNorms, PoolFamily
 from energydsl.solvers.admm import admm
 from energydsl.solvers.fista import fista
 from energydsl.solvers.prox import Splitting, make_prox
-from energydsl.ops.pools import GroupNorms, PoolFamily
 
 REL = 1e-6  # relative objective gap allowed
 DIST = 1e-5  # max |ours − cvxpy| per coordinate, for strongly convex problems

@@ -18,9 +18,9 @@ import safetensors.torch
 import torch
 
 import energydsl
-from energydsl.runs.checkpoint import MODEL_FILE
-from energydsl.optim.bcd import BlockCoordinateDictionary
 from energydsl.errors import SpecError
+from energydsl.optim.bcd import BlockCoordinateDictionary
+from energydsl.runs.checkpoint import MODEL_FILE
 from energydsl.training.loop import Interrupted
 
 

@@ -211,7 +211,7 @@ def test_explain_leaves_no_warm_start_on_the_program():
     program = compile_program(SPECS / "topographic.energy")
     first = explain(program)
     norms = [t.term.norms for t in program.terms if t.term.prox_kind == "group"]
-    assert norms and all(n._dual is None for n in norms)
+    assert norms and all(n.warm_start is None for n in norms)
     assert explain(program) == first
 
 

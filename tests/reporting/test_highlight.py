@@ -7,13 +7,13 @@ import pytest
 from pygments.lexers import get_lexer_by_name, get_lexer_for_filename
 from pygments.token import Comment, Error, Keyword, Name, Number, Operator, Punctuation, Whitespace
 
+from energydsl.compiler.pools import POOL_FAMILIES
 from energydsl.compiler.structures import STRUCTURES
-from energydsl.ops.constraints import CONSTRAINTS
 from energydsl.data import SOURCES
 from energydsl.expr.compiler import FUNCTIONS
-from energydsl.reporting.highlight import EnergyLexer, vocabulary
 from energydsl.lang.parser import STATEMENT_KEYWORDS
-from energydsl.compiler.pools import POOL_FAMILIES
+from energydsl.ops.constraints import CONSTRAINTS
+from energydsl.reporting.highlight import EnergyLexer, vocabulary
 from energydsl.terms import TERMS
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,19 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from energydsl.reporting import reference
-from energydsl.solvers import SOLVERS
 from energydsl.compiler.initialisers import INITIALISERS
 from energydsl.compiler.params import LEARN_MODES
+from energydsl.compiler.pools import POOL_FAMILIES
 from energydsl.compiler.structures import STRUCTURES
 from energydsl.compiler.training import SCHEDULES
-from energydsl.ops.constraints import CONSTRAINTS
 from energydsl.data import SOURCES
 from energydsl.expr.compiler import FUNCTION_DESCRIPTIONS, FUNCTIONS
 from energydsl.lang.parser import STATEMENT_KEYWORDS
+from energydsl.ops.constraints import CONSTRAINTS
 from energydsl.optim import OPTIMIZERS
-from energydsl.compiler.pools import POOL_FAMILIES
+from energydsl.reporting import reference
 from energydsl.reporting.reference import REGENERATE, reference_markdown
+from energydsl.solvers import SOLVERS
 from energydsl.terms import TERMS
 
 ROOT = Path(__file__).resolve().parents[2]

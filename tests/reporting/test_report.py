@@ -13,8 +13,8 @@ import torch
 from rich.console import Console
 
 import energydsl
-from energydsl.reporting.analysis import CATEGORICAL_ABOVE, PART_BELOW, unit_angles, unit_kinds
 from energydsl.cli import main
+from energydsl.reporting.analysis import CATEGORICAL_ABOVE, PART_BELOW, unit_angles, unit_kinds
 from energydsl.training.progress import ConsoleProgress
 
 PICTURES = {"filters.png", "curves.png", "sparsity.png", "angles.png"}

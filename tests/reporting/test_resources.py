@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import energydsl
-from energydsl.reporting import resources
 from energydsl.cli import main
+from energydsl.reporting import resources
 from energydsl.reporting.resources import ResourceError, check_fits, estimate, format_bytes, parse_size
 from energydsl.training.loop import make_optimizers, train_step
 

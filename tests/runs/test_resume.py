@@ -19,14 +19,13 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
+from conftest import SPARSE_ADAM
 
 import energydsl
-from energydsl.runs.checkpoint import CHECKPOINT_FILE, MODEL_FILE
 from energydsl.cli import EXIT_INTERRUPTED, main
 from energydsl.errors import RunError
+from energydsl.runs.checkpoint import CHECKPOINT_FILE, MODEL_FILE
 from energydsl.training.loop import Interrupted
-
-from conftest import SPARSE_ADAM
 
 SPEC = SPARSE_ADAM
 

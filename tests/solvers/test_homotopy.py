@@ -16,8 +16,8 @@ import torch
 import energydsl
 import energydsl.ops.homotopy
 from energydsl.errors import NumericalError
-from energydsl.reporting.explain import explain
 from energydsl.ops.homotopy import lasso_homotopy
+from energydsl.reporting.explain import explain
 
 
 def random_lasso(seed: int, dim: int = 30, atoms: int = 50, samples: int = 16, coherent: bool = False):

@@ -15,10 +15,10 @@ import torch
 from scipy.special import logsumexp
 
 from energydsl.api import compile_program
-from energydsl.ops.constraints import Constraint
-from energydsl.solvers.prox import make_prox
 from energydsl.model import EnergyModel
+from energydsl.ops.constraints import Constraint
 from energydsl.ops.pools import PoolFamily, blocks
+from energydsl.solvers.prox import make_prox
 from energydsl.terms import TERMS
 
 M = 12  # latent size of the prox tests
