@@ -353,3 +353,19 @@ def blocks(name: str, size: int, block: int) -> PoolFamily:
     # equal blocks are a reshape of the code (as maps of one pixel), with no index tables
     tiling = (size, 1, 1, block, 1) if size % block == 0 else None
     return PoolFamily(name, size, names, members, tiling=tiling)
+
+
+def memberships_text(family: PoolFamily) -> str:
+    """How many pools each unit is in, in words (``explain``)."""
+    counts = [0] * family.size
+    for pool in family.members:
+        for unit in pool:
+            counts[unit] += 1
+    low, high = min(counts), max(counts)
+    return f"each unit in {low} pool{'s' if low != 1 else ''}" if low == high else f"a unit in {low} to {high} pools"
+
+
+def nesting_text(family: PoolFamily) -> str:
+    """The levels of nesting of laminar pools, in words (``explain``), or nothing."""
+    levels = family.laminar_levels() if not family.weights else None
+    return f", {len(levels)} levels of nesting" if levels is not None and len(levels) > 1 else ""

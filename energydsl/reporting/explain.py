@@ -26,7 +26,7 @@ from energydsl.errors import Span
 from energydsl.expr.compiler import hoist
 from energydsl.lang import spec as S
 from energydsl.model import EnergyModel
-from energydsl.ops.pools import PoolFamily
+from energydsl.ops.pools import memberships_text, nesting_text
 from energydsl.reporting.costs import Costs, SolverCost, by_exact_path, fista_method, measure, stand_in_model
 from energydsl.solvers.stepsize import DENSE_GRAM_MAX_UNITS
 from energydsl.terms import TERMS, BoundTerm
@@ -169,22 +169,8 @@ def _structures(program: Program) -> list[str]:
         sizes = sorted({len(m) for m in family.members})
         size = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]} to {sizes[-1]}"
         lines.append(f"  pools {name}: {len(family.members)} pools of {size} units, {family.layout()}; "
-                     f"{_memberships(family)}{_levels(family)}")  # fmt: skip
+                     f"{memberships_text(family)}{nesting_text(family)}")  # fmt: skip
     return ["Structures"] + lines if lines else []
-
-
-def _memberships(family: PoolFamily) -> str:
-    counts = [0] * family.size
-    for pool in family.members:
-        for unit in pool:
-            counts[unit] += 1
-    low, high = min(counts), max(counts)
-    return f"each unit in {low} pool{'s' if low != 1 else ''}" if low == high else f"a unit in {low} to {high} pools"
-
-
-def _levels(family: PoolFamily) -> str:
-    levels = family.laminar_levels() if not family.weights else None
-    return f", {len(levels)} levels of nesting" if levels is not None and len(levels) > 1 else ""
 
 
 # ---------------------------------------------------------------- the energy

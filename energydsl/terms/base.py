@@ -17,7 +17,7 @@ import torch
 
 from energydsl.errors import Span, SpecError
 from energydsl.expr.compiler import Closure, Env, Value
-from energydsl.ops.pools import GroupNorms, PoolFamily
+from energydsl.ops.pools import GroupNorms, PoolFamily, memberships_text, nesting_text
 from energydsl.registry import Registry
 
 TERMS: Registry[type[Term]] = Registry("energy term", "energydsl.terms")
@@ -146,14 +146,14 @@ class GroupTerm(Term):
         family = self.family()
         layout = family.layout()
         if family.weights or family.laminar_levels() is None:
-            return (f"{layout} pools, {_memberships(family)}: with a quadratic smooth part (a reconstruction) FISTA "
+            return (f"{layout} pools, {memberships_text(family)}: with a quadratic smooth part (a reconstruction) FISTA "
                     "hands the whole problem to ADMM (split y = Az, one product with a precomputed inverse and block "
                     f"soft-thresholds per iteration); otherwise the dual prox min ‖v − Aᵀξ‖² over ‖ξⱼ‖ ≤ {tau}, "
                     "by accelerated projected gradient in float64, warm-started, until the duality gap is small")  # fmt: skip
         shrink = f"z_P ← z_P·max(0, 1 − {tau}/‖z_P‖)"
         if layout == "disjoint":
             return f"group soft-threshold (disjoint pools): {shrink}"
-        return (f"nested composition (laminar pools{_levels(family)}): group soft-thresholds {shrink}, "
+        return (f"nested composition (laminar pools{nesting_text(family)}): group soft-thresholds {shrink}, "
                 "level by level, innermost pools first")  # fmt: skip
 
     def memory(self, batch, size, prox):
@@ -171,20 +171,6 @@ class GroupTerm(Term):
 
 DUAL_COPIES = 8  # float64 copies of the dual variables in the dual prox
 DUAL_VECTORS = 4  # float64 (B, m) vectors in the dual prox
-
-
-def _memberships(family: PoolFamily) -> str:
-    counts = [0] * family.size
-    for pool in family.members:
-        for unit in pool:
-            counts[unit] += 1
-    low, high = min(counts), max(counts)
-    return f"each unit in {low} pool{'s' if low != 1 else ''}" if low == high else f"a unit in {low} to {high} pools"
-
-
-def _levels(family: PoolFamily) -> str:
-    levels = family.laminar_levels() if not family.weights else None
-    return f", {len(levels)} levels of nesting" if levels is not None and len(levels) > 1 else ""
 
 
 @dataclass(frozen=True)
