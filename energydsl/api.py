@@ -77,7 +77,7 @@ def train(
     The run directory's checkpoint is rewritten every ``checkpoint_every`` steps
     (0: only after each epoch), after every epoch and on Ctrl-C; ``resume=True``
     continues from it.  ``on_step(done, total, energy)`` follows every step.
-    With several ``workers`` (:mod:`energydsl.distributed`) only rank 0 writes.
+    With several ``workers`` (:mod:`energydsl.training.distributed`) only rank 0 writes.
     Returns one metrics dict per epoch (on rank 0).
     """
     dataset = _dataset_for(model, data)

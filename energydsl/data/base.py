@@ -109,8 +109,9 @@ class Source:
 
 
 SOURCES: Registry[Source] = Registry("data source", "energydsl.data")
-"""Every data source by name: the built-in ones are registered in :mod:`energydsl.data`, the
-``stacked`` source (which needs trained runs) in :mod:`energydsl.runs`."""
+"""Every data source by name: the built-in ones are registered in :mod:`energydsl.data`; the
+``stacked`` source (which needs trained runs, so it lives in :mod:`energydsl.runs.stacking`)
+arrives through the package's own ``energydsl.data`` entry point, as a plugin's would."""
 
 
 # --------------------------------------------------------------------------- arguments

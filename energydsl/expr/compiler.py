@@ -382,7 +382,7 @@ class ExprCompiler:
         return result, lambda env: soft_threshold(fn(env), theta_fn(env))
 
     def _image_operator(self, node: S.Call):
-        """``conv(K, v, stride, padding)`` and the other operators of :mod:`energydsl.conv`."""
+        """``conv(K, v, stride, padding)`` and the other operators of :mod:`energydsl.ops.conv`."""
         slots = self.arguments(node, 4, ("kernel", "value") + conv.OPTIONS)
         self.required(node, slots, 2)
         rank = conv.OPERATORS[node.func][0]

@@ -1,4 +1,4 @@
-"""Source text → :class:`~energydsl.spec.Spec`.
+"""Source text → :class:`~energydsl.lang.spec.Spec`.
 
 Lark parses with the LALR grammar in ``grammar.lark``; a transformer only reshapes
 the tree into spec nodes carrying spans (it never raises: lark would wrap the error

@@ -2,7 +2,7 @@
 
 This is the immutable IR between the parser and the compiler.  It says what the
 user wrote, not whether it makes sense: names, shapes and roles are checked by
-:mod:`energydsl.compile`.
+:mod:`energydsl.compiler`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ An image-shaped value is ``[C, H, W]`` per sample (channels or feature maps, row
 columns); as a tensor it is ``(B, C, H, W)``.  An image-shaped latent is stored flat,
 ``(B, C·H·W)`` in channel-major order, so that inference, the prox of its terms and
 its pools work on vectors as they do for any latent; reading it in an expression
-gives the image (:func:`energydsl.compile`).
+gives the image (:mod:`energydsl.compiler`).
 
 Each operator is linear in its image argument and comes with its adjoint:
 
@@ -17,7 +17,7 @@ Each operator is linear in its image argument and comes with its adjoint:
 - ``local_t(K, v)``: its transpose.
 
 This module holds the shape rules (checked when a spec compiles) and the tensor
-functions; :mod:`energydsl.expr` binds them to the language.
+functions; :mod:`energydsl.expr.compiler` binds them to the language.
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ class GroupNorms:
     Pools are laid out as a ``(pools, largest pool)`` table padded with a dummy
     unit, so pool norms are reshapes, Au is one index_select and Aᵀξ one
     index_add.  Whole problems with these pools are solved by ADMM instead
-    (:func:`energydsl.infer.admm`), which uses the same operators.
+    (:func:`energydsl.solvers.admm.admm`), which uses the same operators.
     """
 
     def __init__(self, family: PoolFamily, gap_tol: float | None = None, max_iter: int | None = None):

@@ -132,7 +132,7 @@ def inference_flops(program: Program, encoder: int | None, solver: SolverCost | 
 
 
 def _solver_cost(model: EnergyModel, xp, y, names) -> SolverCost | None:
-    """One FISTA/ISTA solve's FLOPs, by running its pieces as :func:`energydsl.infer.fista` does."""
+    """One FISTA/ISTA solve's FLOPs, by running its pieces as :func:`energydsl.solvers.fista.fista` does."""
     if by_exact_path(model.program):
         problem = model.problem(xp, y, names)
         z = xp.new_zeros((xp.shape[0],) + model.program.latent.shape)

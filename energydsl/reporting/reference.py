@@ -9,7 +9,7 @@ output, checked in; ``tests/test_reference.py`` fails when the two differ::
 
     python -m energydsl.reporting.reference > docs/reference.md
 
-The grammar helpers here also feed the syntax highlighter (:mod:`energydsl.highlight`).
+The grammar helpers here also feed the syntax highlighter (:mod:`energydsl.reporting.highlight`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The memory guard: how many bytes a compiled spec will hold, and a refusal when it cannot fit.
 
-:func:`estimate` reads a :class:`~energydsl.compile.Program` (nothing is allocated)
+:func:`estimate` reads a :class:`~energydsl.compiler.program.Program` (nothing is allocated)
 and adds up what the model, the generic loop and inference really keep in memory;
 :func:`check_fits` raises :class:`ResourceError` when that is more than the memory
 available, so a spec with ``latent z[200000]`` is refused in one line instead of

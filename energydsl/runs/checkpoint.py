@@ -135,7 +135,7 @@ def load_tensors(directory: Path, program: Program, meta: dict) -> dict[str, tor
 
 
 def save_state(directory: Path, model, state, source: str) -> None:
-    """The loop's whole state (see :class:`energydsl.train.LoopState`) as one safetensors file.
+    """The loop's whole state (see :class:`energydsl.training.loop.LoopState`) as one safetensors file.
 
     Tensors go in the tensor section; counters, history and optimizer
     hyper-parameters in the header's JSON metadata.

@@ -2,7 +2,7 @@
 
 A run whose spec declares an encoder is a layer: raw samples → its code (for code maps
 ``[maps, rows, cols]``).  Its **features** are the L2-pooled code maps, √(Σ z²) over
-non-overlapping pool×pool windows of each map (:func:`energydsl.conv.l2_pool`).
+non-overlapping pool×pool windows of each map (:func:`energydsl.ops.conv.l2_pool`).
 
 - **Stacking.** The data source ``stacked(run, spec, pooling)`` gives those features of
   the run's own training and test samples (labels kept), so a second spec learns on

@@ -2,7 +2,7 @@
 
 Overlapping pools (topographic windows) are solved differently.  Their group
 prox has no closed form: FISTA would solve its dual by an inner iteration at
-every step (:class:`~energydsl.pools.GroupNorms`), hundreds of inner iterations
+every step (:class:`~energydsl.ops.pools.GroupNorms`), hundreds of inner iterations
 per step when each unit lies in many pools.  So when the nonsmooth part is one
 group term over overlapping or weighted pools (with l1 terms and z ≥ 0 beside
 it) and the smooth part is quadratic with one Hessian H for the whole batch (a

@@ -20,7 +20,7 @@ from energydsl.solvers.stepsize import DENSE_GRAM_MAX_UNITS
 
 
 def lars(problem: Problem, z: torch.Tensor) -> torch.Tensor:
-    """The exact lasso codes by homotopy (:mod:`energydsl.homotopy`), for a quadratic smooth
+    """The exact lasso codes by homotopy (:mod:`energydsl.ops.homotopy`), for a quadratic smooth
     part with one Hessian for the batch and l1 terms (+ z ≥ 0), as the compiler checked.
 
     A sample whose path cycles (degenerate dictionaries; not seen in practice) is

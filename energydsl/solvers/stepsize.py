@@ -2,7 +2,7 @@
 
 For a quadratic smooth part f, the step is 1/L with L = λ_max of its Hessian H, the
 squared operator norm of the decoder (for ½‖x − conv_t(D, z)‖², ‖conv_t(D, ·)‖²).
-Small latents read H off the energy (:func:`energydsl.infer.affine_gradient`); code
+Small latents read H off the energy (:func:`energydsl.solvers.problem.affine_gradient`); code
 maps have tens of thousands of units, so L is estimated by power iteration instead.
 Three things make that cheap:
 
@@ -17,7 +17,7 @@ Three things make that cheap:
   and a few iterations refine it; a cold start runs more.
 
 Power iteration approaches λ_max from below, so the estimate is scaled by
-:data:`energydsl.infer.SAFETY`, as FISTA does with its own estimate.
+:data:`energydsl.solvers.problem.SAFETY`, as FISTA does with its own estimate.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ Smooth = Callable[[torch.Tensor], torch.Tensor]
 
 
 def uses_power_iteration(latent) -> bool:
-    """Whether FISTA's step for this latent (a :class:`~energydsl.compile.Variable`) comes from
+    """Whether FISTA's step for this latent (a :class:`~energydsl.compiler.program.Variable`) comes from
     :class:`PowerIteration` rather than a dense Gram matrix: code maps of many units."""
     return latent.layout is not None and latent.shape[0] > DENSE_GRAM_MAX_UNITS
 

@@ -207,7 +207,7 @@ def train(
     epoch and on Ctrl-C (which then raises :class:`Interrupted`).  Passing the
     ``state`` of a checkpoint continues that run: on CPU the result is bitwise the
     same as a run that was never interrupted.  With several ``workers`` (see
-    :mod:`energydsl.distributed`) each one trains on its shard of every batch and
+    :mod:`energydsl.training.distributed`) each one trains on its shard of every batch and
     only rank 0 evaluates, reports and saves.
     """
     training = model.program.training
