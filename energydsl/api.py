@@ -6,7 +6,9 @@ The CLI is a thin layer over these functions.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -19,10 +21,10 @@ from energydsl.reporting.analysis import infer_all, run_metrics
 from energydsl.reporting.report import REPORT_FILE, write_report
 from energydsl.reporting.resources import check_fits
 from energydsl.reporting.viz import write_pictures
-from energydsl.runs import checkpoint
+from energydsl.runs import checkpoint, guard
 from energydsl.runs.directory import load_run, run_dataset
 from energydsl.training.distributed import SINGLE, Workers
-from energydsl.training.loop import evaluate, initial_state
+from energydsl.training.loop import check_enough_data, evaluate, initial_state
 from energydsl.training.loop import train as _train_loop
 
 __all__ = ["compile_program", "evaluate_run", "load", "load_dataset", "load_run", "plot_run", "read_spec",
@@ -69,6 +71,7 @@ def train(
     on_step: Callable[[int, int, float], None] | None = None,
     seed: int | None = None,
     resume: bool = False,
+    force: bool = False,
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
     workers: Workers = SINGLE,
 ) -> list[dict]:
@@ -79,14 +82,39 @@ def train(
     continues from it.  ``on_step(done, total, energy)`` follows every step.
     With several ``workers`` (:mod:`energydsl.training.distributed`) only rank 0 writes.
     Returns one metrics dict per epoch (on rank 0).
+
+    ``out`` is refused (:class:`RunError`) when another run is writing it, when it
+    holds a run already — unless ``resume=True`` continues it, or ``force=True`` starts
+    over and moves the old run to ``OUT.old-N`` (said on stderr) — and when it holds
+    files that are not a run's.  A write that fails (a full disk, a read-only
+    directory) raises a :class:`RunError` that names the file; the last good
+    checkpoint stays.
     """
     dataset = _dataset_for(model, data)
     if out is None and resume:
         raise RunError("resume needs the run directory to resume (out=...)")
+    check_enough_data(model, dataset)  # before anything is written
     state = initial_state(model, seed)
     writer = _RunWriter(Path(out), model) if out is not None else None
+    refusal = None
+    if writer is not None and workers.main:  # only rank 0 writes, so only rank 0 holds the lock
+        try:
+            writer.claim(resume=resume, force=force)
+        except RunError as error:
+            refusal = error
+    if workers.any(refusal is not None):  # every worker stops, not only rank 0
+        raise refusal or RunError(f"{out}: rank 0 could not take the run directory")
+    try:
+        return _train_into(model, dataset, writer, state, resume, on_epoch, on_step, checkpoint_every, workers)
+    finally:
+        if writer is not None:
+            writer.release()
+
+
+def _train_into(model, dataset, writer, state, resume, on_epoch, on_step, checkpoint_every, workers) -> list[dict]:
     if resume:
         checkpoint.load_state(writer.directory, model, state, writer.source)  # every worker reads it
+        writer.saved_step = state.step
         workers.barrier()  # before rank 0 may overwrite it
     if not workers.main:
         writer = None
@@ -102,10 +130,11 @@ def train(
     history = _train_loop(model, dataset, on_epoch=each_epoch, on_step=on_step, state=state, workers=workers,
                           checkpoint_every=checkpoint_every, on_checkpoint=writer.checkpoint if writer else None)  # fmt: skip
     if writer is not None:
-        summary = {"spec": model.name, "epochs": len(history), **_final_metrics(model, dataset, writer.directory,
-                                                                               history, writer.source)}  # fmt: skip
-        summary["seconds"] = round(sum(m["seconds"] for m in history), 3)
-        checkpoint.atomic_write_json(writer.directory / checkpoint.SUMMARY_FILE, summary)
+        with writer.writing():
+            summary = {"spec": model.name, "epochs": len(history), **_final_metrics(model, dataset, writer.directory,
+                                                                                   history, writer.source)}  # fmt: skip
+            summary["seconds"] = round(sum(m["seconds"] for m in history), 3)
+            checkpoint.atomic_write_json(writer.directory / checkpoint.SUMMARY_FILE, summary)
     return history
 
 
@@ -141,21 +170,45 @@ class _RunWriter:
         overrides = getattr(model, "overrides", {})
         self.source = checkpoint.resolved_source(model.program, overrides, getattr(model, "data_text", None))
         self.lines: list[str] = []
+        self.lock: guard.RunLock | None = None
+        self.saved_step: int | None = None  # the step of the last checkpoint on disk, when known
+
+    def claim(self, resume: bool, force: bool) -> None:
+        """Lock the directory for this run (see :func:`energydsl.runs.guard.claim`)."""
+        self.lock, moved = guard.claim(self.directory, resume=resume, force=force)
+        if moved is not None:
+            print(guard.moved_note(self.directory, moved), file=sys.stderr)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    @contextmanager
+    def writing(self):
+        """A write that fails becomes one line: the file, why, and the last good checkpoint."""
+        try:
+            yield
+        except OSError as error:
+            raise guard.disk_error(error, self.directory, self.saved_step) from None
 
     def start(self, history: list[dict]) -> None:
         """Begin (or, resuming, continue) with the epochs already done."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.lines = [json.dumps(metrics, sort_keys=True) for metrics in history]
-        self._write_metrics()
-        checkpoint.save_model(self.directory, self.model, self.source)
+        with self.writing():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.lines = [json.dumps(metrics, sort_keys=True) for metrics in history]
+            self._write_metrics()
+            checkpoint.save_model(self.directory, self.model, self.source)
 
     def epoch(self, metrics: dict) -> None:
-        self.lines.append(json.dumps(metrics, sort_keys=True))
-        self._write_metrics()
-        checkpoint.save_model(self.directory, self.model, self.source)
+        with self.writing():
+            self.lines.append(json.dumps(metrics, sort_keys=True))
+            self._write_metrics()
+            checkpoint.save_model(self.directory, self.model, self.source)
 
     def checkpoint(self, state) -> None:
-        checkpoint.save_state(self.directory, self.model, state, self.source)
+        with self.writing():
+            checkpoint.save_state(self.directory, self.model, state, self.source)
+        self.saved_step = state.step
 
     def _write_metrics(self) -> None:
         text = "".join(line + "\n" for line in self.lines)

@@ -17,7 +17,18 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
 
     Temporary file, flush, fsync, rename; a file that is replaced keeps its permissions.
+    A write that fails (a full disk, a read-only directory) leaves the old file as it was,
+    and no temporary file; its ``OSError`` names ``path`` (``error.filename``).
     """
+    try:
+        _write(path, data)
+    except OSError as error:
+        if error.filename == str(path) or error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error
+
+
+def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -62,6 +62,7 @@ def _device(name: str | None) -> torch.device | None:
 
 def cmd_run(args) -> int:
     from energydsl import api
+    from energydsl.runs import guard
     from energydsl.training import distributed
 
     overrides = _overrides(args.set)
@@ -69,7 +70,12 @@ def cmd_run(args) -> int:
         raise UserError(f"--checkpoint-every {args.checkpoint_every}: expected a number of steps >= 0")
     device = _device(args.device)
     if args.nproc is not None:
-        api.compile_program(args.spec, overrides, args.data)  # spec mistakes show here, not once per worker
+        program = api.compile_program(args.spec, overrides, args.data)  # spec mistakes show here, not once per worker
+        out = Path(args.out) if args.out else Path("runs") / program.name
+        # so do a run directory in the way, and --force; rank 0 takes the lock when it starts
+        _, moved = guard.claim(out, resume=args.resume, force=args.force, hold=False)
+        if moved is not None:
+            print(guard.moved_note(out, moved), file=sys.stderr)
         return distributed.launch(args.nproc, _worker_argv(args), args.nnodes, args.rdzv_endpoint)
     workers = distributed.from_environment(device)
     if workers.device.type == "cuda":
@@ -110,8 +116,8 @@ def _run(args, overrides: dict, device, workers: distributed.Workers) -> int:
 
     try:
         with reporters[0]:
-            api.train(model, out=out, seed=args.seed, resume=args.resume, checkpoint_every=args.checkpoint_every,
-                      on_epoch=on_epoch, on_step=on_step, workers=workers)  # fmt: skip
+            api.train(model, out=out, seed=args.seed, resume=args.resume, force=args.force, on_epoch=on_epoch,
+                      on_step=on_step, checkpoint_every=args.checkpoint_every, workers=workers)  # fmt: skip
     except Interrupted as stop:
         if not workers.main:
             return EXIT_INTERRUPTED
@@ -130,7 +136,8 @@ def _run(args, overrides: dict, device, workers: distributed.Workers) -> int:
 
 
 def _worker_argv(args) -> list[str]:
-    """The ``run`` command line each worker gets: this one without the launcher's options."""
+    """The ``run`` command line each worker gets: this one without the launcher's options
+    (nor ``--force``: the launcher has moved the old run aside already)."""
     argv = ["run", args.spec, "--checkpoint-every", str(args.checkpoint_every)]
     argv += [f"--set={pair}" for pair in args.set]
     for flag in ("data", "out", "seed", "device"):
@@ -281,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
                      help="with --nproc on several nodes: the rendezvous address, the same on every node")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    run.add_argument("--force", action="store_true",
+                     help="start over in a directory that holds a run: the old run moves to OUT.old-N")
     run.add_argument("--checkpoint-every", type=int, default=DEFAULT_CHECKPOINT_EVERY, metavar="STEPS",
                      help="write the training checkpoint every STEPS steps (0: after each epoch only; "
                           f"default {DEFAULT_CHECKPOINT_EVERY})")  # fmt: skip

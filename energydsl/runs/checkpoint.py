@@ -179,7 +179,7 @@ def load_state(directory: Path, model, state, source: str) -> None:
     """
     path = directory / CHECKPOINT_FILE
     if not path.is_file():
-        raise RunError(f"{directory}: nothing to resume ({CHECKPOINT_FILE} is missing)")
+        raise nothing_to_resume(directory)
     try:
         with safetensors.safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -204,6 +204,10 @@ def load_state(directory: Path, model, state, source: str) -> None:
         model.step_size_estimate.vector = tensors["power_iteration"].to(model.device)
     state.step, state.epoch, state.batch = position["step"], position["epoch"], position["batch"]
     state.history = position["history"]
+
+
+def nothing_to_resume(directory: Path) -> RunError:
+    return RunError(f"{directory}: nothing to resume ({CHECKPOINT_FILE} is missing)")
 
 
 def _restored(saved: dict, prefix: str, tensors: dict) -> dict:

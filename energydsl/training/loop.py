@@ -214,11 +214,9 @@ def train(
     state = state if state is not None else initial_state(model, seed)
     save = on_checkpoint if on_checkpoint is not None and workers.main else (lambda _state: None)
     device = model.device
+    check_enough_data(model, data)
     x_train = data.x_train.to(device)
     y_train = data.y_train.to(device) if data.y_train is not None and model.program.label else None
-    if x_train.shape[0] < training.batch:
-        raise DataError(f"{data.name}: {x_train.shape[0]} training samples, fewer than one batch of {training.batch}; "
-                        "lower 'batch' in the spec's train block (or --set it through a const) or give more data")  # fmt: skip
     plan = epoch_plan(model)
     with _deferred_interrupts() as interrupted:
         while state.epoch < len(plan):
@@ -259,6 +257,14 @@ def train(
                     on_epoch(metrics)
                 save(state)
     return state.history
+
+
+def check_enough_data(model: EnergyModel, data: Dataset) -> None:
+    """At least one batch of training samples (checked before a run directory is written)."""
+    batch = model.program.training.batch
+    if data.x_train.shape[0] < batch:
+        raise DataError(f"{data.name}: {data.x_train.shape[0]} training samples, fewer than one batch of {batch}; "
+                        "lower 'batch' in the spec's train block (or --set it through a const) or give more data")  # fmt: skip
 
 
 @contextmanager

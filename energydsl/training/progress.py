@@ -81,8 +81,16 @@ class TensorBoardLog:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise UserError("--tensorboard needs the tensorboard package: pip install 'energydsl[tensorboard]'") from None
-        self.writer = SummaryWriter(log_dir=str(directory))
+        self.directory = directory
+        self.summary_writer = SummaryWriter
+        self._writer = None  # opened at the first value: by then the run has claimed its directory
         self.steps = 0
+
+    @property
+    def writer(self):
+        if self._writer is None:
+            self._writer = self.summary_writer(log_dir=str(self.directory))
+        return self._writer
 
     def step(self, done: int, total: int, energy: float) -> None:
         self.steps += 1
@@ -95,4 +103,5 @@ class TensorBoardLog:
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self._writer is not None:
+            self._writer.close()
