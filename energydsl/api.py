@@ -215,18 +215,21 @@ class _RunWriter:
         checkpoint.atomic_write(self.directory / checkpoint.METRICS_FILE, text.encode())
 
 
-def evaluate_run(directory: str | Path) -> dict:
-    """The held-out metrics of a trained run, without retraining (``energydsl eval``)."""
+def evaluate_run(directory: str | Path, data: str | Dataset | None = None) -> dict:
+    """The held-out metrics of a trained run, without retraining (``energydsl eval``).
+
+    ``data`` replaces the data the run trained on (e.g. when it has moved), see :func:`run_dataset`.
+    """
     model = load_run(directory)
-    return _final_metrics(model, run_dataset(directory, model), None, None, None)
+    return _final_metrics(model, run_dataset(directory, model, data), None, None, None)
 
 
-def plot_run(directory: str | Path) -> list[Path]:
+def plot_run(directory: str | Path, data: str | Dataset | None = None) -> list[Path]:
     """Rewrite a run's pictures and report.html (``energydsl plot``); returns the files written."""
     directory = Path(directory)
     model = load_run(directory)
     metrics_file = directory / checkpoint.METRICS_FILE
     history = [json.loads(line) for line in metrics_file.read_text().splitlines() if line] if metrics_file.exists() else []
     source = checkpoint.read_meta(directory)["spec_source"]
-    _final_metrics(model, run_dataset(directory, model), directory, history, source)
+    _final_metrics(model, run_dataset(directory, model, data), directory, history, source)
     return sorted(directory.glob("*.png")) + [directory / REPORT_FILE]

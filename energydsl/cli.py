@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 DEFAULT_CHECKPOINT_EVERY = 200  # = api.DEFAULT_CHECKPOINT_EVERY (test_cli checks), here so that --help needs no torch
+RUN_DATA_HELP = ("data in place of the data the run trained on (e.g. when it has moved), "
+                 "such as 'file(\"PATH\")'; relative paths start from the current folder")  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -150,7 +152,7 @@ def _worker_argv(args) -> list[str]:
 def cmd_eval(args) -> int:
     from energydsl import api
 
-    metrics = api.evaluate_run(args.run)
+    metrics = api.evaluate_run(args.run, data=args.data)
     if args.json:
         print(json.dumps(metrics, sort_keys=True))
     else:
@@ -163,7 +165,7 @@ def cmd_eval(args) -> int:
 def cmd_plot(args) -> int:
     from energydsl import api
 
-    for path in api.plot_run(args.run):
+    for path in api.plot_run(args.run, data=args.data):
         print(path)
     return 0
 
@@ -319,10 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="print the held-out metrics of a trained run, without retraining")
     evaluate.add_argument("run", help="run directory")
     evaluate.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    evaluate.add_argument("--data", metavar="SOURCE", help=RUN_DATA_HELP)
     evaluate.set_defaults(handler=cmd_eval)
 
     plot = commands.add_parser("plot", help="rewrite the pictures and report.html of a trained run")
     plot.add_argument("run", help="run directory")
+    plot.add_argument("--data", metavar="SOURCE", help=RUN_DATA_HELP)
     plot.set_defaults(handler=cmd_plot)
 
     export = commands.add_parser("export", help="trained encoders as a TorchScript feature extractor (image → pooled features)")

@@ -84,13 +84,15 @@ class Source:
     raises :class:`DataError` for a bad value; ``describe`` takes what ``load`` takes and
     returns (sample shape, classes) without loading the data.  :func:`load_data` and
     :func:`describe_source` run ``check`` first; ``load``, which Python code may call
-    directly, checks its arguments itself.
+    directly, checks its arguments itself.  ``paths`` names the arguments that are file
+    paths relative to ``base_dir``: a run directory records them as absolute paths.
     """
 
     name: str
     load: Callable[..., Dataset]
     describe: Callable[..., Description]
     check: Callable[..., object]
+    paths: tuple[str, ...] = ()
 
     @property
     def doc(self) -> str:

@@ -306,4 +306,5 @@ def _describe_file(path, labels, test, test_labels, x, y, *, base_dir):
     return shape, _num_classes(*label_arrays)
 
 
-SOURCE = Source("file", load=file, describe=_describe_file, check=_check_file)
+SOURCE = Source("file", load=file, describe=_describe_file, check=_check_file,
+                paths=("path", "labels", "test", "test_labels"))

@@ -28,8 +28,11 @@ import torch
 
 from energydsl._version import __version__
 from energydsl.atomic import atomic_write, atomic_write_json
-from energydsl.compiler import Program
+from energydsl.compiler import Program, spec_dir
+from energydsl.data import SOURCES
 from energydsl.errors import RunError, Span
+from energydsl.lang import spec as S
+from energydsl.lang.parser import parse_source_call
 
 SPEC_FILE = "spec.energy"
 MODEL_FILE = "model.safetensors"
@@ -41,16 +44,71 @@ FORMAT = 1
 
 
 def resolved_source(program: Program, overrides: dict[str, float], data_text: str | None) -> str:
-    """The spec's text with overridden constants and the data source written in."""
+    """The spec's text as it ran, self-contained: reopening it needs no other file.
+
+    Overridden constants and the data source are written in; a tree read from a file
+    is written by its edges; data file paths become the absolute paths they were found at
+    (relative ones, in the spec or ``--data``, start from the spec's folder).
+    """
     spec = program.spec
+    base = spec_dir(spec.path).resolve()
     edits = [(decl.value.span, _number(overrides[decl.name.name])) for decl in spec.consts
              if decl.name.name in overrides]  # fmt: skip
-    if data_text is not None and spec.data is not None:
-        edits.append((spec.data.call.span, data_text))
+    edits += _tree_file_edits(program)
+    if data_text is not None:
+        node_text = f"data {data_text}"  # parse_source_call's spans count from this
+        data_text = edit_source(node_text, _data_path_edits(parse_source_call(data_text), base))[len("data ") :]
+        if spec.data is not None:
+            edits.append((spec.data.call.span, data_text))
+    elif spec.data is not None:
+        edits += _data_path_edits(spec.data.call, base)
     text = edit_source(spec.source, edits)
     if data_text is not None and spec.data is None:
         text = f"data {data_text}\n" + text
     return text
+
+
+def _data_path_edits(call: S.Call, base: Path) -> list[tuple[Span, str]]:
+    """The data call's file paths (the source's ``paths``) as absolute, resolved paths."""
+    if call.func not in SOURCES:
+        return []
+    source = SOURCES[call.func]
+    named = list(zip((p.name for p in source.parameters), call.args)) + [(kw.name, kw.value) for kw in call.kwargs]
+    return [(node.span, f'"{(base / node.value).resolve().as_posix()}"') for name, node in named
+            if name in source.paths and isinstance(node, S.String)]  # fmt: skip
+
+
+def _tree_file_edits(program: Program) -> list[tuple[Span, str]]:
+    """``tree(file = "...")`` rewritten as ``tree(edges = [...], root = r)``.
+
+    Inlined rather than copied beside the spec: the run's spec then says everything
+    (``energydsl prune`` writes its trees the same way), and wrapped at EDGES_PER_LINE
+    edges a line, a tree of thousands of units stays a readable block of a few hundred lines.
+    """
+    edits = []
+    for decl in program.spec.graphs:
+        node = decl.value
+        if not (isinstance(node, S.Call) and node.func == "tree"):
+            continue
+        if len(node.args) < 4 and all(kw.name != "file" for kw in node.kwargs):
+            continue  # tree(branching, depth) or tree(edges = ...): already in the spec
+        tree = program.structures[decl.name.name]
+        edges = [[int(tree.parents[child]), child] for child in range(tree.size) if tree.parents[child] >= 0]
+        edits.append((node.span, tree_text(edges, tree.root, indent=node.span.column - 1)))
+    return edits
+
+
+EDGES_PER_LINE = 10
+
+
+def tree_text(edges: list[list[int]], root: int, indent: int = 0) -> str:
+    """``tree(edges = [[p, c], ...], root = r)``, EDGES_PER_LINE edges a line, continuation
+    lines aligned under the first edge (``indent``: the column where ``tree(`` starts, from 0)."""
+    opening = "tree(edges = ["
+    rows = [", ".join(json.dumps(edge) for edge in edges[i : i + EDGES_PER_LINE])
+            for i in range(0, len(edges), EDGES_PER_LINE)] or [""]  # fmt: skip
+    separator = ",\n" + " " * (indent + len(opening))
+    return f"{opening}{separator.join(rows)}], root = {root})"
 
 
 def edit_source(source: str, edits: list[tuple[Span, str]]) -> str:

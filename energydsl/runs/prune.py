@@ -9,21 +9,19 @@ the old ones restricted to the kept units.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 
 from energydsl.compiler import compile_spec
-from energydsl.data import load_data
 from energydsl.errors import RunError
 from energydsl.lang import spec as S
 from energydsl.lang.parser import parse
 from energydsl.model import EnergyModel
 from energydsl.ops.structures import Structure
 from energydsl.runs import checkpoint
-from energydsl.runs.directory import load_run
+from energydsl.runs.directory import load_run, run_dataset
 
 INFER_BATCH = 1024
 
@@ -39,7 +37,7 @@ def prune_run(directory: str | Path, threshold: float, out: str | Path) -> dict:
         name, tree = _the_tree(model)
     except RunError as error:
         raise RunError(f"{directory}: {error}") from None
-    frequency = activation_frequency(model, _training_samples(model, meta))
+    frequency = activation_frequency(model, run_dataset(directory, model).x_train)
     kept = kept_units(tree, frequency, threshold)
     source = _pruned_source(model, name, tree, kept)
     spec = parse(source, str(out / checkpoint.SPEC_FILE))
@@ -78,12 +76,6 @@ def _the_tree(model: EnergyModel) -> tuple[str, Structure]:
     return trees[0]
 
 
-def _training_samples(model: EnergyModel, meta: dict) -> torch.Tensor:
-    call = model.program.data
-    base = Path(meta.get("spec_path", ".")).parent
-    return load_data(call.name, call.args, dict(call.kwargs), base_dir=base).x_train
-
-
 @torch.no_grad()
 def activation_frequency(model: EnergyModel, x: torch.Tensor) -> torch.Tensor:
     """Share of samples on which each unit is non-zero."""
@@ -110,7 +102,7 @@ def _pruned_source(model: EnergyModel, name: str, tree: Structure, kept: list[in
     edges = [[new[int(tree.parents[c])], new[c]] for c in kept if tree.parents[c] >= 0]
     edits = []
     graph = next(d for d in spec.graphs if d.name.name == name)
-    edits.append((graph.value.span, f"tree(edges = {json.dumps(edges)}, root = {new[tree.root]})"))
+    edits.append((graph.value.span, checkpoint.tree_text(edges, new[tree.root], indent=graph.value.span.column - 1)))
     latent = spec.latents[0]
     for plan_shape, dims in [(model.program.latent.shape, latent.shape)] + [
         (plan.shape, decl.shape) for plan, decl in zip(model.program.params, spec.params)

@@ -265,7 +265,7 @@ def describe_stacked(run: str, spec: str | None, pooling: int, *, base_dir: Path
     return _pooled_shape(shape, pooling), classes
 
 
-STACKED = Source("stacked", load=stacked, describe=describe_stacked, check=_check_stacked)
+STACKED = Source("stacked", load=stacked, describe=describe_stacked, check=_check_stacked, paths=("spec",))
 """The ``stacked`` data source, registered in :data:`energydsl.data.SOURCES` by :mod:`energydsl.runs`."""
 
 
