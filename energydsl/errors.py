@@ -52,6 +52,12 @@ class NumericalError(RunError):
     """The energy or a parameter stopped being finite; the run stops before saving it."""
 
 
+class InferenceCapWarning(UserWarning):
+    """Inference stopped at its step cap before its tolerance on part of a batch: the codes are
+    short of the optimum.  ``model.infer`` warns once per call; training records the share
+    of capped samples per epoch instead (``infer.capped`` in ``metrics.jsonl``)."""
+
+
 class SpecError(UserError):
     """A mistake in a spec (or in what the user passed for it).
 

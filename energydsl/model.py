@@ -8,14 +8,16 @@ of the model, so callers never repeat it.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from energydsl.compiler import Program
+from energydsl.errors import InferenceCapWarning
 from energydsl.expr.compiler import Env
-from energydsl.solvers import Batch, Problem
+from energydsl.solvers import Batch, Convergence, Problem
 from energydsl.solvers.prox import make_prox
 from energydsl.solvers.stepsize import FEW_SAMPLES, PowerIteration, uses_power_iteration
 from energydsl.terms import BoundTerm
@@ -142,21 +144,30 @@ class EnergyModel(nn.Module):
         with torch.no_grad():
             return self.program.encoder(self.env(xp, None, None))
 
-    @torch.no_grad()
     def infer(self, x, y=None, *, steps: int | None = None, tol: float | None = None) -> torch.Tensor:
         """z* for a batch of raw samples, by the spec's inference method.
 
         ``steps`` and ``tol`` override those of the spec's FISTA/ISTA stage (``lars``
-        is exact and has neither, so they leave it unchanged).
+        is exact and has neither, so they leave it unchanged).  Where the method stops
+        at its step cap before its tolerance on some samples, one
+        :class:`~energydsl.errors.InferenceCapWarning` says how many and how far.
         """
-        return self.infer_prepared(self.preprocess(x), y, None, steps=steps, tol=tol)
+        reports: list[Convergence] = []
+        with torch.no_grad():  # not a decorator: the warning's stacklevel points at the caller
+            z = self.infer_prepared(self.preprocess(x), y, None, steps=steps, tol=tol, convergence=reports)
+        messages = [message for message in (report.warning() for report in reports) if message is not None]
+        if messages:
+            warnings.warn("; ".join(messages), InferenceCapWarning, stacklevel=2)
+        return z
 
-    def infer_prepared(self, xp, y=None, names=None, *, differentiable=False, steps=None, tol=None) -> torch.Tensor:
+    def infer_prepared(self, xp, y=None, names=None, *, differentiable=False, steps=None, tol=None,
+                       convergence: list[Convergence] | None = None) -> torch.Tensor:  # fmt: skip
         """Inference on preprocessed inputs ``xp``, with the terms ``names`` active (None: all).
 
         Each method of the spec's chain (``encoder then fista(...)``) starts from the previous
         one's code.  With ``differentiable`` (training a spec inferred by its encoder alone) the
-        code keeps its graph, so the loss reaches the encoder's parameters.
+        code keeps its graph, so the loss reaches the encoder's parameters.  Each iterative
+        method appends to ``convergence`` (when given) how it ended on each sample.
         """
         encode_graph = differentiable and torch.is_grad_enabled()
 
@@ -169,6 +180,8 @@ class EnergyModel(nn.Module):
         z = None
         for method in self.program.methods:
             z = method.solver.solve(batch, z, steps or method.steps, method.tol if tol is None else tol)
+        if convergence is not None:
+            convergence.extend(batch.reports)
         return z
 
     def problem(self, xp, y=None, names=None) -> Problem:

@@ -13,9 +13,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
+from energydsl.errors import InferenceCapWarning
 from energydsl.model import EnergyModel
 from energydsl.ops.structures import Structure
 
@@ -84,8 +87,11 @@ def unit_kinds(model: EnergyModel, alive: torch.Tensor | None = None) -> dict[st
 
 @torch.no_grad()
 def infer_all(model: EnergyModel, x: torch.Tensor, batch: int = 1024) -> torch.Tensor:
-    """The inferred codes of ``x``, a batch at a time."""
-    return torch.cat([model.infer(x[start : start + batch]) for start in range(0, x.shape[0], batch)])
+    """The inferred codes of ``x``, a batch at a time.  Without a warning for samples that stop at
+    the step cap: a run's metrics report those (``infer.capped``), not one line per batch."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InferenceCapWarning)
+        return torch.cat([model.infer(x[start : start + batch]) for start in range(0, x.shape[0], batch)])
 
 
 def run_metrics(model: EnergyModel, z: torch.Tensor) -> dict[str, float]:

@@ -4,7 +4,7 @@ One module per method, registered here (one line each); a method from another pa
 registers through the ``energydsl.solvers`` entry point group.
 """
 
-from energydsl.solvers.base import SOLVERS, Batch, Solver
+from energydsl.solvers.base import SOLVERS, Batch, Convergence, Solver
 from energydsl.solvers.encoder import Encoder
 from energydsl.solvers.fista import Fista
 from energydsl.solvers.ista import Ista
@@ -16,4 +16,4 @@ SOLVERS.register(Ista())
 SOLVERS.register(Lars())
 SOLVERS.register(Encoder())
 
-__all__ = ["SOLVERS", "Batch", "Problem", "Solver"]
+__all__ = ["SOLVERS", "Batch", "Convergence", "Problem", "Solver"]

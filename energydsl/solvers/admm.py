@@ -38,7 +38,8 @@ ADMM_FINEST_TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
 def _admm_if_overlapping(problem: Problem, z: torch.Tensor, steps: int, tol: float, accelerate: bool):
-    """The problem solved by :func:`admm` where the module docstring says so, else None."""
+    """The problem solved by :func:`admm` where the module docstring says so (as :func:`admm_report`
+    gives it, and the tolerance it ran to), else None."""
     split = problem.prox.splitting() if isinstance(problem.prox, ExactProx) else None
     if split is None or not problem.quadratic or not accelerate or problem.lipschitz is not None:
         return None
@@ -46,7 +47,11 @@ def _admm_if_overlapping(problem: Problem, z: torch.Tensor, steps: int, tol: flo
         affine = affine_gradient(problem, z)
         if affine is None or not bool(affine[0].isfinite().all()):
             return None  # FISTA takes it (and reports a curvature that is not finite)
-        return admm(*affine, split, z, steps, max(tol, ADMM_FINEST_TOL.get(z.dtype, 1e-5)))
+        finest = max(tol, ADMM_FINEST_TOL.get(z.dtype, 1e-5))
+        z, capped, residual = admm_report(*affine, split, z, steps, finest)
+        if tol <= 0:  # exactly ``steps`` iterations asked for: none is capped
+            capped = torch.zeros_like(capped)
+        return z, capped, residual, finest
 
 
 def admm(H: torch.Tensor, c: torch.Tensor, split: Splitting, z0: torch.Tensor, steps: int, tol: float) -> torch.Tensor:
@@ -62,7 +67,14 @@ def admm(H: torch.Tensor, c: torch.Tensor, split: Splitting, z0: torch.Tensor, s
     ``steps`` iterations.  The result is s with the support that the pool copies
     give: a unit is 0 where one of its pools is, as at the optimum (‖Aⱼz‖ = 0
     forces every unit of pool j to 0), so the code is exactly sparse.
+    :func:`admm_report` also says which samples stopped at ``steps`` before ``tol``.
     """
+    return admm_report(H, c, split, z0, steps, tol)[0]
+
+
+def admm_report(H: torch.Tensor, c: torch.Tensor, split: Splitting, z0: torch.Tensor, steps: int, tol: float):
+    """:func:`admm`'s code, which samples stopped at ``steps`` before ``tol`` (B,), and each
+    sample's last measured relative residual, the larger of the primal and the dual (B,)."""
     norms = split.norms
     rho = ADMM_RHO * float(H.diagonal().mean().clamp_min(1e-12))  # the scale of the curvature
     system = (H + rho * torch.diag(norms.unit_weight.to(H) + 1)).double()
@@ -72,6 +84,7 @@ def admm(H: torch.Tensor, c: torch.Tensor, split: Splitting, z0: torch.Tensor, s
     u, w = torch.zeros_like(y), torch.zeros_like(s)
     rows = torch.arange(s.shape[0], device=s.device)  # the samples still iterating
     result_s, result_y = torch.empty_like(s), torch.empty_like(y)
+    capped, last = torch.zeros(s.shape[0], dtype=torch.bool, device=s.device), s.new_zeros(s.shape[0])
     floors = None
     for k in range(steps):
         z = (rho * (norms.units(y - u) + s - w) - c) @ K
@@ -92,16 +105,26 @@ def admm(H: torch.Tensor, c: torch.Tensor, split: Splitting, z0: torch.Tensor, s
             # a sample whose optimum is 0 has scales that go to 0 with its residuals: it is
             # measured against the batch's scales instead (taken once, as samples leave)
             floors = floors or (0.1 * float(primal_scale.mean()), 0.1 * float(dual_scale.mean()))
-            done = (primal <= tol * primal_scale.clamp_min(floors[0])) & (dual <= tol * dual_scale.clamp_min(floors[1]))
+            primal_scale, dual_scale = primal_scale.clamp_min(floors[0]), dual_scale.clamp_min(floors[1])
+            done = (primal <= tol * primal_scale) & (dual <= tol * dual_scale)
             if k == steps - 1:
+                capped[rows[~done]] = True
                 done[:] = True
-            result_s[rows[done]], result_y[rows[done]] = s_next[done], y_next[done]
+            leaving = rows[done]
+            result_s[leaving], result_y[leaving] = s_next[done], y_next[done]
+            last[leaving] = torch.maximum(_relative(primal[done], primal_scale[done]),
+                                          _relative(dual[done], dual_scale[done]))  # fmt: skip
             keep = ~done
             rows, c, s_next, y_next, u, w = rows[keep], c[keep], s_next[keep], y_next[keep], u[keep], w[keep]
             if rows.numel() == 0:
                 break
         y, s = y_next, s_next
-    return _zero_outside_active_pools(norms, result_s, result_y)
+    return _zero_outside_active_pools(norms, result_s, result_y), capped, last
+
+
+def _relative(residual: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """A residual relative to its scale (0 where it is 0)."""
+    return torch.where(residual > 0, residual / scale, 0.0)
 
 
 def _zero_outside_active_pools(norms: GroupNorms, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ Solvers reach the energy only through :class:`Batch` and the terms' prox interfa
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -23,6 +23,34 @@ SOLVERS: Registry[Solver] = Registry("inference method", "energydsl.solvers")
 
 
 @dataclass(frozen=True)
+class Convergence:
+    """How an iterative method ended on each sample of a batch: whether it stopped at its
+    step cap before its tolerance, and the last relative step it measured there."""
+
+    method: str  # as the user knows it: "fista", "ista", "fista (by ADMM)"
+    capped: torch.Tensor  # (B,) bool: ran all ``steps`` iterations without reaching ``tol``
+    step: torch.Tensor  # (B,) the last relative step measured (ADMM: the larger relative residual)
+    steps: int
+    tol: float
+
+    @property
+    def count(self) -> int:
+        """How many samples stopped at the cap."""
+        return int(self.capped.sum())
+
+    def warning(self) -> str | None:
+        """The one-line warning for the capped samples, or None when there are none."""
+        count, total = self.count, self.capped.numel()
+        if count == 0:
+            return None
+        worst = float(self.step[self.capped].max())
+        measure = "residual" if "ADMM" in self.method else "step"
+        return (f"{self.method} stopped at its {self.steps}-step cap on {count} of {total} samples "
+                f"({count / total:.1%}) before reaching tol {self.tol:g} (worst relative {measure} {worst:.2g}); "
+                "raise 'steps' in the spec's infer line or pass steps= to infer")
+
+
+@dataclass(frozen=True)
 class Batch:
     """One batch's inference, as the model offers it to a solver."""
 
@@ -31,6 +59,11 @@ class Batch:
     zeros: Callable[[], torch.Tensor]  # a code of zeros, (B, m)
     steps: int | None = None  # the caller's overrides of an iterative method's options
     tol: float | None = None
+    reports: list[Convergence] = field(default_factory=list)  # how each iterative method ended
+
+    def report(self, convergence: Convergence) -> None:
+        """Record how an iterative method ended on the batch (the model warns of capped samples)."""
+        self.reports.append(convergence)
 
     def start(self, z: torch.Tensor | None) -> torch.Tensor:
         """Where an iterative method starts: the previous method's code, or zeros."""
@@ -59,7 +92,8 @@ class Solver:
         ``Variable``, bounded below by 0 when ``nonneg``) do not suit the method."""
 
     def solve(self, batch: Batch, z: torch.Tensor | None, steps: int, tol: float) -> torch.Tensor:
-        """The code for the batch, from the previous method's code ``z`` (None: nothing before)."""
+        """The code for the batch, from the previous method's code ``z`` (None: nothing before).
+        An iterative method also gives :meth:`Batch.report` its :class:`Convergence`."""
         raise NotImplementedError  # every registered solver defines it
 
     def memory(self, units: int, size: int) -> dict[str, int]:

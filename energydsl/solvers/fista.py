@@ -6,7 +6,7 @@ import torch
 
 from energydsl.errors import NumericalError
 from energydsl.solvers.admm import _admm_if_overlapping
-from energydsl.solvers.base import Batch, Solver
+from energydsl.solvers.base import Batch, Convergence, Solver
 from energydsl.solvers.problem import (
     CURVATURE_NOT_FINITE,
     SAFETY,
@@ -26,12 +26,21 @@ def fista(problem: Problem, z0: torch.Tensor, steps: int, tol: float, accelerate
     A quadratic smooth part with a shared Hessian uses its Gram matrix; another
     quadratic one a power-iteration step size; a non-quadratic one backtracks
     each sample's own L.  A group term over overlapping pools hands the whole
-    problem to :func:`admm` instead (see the module docstring).
+    problem to :func:`admm` instead (see the module docstring).  :func:`fista_report`
+    also says which samples stopped at ``steps`` before ``tol``.
     """
+    return fista_report(problem, z0, steps, tol, accelerate)[0]
+
+
+def fista_report(problem: Problem, z0: torch.Tensor, steps: int, tol: float,
+                 accelerate: bool = True) -> tuple[torch.Tensor, Convergence]:  # fmt: skip
+    """:func:`fista`'s code, and how it ended on each sample (:class:`Convergence`)."""
+    method = "fista" if accelerate else "ista"
     z = z0.detach()
     solved = _admm_if_overlapping(problem, z, steps, tol, accelerate)
     if solved is not None:
-        return solved
+        z, capped, residual, admm_tol = solved
+        return z, Convergence(f"{method} (by ADMM)", capped, residual, steps, admm_tol)
     y = z
     t = z.new_ones(z.shape[0], 1)
     # a caller that gives L (code maps, energydsl/stepsize.py) has too many units for a dense Gram matrix
@@ -47,7 +56,9 @@ def fista(problem: Problem, z0: torch.Tensor, steps: int, tol: float, accelerate
     if affine is not None and isinstance(problem.prox, ExactProx):
         prox = problem.prox.at_fixed_step(1 / float(L[0, 0]))
         if prox is not None:
-            return _fista_affine(H, c, float(L[0, 0]), prox, z, steps, tol, accelerate)
+            z, capped, step = _fista_affine(H, c, float(L[0, 0]), prox, z, steps, tol, accelerate)
+            return z, Convergence(method, capped, step, steps, tol)
+    previous = z
     for k in range(steps):
         if affine is not None:
             grad = torch.addmm(c, y, H)
@@ -65,10 +76,22 @@ def fista(problem: Problem, z0: torch.Tensor, steps: int, tol: float, accelerate
         else:
             y = z_next
         converged = tol > 0 and k % 5 == 4 and bool(((z_next - z).norm(dim=1) <= tol * z_next.norm(dim=1)).all())
-        z = z_next
+        previous, z = z, z_next
         if converged:
             break
-    return z
+    moved, norm = (z - previous).flatten(1).norm(dim=1), z.flatten(1).norm(dim=1)  # the last step, once
+    return z, Convergence(method, _capped(moved, norm, tol), _relative(moved, norm), steps, tol)
+
+
+def _relative(moved: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """Each sample's step relative to its code (0 where it did not move)."""
+    return torch.where(moved > 0, moved / norm, 0.0)
+
+
+def _capped(moved: torch.Tensor, norm: torch.Tensor, tol: float) -> torch.Tensor:
+    """The samples whose last step was above ``tol`` relative to their code: capped, unless
+    ``tol`` is 0 (exactly ``steps`` iterations asked for)."""
+    return moved > tol * norm if tol > 0 else torch.zeros_like(moved, dtype=torch.bool)
 
 
 def _fista_affine(H, c, L: float, prox, z, steps: int, tol: float, accelerate: bool):
@@ -82,10 +105,15 @@ def _fista_affine(H, c, L: float, prox, z, steps: int, tol: float, accelerate: b
       the product, are what an iteration costs (``benchmarks/inference.py``).
     - Each sample leaves the batch as soon as its own step is at most ``tol`` relative
       to its code, so the cost follows the typical sample, not the slowest.
+
+    Returns the codes, which samples stopped at ``steps`` before ``tol`` (B,) and each
+    sample's last measured relative step (B,).
     """
     step = 1 / L
     M = torch.eye(H.shape[0], dtype=z.dtype, device=z.device).sub_(H, alpha=step)
     rows, result = torch.arange(z.shape[0], device=z.device), torch.empty_like(z)
+    last = z.new_zeros(z.shape[0])  # each sample's last measured relative step
+    measured = (z.new_zeros(z.shape[0]), z.new_ones(z.shape[0]))  # the last step's (‖step‖, ‖z‖): none yet
     shift = c * -step
     y, t = z.clone(), z.new_ones(z.shape[0], 1)  # y is updated in place below; z is the caller's
     for k in range(steps):
@@ -100,15 +128,24 @@ def _fista_affine(H, c, L: float, prox, z, steps: int, tol: float, accelerate: b
         else:
             y = z_next
         z = z_next
+        measured = None
         if tol > 0 and k % 5 == 4:
-            done = difference.norm(dim=1) <= tol * z.norm(dim=1)
-            result[rows[done]] = z[done]
+            moved, norm = difference.norm(dim=1), z.norm(dim=1)
+            done = moved <= tol * norm
+            leaving = rows[done]
+            result[leaving] = z[done]
+            last[leaving] = _relative(moved[done], norm[done])
             keep = ~done
             rows, z, y, t, shift = rows[keep], z[keep], y[keep], t[keep], shift[keep]
             if rows.numel() == 0:
-                return result
+                return result, torch.zeros_like(last, dtype=torch.bool), last
+            measured = moved[keep], norm[keep]
+    moved, norm = measured if measured is not None else (difference.norm(dim=1), z.norm(dim=1))
     result[rows] = z
-    return result
+    last[rows] = _relative(moved, norm)
+    capped = torch.zeros_like(last, dtype=torch.bool)
+    capped[rows] = _capped(moved, norm, tol)
+    return result, capped, last
 
 
 def _backtrack(problem, y, f_y, grad, z_next, L):
@@ -137,4 +174,6 @@ class Fista(Solver):
         check_proximable(terms, latent, nonneg, accelerated=True)
 
     def solve(self, batch: Batch, z, steps, tol):
-        return fista(batch.problem(), batch.start(z), steps, tol, accelerate=True)
+        z, convergence = fista_report(batch.problem(), batch.start(z), steps, tol, accelerate=True)
+        batch.report(convergence)
+        return z

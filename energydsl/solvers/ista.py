@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from energydsl.solvers.base import Batch, Solver
-from energydsl.solvers.fista import fista
+from energydsl.solvers.fista import fista_report
 from energydsl.solvers.prox import check_proximable
 
 
@@ -17,4 +17,6 @@ class Ista(Solver):
         check_proximable(terms, latent, nonneg, accelerated=False)
 
     def solve(self, batch: Batch, z, steps, tol):
-        return fista(batch.problem(), batch.start(z), steps, tol, accelerate=False)
+        z, convergence = fista_report(batch.problem(), batch.start(z), steps, tol, accelerate=False)
+        batch.report(convergence)
+        return z

@@ -6,7 +6,7 @@ import torch
 
 from energydsl.errors import NumericalError, SpecError
 from energydsl.solvers.admm import ADMM_FINEST_TOL
-from energydsl.solvers.base import Batch, Solver
+from energydsl.solvers.base import Batch, Convergence, Solver
 from energydsl.solvers.fista import _fista_affine
 from energydsl.solvers.problem import (
     CURVATURE_NOT_FINITE,
@@ -20,11 +20,17 @@ from energydsl.solvers.stepsize import DENSE_GRAM_MAX_UNITS
 
 
 def lars(problem: Problem, z: torch.Tensor) -> torch.Tensor:
+    """The exact lasso codes (:func:`lars_report` without the report)."""
+    return lars_report(problem, z)[0]
+
+
+def lars_report(problem: Problem, z: torch.Tensor) -> tuple[torch.Tensor, Convergence | None]:
     """The exact lasso codes by homotopy (:mod:`energydsl.ops.homotopy`), for a quadratic smooth
     part with one Hessian for the batch and l1 terms (+ z ≥ 0), as the compiler checked.
 
     A sample whose path cycles (degenerate dictionaries; not seen in practice) is
-    finished by FISTA from the path's last point, to the finest float tolerance.
+    finished by FISTA from the path's last point, to the finest float tolerance; the
+    :class:`Convergence` says how that ended (None when no sample needed it).
     """
     affine = affine_gradient(problem, z)
     if affine is None:
@@ -37,12 +43,14 @@ def lars(problem: Problem, z: torch.Tensor) -> torch.Tensor:
 
     lam = problem.prox.l1_weight()
     z, finished = lasso_homotopy(H, c, lam, problem.prox.nonneg)
-    if not bool(finished.all()):
-        L = float(largest_eigenvalue(H)) * SAFETY
-        rest = ~finished
-        z[rest] = _fista_affine(H, c[rest], L, problem.prox.at_fixed_step(1 / L), z[rest], 20_000,
-                                ADMM_FINEST_TOL.get(z.dtype, 1e-5), accelerate=True)  # fmt: skip
-    return z
+    if bool(finished.all()):
+        return z, None
+    L = float(largest_eigenvalue(H)) * SAFETY
+    rest, steps, tol = ~finished, 20_000, ADMM_FINEST_TOL.get(z.dtype, 1e-5)
+    capped, last = torch.zeros_like(finished, dtype=torch.bool), z.new_zeros(z.shape[0])
+    z[rest], capped[rest], last[rest] = _fista_affine(H, c[rest], L, problem.prox.at_fixed_step(1 / L), z[rest],
+                                                      steps, tol, accelerate=True)  # fmt: skip
+    return z, Convergence("lars (its FISTA fallback)", capped, last, steps, tol)
 
 
 class Lars(Solver):
@@ -84,7 +92,10 @@ class Lars(Solver):
                             span, hint="infer by fista(...)")  # fmt: skip
 
     def solve(self, batch: Batch, z, steps, tol):
-        return lars(batch.problem(), batch.start(z))
+        z, convergence = lars_report(batch.problem(), batch.start(z))
+        if convergence is not None:
+            batch.report(convergence)
+        return z
 
     def memory(self, units, size):
         m = units

@@ -111,8 +111,9 @@ def initial_state(model: EnergyModel, seed: int | None = None) -> LoopState:
 
 
 def train_step(model: EnergyModel, optimizers: Optimizers, x, y, terms, workers: Workers = SINGLE,
-               batch_size: int | None = None) -> float:  # fmt: skip
-    """One minibatch of the generic loop; returns the batch's mean energy.
+               batch_size: int | None = None, convergence: list | None = None) -> float:  # fmt: skip
+    """One minibatch of the generic loop; returns the batch's mean energy.  The inference
+    appends to ``convergence`` (when given) how each iterative method ended on each sample.
 
     With several workers, ``x`` is this worker's shard of a global batch of
     ``batch_size`` samples, and the gradients are summed over the workers.
@@ -121,7 +122,7 @@ def train_step(model: EnergyModel, optimizers: Optimizers, x, y, terms, workers:
     """
     xp = model.preprocess(x)
     by_encoder = all(m.solver.runs_encoder for m in model.program.methods)
-    z = model.infer_prepared(xp, y, terms, differentiable=by_encoder)
+    z = model.infer_prepared(xp, y, terms, differentiable=by_encoder, convergence=convergence)
     loss = model.energy_of(xp, z, y, terms).sum() / (batch_size or x.shape[0])
     value = workers.sum_(loss.detach().clone()).item()
     if not math.isfinite(value):
@@ -208,7 +209,9 @@ def train(
     ``state`` of a checkpoint continues that run: on CPU the result is bitwise the
     same as a run that was never interrupted.  With several ``workers`` (see
     :mod:`energydsl.training.distributed`) each one trains on its shard of every batch and
-    only rank 0 evaluates, reports and saves.
+    only rank 0 evaluates, reports and saves.  Training never warns of inference that stops
+    at its step cap; each epoch's metrics give ``infer.capped``, the share of the training
+    samples whose inference did (of those inferred since the run started or resumed).
     """
     training = model.program.training
     state = state if state is not None else initial_state(model, seed)
@@ -227,11 +230,14 @@ def train(
             if state.order is None:
                 state.order = torch.randperm(x_train.shape[0], generator=state.generator)
             batches = state.order.to(device).split(training.batch)
+            capped = torch.zeros(2, dtype=torch.float64, device=device)  # samples capped at the step cap, inferred
             for batch in batches[state.batch :]:
                 mine = workers.shard(batch)
                 y = None if y_train is None else y_train[mine]
+                reports = []
                 try:
-                    energy = train_step(model, state.optimizers, x_train[mine], y, phase.terms, workers, len(batch))
+                    energy = train_step(model, state.optimizers, x_train[mine], y, phase.terms, workers, len(batch),
+                                        reports)  # fmt: skip
                     stopping = workers.any(interrupted())
                     due = checkpoint_every and (state.step + 1) % checkpoint_every == 0
                     if stopping or due or state.batch + 1 == len(batches):
@@ -239,6 +245,9 @@ def train(
                 except NumericalError as error:
                     raise NumericalError(f"step {state.step + 1} (epoch {state.epoch + 1}, phase {phase.name}): "
                                          f"{error}") from None  # fmt: skip
+                for report in reports:  # no sync with the device: summed once per epoch
+                    capped[0] += report.capped.sum()
+                    capped[1] += report.capped.numel()
                 state.step += 1
                 state.batch += 1
                 if on_step is not None and workers.main:
@@ -249,8 +258,11 @@ def train(
                 if due:
                     save(state)
             state.epoch, state.batch, state.order = state.epoch + 1, 0, None
+            capped = workers.sum_(capped.to(workers.device)).tolist()
             if workers.main:
                 metrics = {"phase": phase.name, "epoch": state.epoch, **evaluate(model, data)}
+                if capped[1]:
+                    metrics["infer.capped"] = round(capped[0] / capped[1], 6)
                 metrics["seconds"] = round(time.perf_counter() - start, 3)
                 state.history.append(metrics)
                 if on_epoch is not None:
