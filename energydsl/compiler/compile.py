@@ -75,6 +75,7 @@ class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, E
 
     def run(self) -> Program:
         spec = self.spec
+        self._not_empty()
         constants = self._constants()
         data = self._data()
         sample_shape, data_classes = self._data_info(data)
@@ -116,6 +117,16 @@ class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, E
             inference_terms=inference_terms,
             roles=self._roles(terms, params, input_var, latent),
         )
+
+    def _not_empty(self) -> None:
+        spec = self.spec
+        if spec.name or spec.data or spec.infer or spec.train or any(
+                getattr(spec, field) for field in ("consts", "inputs", "labels", "latents", "params", "graphs",
+                                                   "lets", "pools", "encoders", "energy")):
+            return
+        what = "has only comments and blank lines" if spec.source.strip() else "is empty"
+        raise SpecError(f"the spec file {what}", WHOLE_SPEC,
+                        hint="a spec needs at least 'data', 'input', 'latent' and 'energy' statements")
 
     def _roles(self, terms, params, input_var: Variable, latent: Variable) -> Roles:
         reconstruction = next((t for t in terms if t.term.role == "reconstruction" and t.first_arg == input_var.name),
