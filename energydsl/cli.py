@@ -320,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("runs", nargs="+", metavar="DIR",
                         help="run directories, first layer first; a stacked run brings the runs below it")
     export.add_argument("-o", "--output", required=True, help="the TorchScript file to write, e.g. features.pt")
-    export.add_argument("--pool", type=int, default=2, help="L2 pooling window after the last layer (default 2)")
+    export.add_argument("--pool", type=int, default=None,
+                        help="L2 pooling window after the last layer (default 2 for code maps, 1 for a vector latent)")
     export.set_defaults(handler=cmd_export)
 
     prune = commands.add_parser("prune", help="remove rarely active branches of a trained tree")
