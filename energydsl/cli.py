@@ -204,7 +204,7 @@ def cmd_docs(args) -> int:
 def cmd_fmt(args) -> int:
     from energydsl.lang.fmt import format_paths
 
-    return format_paths(args.specs, check=args.check)
+    return format_paths(args.specs, check=args.check, diff=args.diff)
 
 
 def cmd_prune(args) -> int:
@@ -302,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = commands.add_parser("fmt", help="rewrite specs in place in the canonical layout (keeps comments)")
     fmt.add_argument("specs", nargs="+", metavar="SPEC")
     fmt.add_argument("--check", action="store_true", help="change nothing; exit 1 if a spec is not canonical")
+    fmt.add_argument("--diff", action="store_true", help="change nothing; print a unified diff of each spec that would change")
     fmt.set_defaults(handler=cmd_fmt)
 
     docs = commands.add_parser("docs", help="print the language reference (markdown), generated from the code")
