@@ -92,6 +92,8 @@ def _run(args, overrides: dict, device, workers: distributed.Workers) -> int:
     from energydsl.training.progress import ConsoleProgress, TensorBoardLog
 
     model = api.load(args.spec, overrides, data=args.data, device=device, seed=args.seed)
+    for warning in model.program.warnings if workers.main else ():
+        print(warning.render(), file=sys.stderr)
     out = Path(args.out) if args.out else Path("runs") / model.name
     epochs = sum(phase.epochs for phase in model.program.training.phases)
     reporters = [ConsoleProgress(epochs, quiet=args.quiet or not workers.main)]
@@ -180,6 +182,8 @@ def cmd_check(args) -> int:
                   "than this machine has", file=sys.stderr)  # fmt: skip
             status = EXIT_USER_ERROR
             continue
+        for warning in program.warnings:
+            print(warning.render(), file=sys.stderr)
         print(describe(program) if not args.quiet else f"{path}: ok")
     return status
 
