@@ -227,3 +227,55 @@ def test_readme_in_order(kind, step, walk, monkeypatch, capsys):
         run_command(step, capsys)
     else:
         exec(compile(step.text, f"README.md (python block at line {step.line})", "exec"), namespace)
+
+
+# ---------------------------------------------------------------- docs/reference.md: every listed option compiles
+
+REFERENCE = ROOT / "docs" / "reference.md"
+BASE = """data synthetic(dim = 8, atoms = 12, count = 100)
+input x
+latent z[12]
+param W[8, 12]
+param E[12, 8]
+encoder z = E @ x
+energy
+  recon : 0.5 * sqerr(x, W @ z)
+  sparse : 0.1 * l1(z)
+infer z by {infer}
+train optimizer {optimizer} batch 20 epochs 1
+"""
+
+
+def listed(name: str) -> list[str]:
+    """The options docs/reference.md lists for ``name``: its heading ``### `name(a, b)` ``."""
+    match = re.search(rf"^### `{re.escape(name)}(?:\((.*?)\))?`", REFERENCE.read_text(encoding="utf-8"), re.M)
+    assert match, f"docs/reference.md has no heading for {name}"
+    return [a.strip() for a in (match.group(1) or "").split(",") if a.strip()]
+
+
+def test_every_listed_solver_and_optimizer_option_compiles(tmp_path):
+    import energydsl
+    from energydsl.optim import OPTIMIZERS
+    from energydsl.solvers import SOLVERS
+
+    values = {"steps": "5", "tol": "1e-3"}
+    spec = tmp_path / "options.energy"
+    for name in SOLVERS:
+        options = listed(name)
+        assert set(options) == set(SOLVERS[name].options), name
+        call = f"{name}({', '.join(f'{o} = {values[o]}' for o in options)})" if options else name
+        spec.write_text(BASE.format(infer=call, optimizer="adam()"))
+        assert energydsl.compile_program(str(spec)).methods[0].kind == name
+    for name in OPTIMIZERS:
+        defaults = OPTIMIZERS[name].options
+        assert set(listed(name)) == set(defaults), name
+        for option in listed(name):
+            value = defaults[option]
+            text = str(int(value)) if isinstance(value, bool) else repr(value)  # a flag is 0 or 1
+            optimizer = f"{name}({option} = {text})"
+            if name == "bcd":  # every parameter must be a dictionary of one sqerr term
+                spec.write_text(BASE.replace("param E[12, 8]\nencoder z = E @ x\n", "").format(
+                    infer="fista", optimizer=optimizer))
+            else:
+                spec.write_text(BASE.format(infer="fista", optimizer=optimizer))
+            assert energydsl.compile_program(str(spec)).training.optimizer == name, optimizer
