@@ -100,6 +100,8 @@ def _run(args, overrides: dict, device, workers: distributed.Workers) -> int:
     from energydsl.training.progress import ConsoleProgress, TensorBoardLog
 
     model = api.load(args.spec, overrides, data=args.data, device=device, seed=args.seed)
+    for warning in model.program.warnings if workers.main else ():
+        print(warning.render(), file=sys.stderr)
     out = Path(args.out) if args.out else Path("runs") / model.name
     epochs = sum(phase.epochs for phase in model.program.training.phases)
     reporters = [ConsoleProgress(epochs, quiet=args.quiet or not workers.main)]
@@ -189,6 +191,8 @@ def cmd_check(args) -> int:
                   "than this machine has", file=sys.stderr)  # fmt: skip
             status = EXIT_USER_ERROR
             continue
+        for warning in program.warnings:
+            print(warning.render(), file=sys.stderr)
         print(describe(program) if not args.quiet else f"{path}: ok")
     return status
 
@@ -213,7 +217,7 @@ def cmd_docs(args) -> int:
 def cmd_fmt(args) -> int:
     from energydsl.lang.fmt import format_paths
 
-    return format_paths(args.specs, check=args.check)
+    return format_paths(args.specs, check=args.check, diff=args.diff)
 
 
 def cmd_prune(args) -> int:
@@ -313,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = commands.add_parser("fmt", help="rewrite specs in place in the canonical layout (keeps comments)")
     fmt.add_argument("specs", nargs="+", metavar="SPEC")
     fmt.add_argument("--check", action="store_true", help="change nothing; exit 1 if a spec is not canonical")
+    fmt.add_argument("--diff", action="store_true", help="change nothing; print a unified diff of each spec that would change")
     fmt.set_defaults(handler=cmd_fmt)
 
     docs = commands.add_parser("docs", help="print the language reference (markdown), generated from the code")
@@ -333,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("runs", nargs="+", metavar="DIR",
                         help="run directories, first layer first; a stacked run brings the runs below it")
     export.add_argument("-o", "--output", required=True, help="the TorchScript file to write, e.g. features.pt")
-    export.add_argument("--pool", type=int, default=2, help="L2 pooling window after the last layer (default 2)")
+    export.add_argument("--pool", type=int, default=None,
+                        help="L2 pooling window after the last layer (default 2 for code maps, 1 for a vector latent)")
     export.set_defaults(handler=cmd_export)
 
     prune = commands.add_parser("prune", help="remove rarely active branches of a trained tree")

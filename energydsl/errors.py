@@ -58,31 +58,22 @@ class InferenceCapWarning(UserWarning):
     of capped samples per epoch instead (``infer.capped`` in ``metrics.jsonl``)."""
 
 
-class SpecError(UserError):
-    """A mistake in a spec (or in what the user passed for it).
+class _Located:
+    """A message about a place in a spec: ``path:line:col: message``, rendered with the
+    source line and a caret under the culprit (what :class:`SpecError` and
+    :class:`SpecWarning` share)."""
 
-    ``str(error)`` is the one-line ``path:line:col: message``; :meth:`render`
-    adds the source line and a caret under the culprit.
-    """
+    prefix = ""  # written between the location and the message
 
-    def __init__(
-        self,
-        message: str,
-        span: Span | None = None,
-        *,
-        path: str = "<spec>",
-        source: str = "",
-        hint: str | None = None,
-    ):
-        super().__init__(message)
+    def _locate(self, message: str, span: Span | None, path: str, source: str, hint: str | None) -> None:
         self.message = message
         self.span = span
         self.path = path
         self.source = source
         self.hint = hint
 
-    def located(self, path: str, source: str) -> SpecError:
-        """Attach the file this error belongs to (kept if already set)."""
+    def located(self, path: str, source: str):
+        """Attach the file this message belongs to (kept if already set)."""
         if self.path == "<spec>":
             self.path = path
         if not self.source:
@@ -96,7 +87,7 @@ class SpecError(UserError):
         return f"{self.path}:{self.span.line}:{self.span.column}"
 
     def __str__(self) -> str:
-        text = f"{self.location}: {self.message}"
+        text = f"{self.location}: {self.prefix}{self.message}"
         return f"{text} ({self.hint})" if self.hint else text
 
     def render(self) -> str:
@@ -116,6 +107,43 @@ class SpecError(UserError):
         lines.append("  " + text)
         lines.append("  " + " " * start + "^" + "~" * (width - 1))
         return "\n".join(lines)
+
+
+class SpecError(_Located, UserError):
+    """A mistake in a spec (or in what the user passed for it).
+
+    ``str(error)`` is the one-line ``path:line:col: message``; :meth:`render`
+    adds the source line and a caret under the culprit.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        span: Span | None = None,
+        *,
+        path: str = "<spec>",
+        source: str = "",
+        hint: str | None = None,
+    ):
+        super().__init__(message)
+        self._locate(message, span, path, source, hint)
+
+    __str__ = _Located.__str__
+
+
+class SpecWarning(_Located):
+    """Something in a spec that compiles but is probably not what its author meant
+    (``path:line:col: warning: message``).  The compiler collects them in
+    ``Program.warnings``; ``energydsl check`` and ``run`` print them on stderr and go on."""
+
+    prefix = "warning: "
+
+    def __init__(self, message: str, span: Span | None = None, *, path: str = "<spec>", source: str = "",
+                 hint: str | None = None):  # fmt: skip
+        self._locate(message, span, path, source, hint)
+
+    def __repr__(self) -> str:
+        return f"SpecWarning({str(self)!r})"
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str | None:

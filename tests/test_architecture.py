@@ -262,11 +262,12 @@ def test_cli_help_and_fmt_do_not_import_torch(tmp_path):
             assert stop.code == 0, stop.code
         print("after --help:", "torch" in sys.modules)
         print("fmt:", main(["fmt", "--check", {str(spec)!r}]))
+        print("fmt --diff:", main(["fmt", "--check", "--diff", {str(spec)!r}]))
         print("after fmt:", "torch" in sys.modules)
     """)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert {"after --help: False", "fmt: 0", "after fmt: False"} <= set(lines), result.stdout
+    assert {"after --help: False", "fmt: 0", "fmt --diff: 0", "after fmt: False"} <= set(lines), result.stdout
 
 
 if __name__ == "__main__":

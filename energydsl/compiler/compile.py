@@ -20,7 +20,7 @@ from energydsl.compiler.roles import Roles, find_roles
 from energydsl.compiler.structures import StructuresStage
 from energydsl.compiler.training import TrainingStage
 from energydsl.compiler.variables import VariablesStage
-from energydsl.errors import WHOLE_SPEC, Span, SpecError, UserError, did_you_mean, one_of
+from energydsl.errors import WHOLE_SPEC, Span, SpecError, SpecWarning, UserError, did_you_mean, one_of
 from energydsl.expr.compiler import ExprCompiler, Symbol, Value
 from energydsl.lang import spec as S
 
@@ -45,11 +45,13 @@ def compile_spec(
     if data_info is None and describe_data is None:
         raise TypeError("compile_spec needs the data's description: data_info or describe_data")
     try:
-        return Compiler(spec, dict(overrides or {}), data, data_info, describe_data).run()
+        program = Compiler(spec, dict(overrides or {}), data, data_info, describe_data).run()
     except SpecError as error:
         raise error.located(spec.path, spec.source) from None
     except RecursionError:
         raise SpecError("an expression is nested too deeply", WHOLE_SPEC, path=spec.path) from None
+    program.warnings = tuple(warning.located(spec.path, spec.source) for warning in program.warnings)
+    return program
 
 
 # ---------------------------------------------------------------- the checker
@@ -72,9 +74,11 @@ class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, E
         self.scope: dict[str, Symbol] = {}
         self.declared: dict[str, Span] = {}
         self.consts = ExprCompiler(self.scope, "const")
+        self.warnings: list[SpecWarning] = []  # filled by the stages
 
     def run(self) -> Program:
         spec = self.spec
+        self._not_empty()
         constants = self._constants()
         data = self._data()
         sample_shape, data_classes = self._data_info(data)
@@ -115,7 +119,18 @@ class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, E
             training=training,
             inference_terms=inference_terms,
             roles=self._roles(terms, params, input_var, latent),
+            warnings=tuple(self.warnings),
         )
+
+    def _not_empty(self) -> None:
+        spec = self.spec
+        if spec.name or spec.data or spec.infer or spec.train or any(
+                getattr(spec, field) for field in ("consts", "inputs", "labels", "latents", "params", "graphs",
+                                                   "lets", "pools", "encoders", "energy")):
+            return
+        what = "has only comments and blank lines" if spec.source.strip() else "is empty"
+        raise SpecError(f"the spec file {what}", WHOLE_SPEC,
+                        hint="a spec needs at least 'data', 'input', 'latent' and 'energy' statements")
 
     def _roles(self, terms, params, input_var: Variable, latent: Variable) -> Roles:
         reconstruction = next((t for t in terms if t.term.role == "reconstruction" and t.first_arg == input_var.name),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from energydsl.compiler.program import BoundTerm, Variable
-from energydsl.errors import WHOLE_SPEC, SpecError, did_you_mean, one_of
+from energydsl.errors import WHOLE_SPEC, SpecError, SpecWarning, did_you_mean, one_of
 from energydsl.expr.compiler import FUNCTIONS, Closure, ExprCompiler
 from energydsl.lang import spec as S
 from energydsl.ops.pools import PoolFamily
@@ -18,12 +18,16 @@ class EnergyStage:
             raise SpecError("the spec has no energy block", WHOLE_SPEC,
                             hint="add 'energy' followed by terms such as 'recon : 0.5 * sqerr(x, W @ z)'")  # fmt: skip
         terms, seen = [], {}
+        self._pooled: list = []  # (pool family, its argument, the term's function) of every group term
         for decl in self.spec.energy:
             if decl.name.name in seen:
                 raise SpecError(f"term '{decl.name.name}' is already defined (line {seen[decl.name.name]})",
                                 decl.name.span)  # fmt: skip
             seen[decl.name.name] = decl.span.line
             terms.append(self._term(decl, model, latent, pools, label))
+        if not any(t.term.prox_kind == "separable" and t.first_arg == latent.name for t in terms):
+            for family, node, func in self._pooled:  # with an l1 term, units outside the pools are still penalised
+                self._warn_unpooled(family, node, latent, func)
         return terms
 
     def _term(self, decl: S.TermDecl, model: ExprCompiler, latent, pools, label) -> BoundTerm:
@@ -35,6 +39,7 @@ class EnergyStage:
         for kind, node in zip(cls.kinds, slots):
             if kind == "pools":
                 static["pools"] = self._pool_argument(node, pools)
+                self._pooled.append((static["pools"], node, call.func))
             elif kind == "structure":
                 static["structure"] = self.structure_argument(node, f"{call.func}()", ("tree",))
             elif kind == "label":
@@ -104,6 +109,23 @@ class EnergyStage:
             raise SpecError("expected the name of a pool family", node.span, hint=hint)
         return pools[node.id]
 
+    def _warn_unpooled(self, family: PoolFamily, node: S.Expr, latent: Variable, term: str) -> None:
+        """A warning when some units of the latent are in no pool of ``family`` (and no
+        separable term such as l1 penalises every unit): a group term over it leaves them
+        unpenalised, which is rarely meant."""
+        covered = set().union(*map(set, family.members)) if family.members else set()
+        left = [unit for unit in range(family.size) if unit not in covered]
+        if not left:
+            return
+        ranges = _ranges(left)
+        shown = ", ".join(ranges[:4]) + (f", ... ({len(left)} units)" if len(ranges) > 4 else "")
+        noun = "unit" if len(left) == 1 else "units"
+        verb = "is" if len(left) == 1 else "are"
+        self.warnings.append(SpecWarning(
+            f"{noun} {shown} of '{latent.name}' {verb} in no pool of '{family.name}': {term} leaves "
+            f"{'it' if len(left) == 1 else 'them'} unpenalised", node.span,
+            hint=f"add {'it' if len(left) == 1 else 'them'} to a pool, or an l1 term on '{latent.name}'"))
+
     def _label_argument(self, node: S.Expr, label: Variable | None) -> Closure:
         if label is None:
             raise SpecError("this term needs a label, and the spec declares none", node.span,
@@ -111,3 +133,14 @@ class EnergyStage:
         if not isinstance(node, S.Name) or node.id != label.name:
             raise SpecError(f"expected the label '{label.name}' here", node.span)
         return lambda env, n=label.name: env[n]
+
+
+def _ranges(units: list[int]) -> list[str]:
+    """[1, 2, 3, 7, 9, 10] → ['1-3', '7', '9-10'] (sorted, distinct units)."""
+    spans = [[units[0], units[0]]]
+    for unit in units[1:]:
+        if unit == spans[-1][1] + 1:
+            spans[-1][1] = unit
+        else:
+            spans.append([unit, unit])
+    return [str(a) if a == b else f"{a}-{b}" for a, b in spans]

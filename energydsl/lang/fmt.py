@@ -41,6 +41,8 @@ Only specs that parse are formatted: :func:`format_source` raises the parser's
 
 from __future__ import annotations
 
+import difflib
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -79,8 +81,10 @@ def format_source(source: str, path: str = "<spec>") -> str:
     return _format_parsed(source)
 
 
-def format_paths(paths: list[str], check: bool) -> int:
+def format_paths(paths: list[str], check: bool, diff: bool = False) -> int:
     """Format spec files in place (``check``: only report), print what changes; 0, or 1 if a check fails.
+
+    ``diff`` prints a unified diff of each file that would change and writes nothing.
 
     Every file is read and formatted before any is written, so a spec that does not
     parse stops the command (its :class:`SpecError` propagates) with no file changed.
@@ -91,17 +95,25 @@ def format_paths(paths: list[str], check: bool) -> int:
         jobs.append((path, source, _format_parsed(source)))
     changed = [(path, formatted) for path, source, formatted in jobs if formatted != source]
     for path, formatted in changed:
-        if check:
+        if diff:
+            source = next(source for p, source, _ in jobs if p == path)
+            sys.stdout.writelines(difflib.unified_diff(_lines(source), _lines(formatted), path, f"{path} (formatted)"))
+        elif check:
             print(f"would reformat {path}")
         else:
             _replace_file(Path(path), formatted)
             print(f"reformatted {path}")
     unchanged = len(jobs) - len(changed)
-    if check:
+    if check or diff:
         print(f"{_files(len(changed))} would be reformatted, {_files(unchanged)} would be left unchanged")
     else:
         print(f"{_files(len(changed))} reformatted, {_files(unchanged)} left unchanged")
     return 1 if check and changed else 0
+
+
+def _lines(text: str) -> list[str]:
+    """The lines of ``text`` for a diff, each ending in a newline (the last one too)."""
+    return [line if line.endswith("\n") else line + "\n" for line in text.splitlines(keepends=True)]
 
 
 def _files(count: int) -> str:

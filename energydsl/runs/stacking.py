@@ -145,18 +145,19 @@ def layers(directory: str | Path) -> list[nn.Module]:
     return modules + [Encoder(load_run(directory))]
 
 
-def export(*directories: str | Path, pool: int = DEFAULT_POOL) -> nn.Sequential:
+def export(*directories: str | Path, pool: int | None = None) -> nn.Sequential:
     """The trained layers as one ``nn.Sequential``: raw samples → the L2-pooled features of the last run.
 
     A run trained on ``stacked(...)`` data brings the runs below it, so exporting the
     layer-2 run gives image → layer-1 encoder → L2 pooling → layer-2 encoder → L2
     pooling (``pool``×``pool`` windows) → flatten.  Naming the lower runs too
     (``export("runs/layer1", "runs/layer2")``) is allowed when each is the one the next
-    is stacked on.
+    is stacked on.  ``pool`` defaults to 2 for code maps and to 1 (no pooling) for a vector
+    latent such as DrSAE's.
     """
     if not directories:
         raise ExportError("export needs at least one run directory")
-    if pool < 1:
+    if pool is not None and pool < 1:
         raise ExportError(f"pool must be at least 1, got {pool}")
     for lower, upper in itertools.pairwise(directories):
         below = _stacked_on(_run_directory(upper))
@@ -164,6 +165,8 @@ def export(*directories: str | Path, pool: int = DEFAULT_POOL) -> nn.Sequential:
             raise ExportError(f"{upper} is not stacked on {lower}: list the runs from the first layer up")
     modules = layers(directories[-1])
     last = modules[-1]
+    if pool is None:
+        pool = DEFAULT_POOL if len(last.output_shape) == 3 else 1
     if pool > 1 and len(last.output_shape) != 3:
         raise ExportError(f"{directories[-1]}: L2 pooling needs code maps, this latent is a vector; use pool = 1")
     network = nn.Sequential(*modules, L2Pool(pool), nn.Flatten())

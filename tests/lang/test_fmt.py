@@ -286,3 +286,23 @@ def test_fmt_command_checks_and_rewrites(tmp_path, capsys):
     assert main(["fmt", str(path)]) == 0
     assert path.read_text() == MESSY_FORMATTED
     assert main(["fmt", "--check", str(path)]) == 0
+
+
+def test_fmt_diff_shows_what_would_change_and_writes_nothing(tmp_path, capsys):
+    import difflib
+
+    from energydsl.cli import main
+
+    messy, clean = tmp_path / "messy.energy", tmp_path / "clean.energy"
+    messy.write_text(MESSY)
+    clean.write_text(MESSY_FORMATTED)
+    assert main(["fmt", "--check", "--diff", str(messy), str(clean)]) == 1
+    out = capsys.readouterr().out
+    expected = "".join(difflib.unified_diff(MESSY.splitlines(keepends=True), MESSY_FORMATTED.splitlines(keepends=True),
+                                            f"{messy}", f"{messy} (formatted)"))  # fmt: skip
+    assert expected and out.startswith(expected)
+    assert str(clean) not in out.replace("1 file would be left unchanged", "")
+    assert out.rstrip().endswith("1 file would be reformatted, 1 file would be left unchanged")
+    assert messy.read_text() == MESSY
+    assert main(["fmt", "--diff", str(messy)]) == 0  # --diff alone: show, write nothing, exit 0
+    assert capsys.readouterr().out.startswith(expected) and messy.read_text() == MESSY

@@ -168,3 +168,47 @@ def test_a_run_without_an_encoder_cannot_be_exported(tmp_path):
     energydsl.train(model, out=tmp_path / "run")
     with pytest.raises(ExportError, match="run of spec 'layer1' has no encoder to export or stack on"):
         energydsl.export(tmp_path / "run")
+
+
+VECTOR = """
+model vector
+data file("images.npz")
+input x[64]
+latent z[10] >= 0
+param D[64, 10] init normal(0.3) constrain col_norm <= 1
+param E[10, 64] init 0.5 * D.T
+encoder z = relu(E @ x)
+energy
+  recon  : 0.5 * sqerr(x, D @ z)
+  sparse : 0.05 * l1(z)
+infer z by encoder
+train optimizer adam(lr = 0.01) batch 16 epochs 1
+"""
+
+
+@pytest.fixture(scope="module")
+def vector_run(tmp_path_factory):
+    """A DrSAE-like run with a vector latent (an encoder, no code maps), trained one epoch."""
+    root = tmp_path_factory.mktemp("vector")
+    np.savez(root / "images.npz", x=np.random.default_rng(2).random((40, 64)).astype(np.float32))
+    (root / "vector.energy").write_text(VECTOR)
+    energydsl.train(energydsl.load(str(root / "vector.energy")), out=root / "run")
+    return root / "run"
+
+
+def test_export_of_a_vector_latent_does_not_pool_by_default(vector_run):
+    network = energydsl.export(vector_run)
+    run = energydsl.load_run(vector_run)
+    x = torch.rand(5, 64)
+    with torch.no_grad():
+        expected = torch.relu(x @ run.params["E"].T)
+        assert torch.allclose(network(x), expected, atol=1e-6)
+    with pytest.raises(ExportError, match="L2 pooling needs code maps, this latent is a vector; use pool = 1"):
+        energydsl.export(vector_run, pool=2)  # asked for explicitly: still refused
+
+
+def test_cli_export_of_a_vector_latent(vector_run, tmp_path, capsys):
+    assert main(["export", str(vector_run), "-o", str(tmp_path / "features.pt")]) == 0
+    assert "raw samples [64]" in capsys.readouterr().out
+    scripted = torch.jit.load(str(tmp_path / "features.pt"))
+    assert scripted(torch.rand(3, 64)).shape == (3, 10)
