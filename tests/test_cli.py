@@ -144,6 +144,7 @@ def test_console_script_entry_point(spec_file):
     assert result.stdout.strip().endswith(": ok")
 
 
+@pytest.mark.slow
 def test_quickstart_example_runs(capsys):
     import runpy
     from pathlib import Path

@@ -95,6 +95,7 @@ def test_an_unfinished_run_without_a_checkpoint_does_not_suggest_resume(spec_fil
     assert "no checkpoint to resume; start over with --force" in err and "--resume" not in err
 
 
+@pytest.mark.slow
 def test_force_moves_the_old_run_aside_and_says_where(spec_file, old_run, capsys):
     old = params(old_run)
     assert main(["run", str(spec_file), "--out", str(old_run), "--quiet", "--force", "--set", "lam=0.2"]) == 0

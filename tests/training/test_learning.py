@@ -323,6 +323,7 @@ def first_rate_of_each_epoch(monkeypatch, phases: str) -> list[list[float]]:
     return seen[::per_epoch]
 
 
+@pytest.mark.slow
 def test_phase_lr_scale_multiplies_every_rate_on_top_of_the_schedule(monkeypatch):
     """A phase's `lr_scale` multiplies every group's rate (the parameters' lr_scale ratios kept),
     alone or times the cosine factor; a phase without it keeps the optimizer's rates."""
