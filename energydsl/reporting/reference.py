@@ -5,7 +5,7 @@ syntax from ``grammar.lark`` (with the ``//`` comment above each statement rule)
 energy terms from :data:`energydsl.terms.TERMS`, the data sources from
 :data:`energydsl.data.SOURCES`, and so on; every description is the docstring or the
 one-line description next to the registry entry.  ``docs/reference.md`` is this module's
-output, checked in; ``tests/test_reference.py`` fails when the two differ::
+output, checked in; ``tests/reporting/test_reference.py`` fails when the two differ::
 
     python -m energydsl.reporting.reference > docs/reference.md
 

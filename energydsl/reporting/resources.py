@@ -44,7 +44,7 @@ float32; ``B``: the training batch; ``B_eval``: the evaluation batch, at most
 Parts are added as if all were alive at once.  What the formula leaves out (the C
 library's and torch's allocator slack, caches, the transient copies made while data
 loads) is not small for small models: DrSAE on MNIST, estimated at 54 MiB, grew a
-process's peak resident memory by 73-79 MiB (``tests/test_resources.py`` checks the
+process's peak resident memory by 73-79 MiB (``tests/reporting/test_resources.py`` checks the
 two within a factor of 3).  For the models the guard is for, the exact parts
 (parameters, optimizer state, Gram matrices) dominate.
 """
