@@ -123,6 +123,7 @@ def _held_out_energy(model) -> float:
     return float(model.energy(x, model.infer(x)).mean().detach())
 
 
+@pytest.mark.slow
 def test_bcd_lowers_the_held_out_energy_below_sgd(planted_runs):
     bcd, sgd = planted_runs["bcd"][0], planted_runs["sgd"][0]
     assert _held_out_energy(bcd) < 0.95 * _held_out_energy(sgd)
