@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -21,6 +22,8 @@ from energydsl.solvers import Batch, Convergence, Problem
 from energydsl.solvers.prox import make_prox
 from energydsl.solvers.stepsize import FEW_SAMPLES, PowerIteration, uses_power_iteration
 from energydsl.terms import BoundTerm
+
+STATE_PREFIX = "state_"  # the buffers holding the program's state slots
 
 
 class EnergyModel(nn.Module):
@@ -35,6 +38,9 @@ class EnergyModel(nn.Module):
         self.params = nn.ParameterDict()
         self.masks: dict[str, list[torch.Tensor]] = {}
         self.step_size_estimate = PowerIteration()  # FISTA's step for code maps, warm across batches
+        self.learning = False  # inside a training step: the functions of the spec may update their state
+        for slot in program.states:  # buffers: they follow the model's device and dtype
+            self.register_buffer(STATE_PREFIX + slot.name, torch.full(slot.shape, float(slot.fill)))
         generator = torch.Generator().manual_seed(program.training.seed if seed is None else seed)
         self._initialize(train_x, generator)
 
@@ -73,6 +79,20 @@ class EnergyModel(nn.Module):
     # ------------------------------------------------------------ basics
 
     @property
+    def state(self) -> dict[str, torch.Tensor]:
+        """The state the spec's functions keep beside the parameters (see :class:`StateSlot`), by slot name."""
+        return {slot.name: getattr(self, STATE_PREFIX + slot.name) for slot in self.program.states}
+
+    @contextmanager
+    def learning_step(self):
+        """Within the block, the spec's functions update their state (a training step's forward pass)."""
+        self.learning = True
+        try:
+            yield
+        finally:
+            self.learning = False
+
+    @property
     def name(self) -> str:
         return self.program.name
 
@@ -106,7 +126,8 @@ class EnergyModel(nn.Module):
         preprocessed input ``x``, the code ``z`` and the label ``y`` when given."""
         program = self.program
         tensors = {name: (p.detach() if detach else p) for name, p in self.params.items()}
-        tensors.update({program.input.name: x, "batch_size": x.shape[0], "reference": x})
+        tensors.update({program.input.name: x, "batch_size": x.shape[0], "reference": x,
+                        "state": self.state, "training": self.learning})  # fmt: skip
         if z is not None:
             tensors[program.latent.name] = z
         if y is not None and program.label is not None:

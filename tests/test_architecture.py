@@ -30,6 +30,7 @@ LAYERS = [
     ("lang", ["energydsl.lang"]),
     ("ops", ["energydsl.ops"]),
     ("expr", ["energydsl.expr"]),
+    ("mechanisms", ["energydsl.mechanisms"]),
     ("data", ["energydsl.data"]),
     ("terms", ["energydsl.terms"]),
     ("solvers", ["energydsl.solvers"]),

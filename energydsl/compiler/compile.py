@@ -23,6 +23,7 @@ from energydsl.compiler.variables import VariablesStage
 from energydsl.errors import WHOLE_SPEC, Span, SpecError, SpecWarning, UserError, did_you_mean, one_of
 from energydsl.expr.compiler import ExprCompiler, Symbol, Value
 from energydsl.lang import spec as S
+from energydsl.mechanisms import model_functions
 
 DataInfo = tuple[tuple[int, ...], int | None]  # the data's sample shape and classes (None: unlabelled)
 
@@ -75,6 +76,7 @@ class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, E
         self.declared: dict[str, Span] = {}
         self.consts = ExprCompiler(self.scope, "const")
         self.warnings: list[SpecWarning] = []  # filled by the stages
+        self.widths: dict[str, int] = {}  # names bound to the data's width by 'input x[d]'
 
     def run(self) -> Program:
         spec = self.spec
@@ -89,7 +91,7 @@ class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, E
         self.structures = {decl.name.name: self._structure(decl, latent) for decl in spec.graphs}
         params = [self._param(decl, input_var) for decl in spec.params]
         later_lets = {d.name.name: "lets are computed in the order they are declared" for d in spec.lets}
-        model = ExprCompiler(self.scope, "model", unavailable=later_lets)
+        model = ExprCompiler(self.scope, "model", model_functions(), later_lets)
         lets = {decl.name.name: self._let(decl, model, latent) for decl in spec.lets}
         pools = self._pools(latent)
         encoder = self._encoder(latent, model)
@@ -119,6 +121,7 @@ class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, E
             training=training,
             inference_terms=inference_terms,
             roles=self._roles(terms, params, input_var, latent),
+            states=tuple(model.states),
             warnings=tuple(self.warnings),
         )
 

@@ -67,7 +67,7 @@ class ExpressionsStage:
         else:
             without_latent = {k: s for k, s in self.scope.items() if k != latent.name}
             reason = "a plain encoder cannot read the latent it computes; write recurrent(T) { ... } to iterate"
-            value, fn = ExprCompiler(without_latent, "model", unavailable={latent.name: reason}).compile(decl.value)
+            value, fn = model.with_scope(without_latent, {latent.name: reason}).compile(decl.value)
             self._check_latent_shaped(value, latent, decl.value.span, "the encoder")
         if latent.layout is not None:  # code maps are stored flat, as inference keeps them
             return lambda env: fn(env).flatten(1)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from energydsl.compiler.roles import Roles
 from energydsl.errors import Span, SpecWarning
-from energydsl.expr.compiler import Closure
+from energydsl.expr.compiler import Closure, StateSlot
 from energydsl.lang import spec as S
 from energydsl.ops import structures as st
 from energydsl.ops.constraints import Constraint
@@ -122,6 +122,7 @@ class Program:
     training: Training
     inference_terms: tuple[str, ...] | None = None  # what FISTA minimises (None: every term)
     roles: Roles = Roles()  # what each parameter is for (decoder, encoder, classifier, ...)
+    states: tuple[StateSlot, ...] = ()  # what the model keeps beside its parameters (see StateSlot)
     warnings: tuple[SpecWarning, ...] = ()  # what compiles but is probably a slip (check and run print them)
 
     @property

@@ -8,6 +8,7 @@ from energydsl.compiler.common import _join
 from energydsl.compiler.program import Variable
 from energydsl.errors import SpecError, one_of
 from energydsl.expr.compiler import Symbol, Value
+from energydsl.lang import spec as S
 from energydsl.ops import structures as st
 
 NORMALIZATIONS = ("l2",)
@@ -20,6 +21,8 @@ class VariablesStage:
 
     def _input(self, sample_shape) -> tuple[Variable, str | None]:
         decl = self._only(self.spec.inputs, "input", True)
+        if decl.shape is not None and self._binds_width(decl.shape):
+            self._declare_width(decl.shape[0], sample_shape)
         shape = sample_shape if decl.shape is None else self._shape(decl.shape)
         if math.prod(shape) != math.prod(sample_shape):
             dims = ", ".join(map(str, sample_shape))
@@ -36,6 +39,17 @@ class VariablesStage:
         variable = Variable(decl.name.name, shape, decl.name.span)
         self._declare(decl.name, Symbol("input", Value(shape, batched=True), lambda env, n=variable.name: env[n]))
         return variable, normalize
+
+    def _binds_width(self, dims) -> bool:
+        """``input x[d]`` with ``d`` a new name: d is the data's width (a flat input), so that
+        parameters can be shaped by it (``param D[d, units]``) whatever data the spec is run on."""
+        return len(dims) == 1 and isinstance(dims[0], S.Name) and dims[0].id not in self.scope
+
+    def _declare_width(self, node: S.Name, sample_shape) -> None:
+        width = math.prod(sample_shape)
+        self._declare(S.Ident(name=node.id, span=node.span),
+                      Symbol("const", Value((), const=float(width)), lambda env, v=float(width): v))  # fmt: skip
+        self.widths[node.id] = width
 
     def _label(self, data_classes: int | None) -> Variable | None:
         decl = self._only(self.spec.labels, "label", False)

@@ -61,6 +61,19 @@ class Env:
 
 
 @dataclass(frozen=True)
+class StateSlot:
+    """A tensor the model keeps between evaluations beside its parameters — a running threshold, a
+    count — that a function of the spec declares when it is compiled.  It is saved with the model and
+    its checkpoints; a closure reads and updates it as ``env["state"][name]`` (in place), and should
+    update it only while ``env["training"]``."""
+
+    name: str
+    shape: tuple[int, ...]
+    fill: float = 0.0  # the initial value of every entry
+    description: str = ""  # one line, for explain
+
+
+@dataclass(frozen=True)
 class Symbol:
     """A name in scope: its role, its static type, and how to read it."""
 
@@ -126,6 +139,7 @@ class ExprCompiler:
         context: str,
         extra_functions: dict | None = None,
         unavailable: dict[str, str] | None = None,
+        states: list[StateSlot] | None = None,
     ):
         self.scope = scope
         self.context = context
@@ -133,6 +147,20 @@ class ExprCompiler:
         self.extra_functions = extra_functions or {}
         # names that exist but not here → why (shown as the hint)
         self.unavailable = unavailable or {}
+        # the state slots declared by the functions compiled so far (shared with inner compilers)
+        self.states: list[StateSlot] = states if states is not None else []
+
+    def declare_state(self, base: str, shape: tuple[int, ...], fill: float = 0.0, description: str = "") -> str:
+        """A new :class:`StateSlot` named ``base`` (``base2``, ``base3``... when taken); returns its name."""
+        taken = {slot.name for slot in self.states}
+        name = next(f"{base}{n if n > 1 else ''}" for n in itertools.count(1) if f"{base}{n if n > 1 else ''}" not in taken)
+        self.states.append(StateSlot(name, tuple(shape), fill, description))
+        return name
+
+    def with_scope(self, scope: dict[str, Symbol], unavailable: dict[str, str] | None = None) -> ExprCompiler:
+        """A compiler of the same context, functions and state slots over another scope."""
+        return ExprCompiler(scope, self.context, self.extra_functions,
+                            self.unavailable if unavailable is None else unavailable, self.states)  # fmt: skip
 
     # ------------------------------------------------------------ entry points
 
@@ -420,7 +448,7 @@ class ExprCompiler:
         steps = self.integer(node.steps, "the step count of recurrent(...)")
         state_symbol = Symbol("state", Value(state_value.shape, True, degree=state_value.degree),
                               lambda env: env.cache["state:" + state])  # fmt: skip
-        inner = ExprCompiler({**self.scope, state: state_symbol}, self.context, self.extra_functions, self.unavailable)
+        inner = self.with_scope({**self.scope, state: state_symbol})
         body_value, body_fn = inner.compile(hoist(node.body, state))
         if body_value.shape != state_value.shape or not body_value.batched:
             raise SpecError(f"the body of recurrent(...) gives {body_value.describe()}, "

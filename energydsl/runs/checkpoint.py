@@ -41,6 +41,7 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT = 1
+STATE_KEY = "state."  # model.safetensors names a state slot S "state.S" (a parameter name has no dot)
 
 
 def resolved_source(program: Program, overrides: dict[str, float], data_text: str | None) -> str:
@@ -134,6 +135,7 @@ def save_model(directory: Path, model, source: str) -> None:
     """``spec.energy``, ``model.safetensors`` and ``model.json`` for a compiled model."""
     program: Program = model.program
     tensors = {name: p.detach().cpu().contiguous() for name, p in model.params.items()}
+    tensors.update({STATE_KEY + name: t.detach().cpu().contiguous() for name, t in model.state.items()})
     atomic_write(directory / SPEC_FILE, source.encode())
     atomic_write(directory / MODEL_FILE, safetensors.torch.save(tensors))
     meta = {
@@ -146,7 +148,7 @@ def save_model(directory: Path, model, source: str) -> None:
         "data": program.data.text(),
         "sample_shape": list(program.sample_shape),
         "num_classes": program.classes,
-        "parameters": {name: list(t.shape) for name, t in tensors.items()},
+        "parameters": {name: list(p.shape) for name, p in model.params.items()},
         "versions": {"energydsl": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -180,11 +182,12 @@ def load_tensors(directory: Path, program: Program, meta: dict) -> dict[str, tor
     except Exception as error:  # safetensors raises its own error types for corrupt files
         raise RunError(f"{path}: unreadable ({error})") from None
     expected = {plan.name: plan.shape for plan in program.params}
+    expected.update({STATE_KEY + slot.name: slot.shape for slot in program.states})
     if set(tensors) != set(expected):
         raise RunError(f"{path}: holds parameters {sorted(tensors)}, the spec declares {sorted(expected)}")
     for name, shape in expected.items():
         if tuple(tensors[name].shape) != shape:
-            raise RunError(f"{path}: parameter {name} has shape {list(tensors[name].shape)}, "
+            raise RunError(f"{path}: {name} has shape {list(tensors[name].shape)}, "
                            f"the spec declares {list(shape)}")  # fmt: skip
     return tensors
 
@@ -199,6 +202,7 @@ def save_state(directory: Path, model, state, source: str) -> None:
     hyper-parameters in the header's JSON metadata.
     """
     tensors = {f"param/{name}": p.detach().cpu().contiguous() for name, p in model.params.items()}
+    tensors.update({f"state/{name}": t.detach().cpu().contiguous() for name, t in model.state.items()})
     tensors["rng/order"] = state.generator.get_state()
     tensors["rng/torch"] = torch.get_rng_state()
     if state.order is not None:
@@ -253,6 +257,8 @@ def load_state(directory: Path, model, state, source: str) -> None:
     with torch.no_grad():
         for name, p in model.params.items():
             p.copy_(tensors[f"param/{name}"])
+        for name, t in model.state.items():
+            t.copy_(tensors[f"state/{name}"])
     for direction, saved in position["optimizers"].items():
         getattr(state.optimizers, direction).load_state_dict(_restored(saved, f"optim/{direction}", tensors))
     state.generator.set_state(tensors["rng/order"])

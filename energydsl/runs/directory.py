@@ -28,8 +28,10 @@ def load_run(directory: str | Path, device: str | torch.device | None = None) ->
     model = EnergyModel(program, train_x=None)
     tensors = checkpoint.load_tensors(directory, program, meta)
     with torch.no_grad():
+        state = model.state
         for name, tensor in tensors.items():
-            model.params[name].copy_(tensor)
+            slot = name.removeprefix(checkpoint.STATE_KEY)
+            (state[slot] if slot != name else model.params[name]).copy_(tensor)
     return model.to(device) if device is not None else model
 
 

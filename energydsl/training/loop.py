@@ -122,8 +122,9 @@ def train_step(model: EnergyModel, optimizers: Optimizers, x, y, terms, workers:
     """
     xp = model.preprocess(x)
     by_encoder = all(m.solver.runs_encoder for m in model.program.methods)
-    z = model.infer_prepared(xp, y, terms, differentiable=by_encoder, convergence=convergence)
-    loss = model.energy_of(xp, z, y, terms).sum() / (batch_size or x.shape[0])
+    with model.learning_step():
+        z = model.infer_prepared(xp, y, terms, differentiable=by_encoder, convergence=convergence)
+        loss = model.energy_of(xp, z, y, terms).sum() / (batch_size or x.shape[0])
     value = workers.sum_(loss.detach().clone()).item()
     if not math.isfinite(value):
         check_parameters(model)  # a parameter the previous step broke is the likelier cause
