@@ -258,6 +258,9 @@ def describe(program: Program) -> str:
         extras = [plan.learn] + [c.kind + (f" {c.compare} {c.bound:g}" if c.bound else "") for c in plan.constraints]
         lines.append(f"  param     {plan.name}{list(plan.shape)}  {count:,} values  ({', '.join(extras)})")
     lines.append(f"            {total:,} parameter values in all")
+    for slot in program.states:
+        shape = f"{list(slot.shape)}" if slot.shape else " (a scalar)"
+        lines.append(f"  state     {slot.name}{shape}: {slot.description}")
     for term in program.terms:
         lines.append(f"  term      {term.name}: {term.weight:g} * {term.term.name}"
                      + ("" if term.term.smooth else "  (prox)"))  # fmt: skip

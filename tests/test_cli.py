@@ -74,6 +74,15 @@ def test_check_prints_a_summary(spec_file, capsys):
     assert "phase     pretrain: 1 epochs, terms recon, sparse" in out
 
 
+def test_check_lists_the_state_a_mechanism_keeps(spec_file, capsys):
+    source = spec_file.read_text().replace("recurrent(T) { relu(E @ x + S @ z - b) }", "batchtopk(relu(E @ x - b), 5)")
+    spec_file.write_text(source)
+    line = source[: source.index("batchtopk")].count("\n") + 1
+    assert main(["check", str(spec_file)]) == 0
+    out = capsys.readouterr().out
+    assert f"  state     batchtopk_threshold (a scalar): the running threshold of the batchtopk(...) of line {line}" in out
+
+
 def test_check_shows_a_phases_schedule_and_rate_scale(spec_file, capsys):
     source = spec_file.read_text().replace("phase finetune epochs 1", "phase finetune epochs 1 schedule cosine lr_scale 0.1")
     spec_file.write_text(source)

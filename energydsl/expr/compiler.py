@@ -105,7 +105,7 @@ ELEMENTWISE: dict[str, Callable] = {
 SCALAR_MATH = {"relu": lambda a: max(a, 0.0), "tanh": math.tanh, "abs": abs, "exp": math.exp,
                "log": math.log, "sqrt": math.sqrt,
                "sigmoid": lambda a: 1 / (1 + math.exp(-a)), "softplus": lambda a: math.log1p(math.exp(a))}  # fmt: skip
-FUNCTIONS = sorted(ELEMENTWISE) + ["flatten", "normalize", "shrink"] + list(conv.OPERATORS)
+FUNCTIONS = sorted(ELEMENTWISE) + ["flatten", "normalize", "shrink", "detach", "col_norm"] + list(conv.OPERATORS)
 # One line per function, for the language reference (reference.py).
 FUNCTION_DESCRIPTIONS = {
     "abs": "``abs(v)``: |v|, elementwise",
@@ -120,6 +120,14 @@ FUNCTION_DESCRIPTIONS = {
     "normalize": "``normalize(v)``: each sample scaled to unit l2 norm",
     "shrink": (
         "``shrink(value, threshold)``: soft-thresholding, sign(v)·max(|v| − θ, 0), with θ a scalar or shaped like v"
+    ),
+    "detach": (
+        "``detach(v)``: v, through which no gradient flows (a frozen copy: the gated auto-encoder's auxiliary "
+        "loss decodes with ``detach(D)``)"
+    ),
+    "col_norm": (
+        "``col_norm(D)``: the l2 norm of each column of a matrix, a vector (an l1 penalty weighted by the "
+        "decoder's column norms: ``lam * l1(z * col_norm(D))``)"
     ),
     **{name: text for name, (_, text) in conv.OPERATORS.items()},
 }
@@ -336,6 +344,10 @@ class ExprCompiler:
             return self._flatten(node)
         if node.func == "shrink":
             return self._shrink(node)
+        if node.func == "detach":
+            return self._detach(node)
+        if node.func == "col_norm":
+            return self._col_norm(node)
         if node.func in conv.OPERATORS:
             return self._image_operator(node)
         known = FUNCTIONS + sorted(self.extra_functions)
@@ -409,6 +421,25 @@ class ExprCompiler:
         result = Value(value.shape, value.batched or theta.batched, degree=degree)
         return result, lambda env: soft_threshold(fn(env), theta_fn(env))
 
+    def _detach(self, node: S.Call):
+        slots = self.arguments(node, 1, ("v",))
+        self.required(node, slots, 1)
+        value, fn = self.compile(slots[0])
+        if value.const is not None:  # a number has no gradient to stop
+            return value, fn
+        # the same numbers, but the latent's gradient through it is 0: not a polynomial in the latent
+        result = Value(value.shape, value.batched, degree=0 if value.degree == 0 else INF)
+        return result, lambda env: _detached(fn(env))
+
+    def _col_norm(self, node: S.Call):
+        slots = self.arguments(node, 1, ("matrix",))
+        self.required(node, slots, 1)
+        value, fn = self.compile(slots[0])
+        if value.batched or len(value.shape) != 2:
+            raise SpecError(f"col_norm() needs a parameter matrix, this is {self._kind(value)}", slots[0].span,
+                            hint="e.g. col_norm(D) for a decoder 'param D[d, units]': one norm per unit")  # fmt: skip
+        return Value(value.shape[1:], degree=value.degree), lambda env: fn(env).norm(dim=0)
+
     def _image_operator(self, node: S.Call):
         """``conv(K, v, stride, padding)`` and the other operators of :mod:`energydsl.ops.conv`."""
         slots = self.arguments(node, 4, ("kernel", "value") + conv.OPTIONS)
@@ -474,6 +505,11 @@ def _per_map(vector: Value, image: Value) -> bool:
 def _map_axis(vector: torch.Tensor) -> torch.Tensor:
     """[C] (or (B, C)) → [C, 1, 1], to broadcast over the rows and columns of C maps."""
     return vector[..., None, None]
+
+
+def _detached(value):
+    """A tensor without its graph; a number (a scheduled constant) as it is."""
+    return value.detach() if isinstance(value, torch.Tensor) else value
 
 
 def _batch_size(env: Env) -> int:

@@ -15,6 +15,7 @@ path included.
 
 from __future__ import annotations
 
+import inspect
 import math
 import textwrap
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from energydsl.compiler import Method, ParamPlan, Program
 from energydsl.errors import Span
 from energydsl.expr.compiler import hoist
 from energydsl.lang import spec as S
+from energydsl.mechanisms import MECHANISMS
 from energydsl.model import EnergyModel
 from energydsl.ops.pools import memberships_text, nesting_text
 from energydsl.reporting.costs import Costs, SolverCost, by_exact_path, fista_method, measure, stand_in_model
@@ -52,6 +54,7 @@ def explain(program: Program) -> str:
         _header(program),
         _variables(program),
         _parameters(program),
+        _states(program),
         _structures(program),
         _energy(program, model),
         _inference(program, costs),
@@ -126,6 +129,16 @@ def _parameters(program: Program) -> list[str]:
         lines.append(f"  {'':<16} init {_init_text(program, decl, plan)}")
         if plan.constraints:
             lines.append(f"  {'':<16} constrain {_constraints_text(program, decl, plan)}")
+    return lines
+
+
+def _states(program: Program) -> list[str]:
+    if not program.states:
+        return []
+    lines = ["State  (kept beside the parameters, updated by training steps, saved with the model)"]
+    for slot in program.states:
+        shape = _shape(slot.name, slot.shape) if slot.shape else f"{slot.name} (a scalar)"
+        lines += _wrapped(f"{shape}: {slot.description}", "      ", "  ")
     return lines
 
 
@@ -322,14 +335,40 @@ def _encoder_lines(program: Program) -> list[str]:
     z = program.latent.name
     text = _source_text(program, decl.value.span)
     if not isinstance(decl.value, S.Recurrent):
-        return [f"  encoder: {z} = {text}, one pass"]
+        return [f"  encoder: {z} = {text}, one pass"] + _mechanism_lines(program, decl.value)
     steps = program.roles.recurrent_steps
     body = _source_text(program, decl.value.body.span)
     lines = [f"  encoder: {steps} recurrent steps of {z} ← {body}, from {z} = 0 (weights shared across steps)"]
     hoisted = [_source_text(program, node.span) for node in _hoisted(hoist(decl.value.body, z))]
     if hoisted:
         lines.append(f"  computed once, before the steps (they do not read {z}): {', '.join(hoisted)}")
+    return lines + _mechanism_lines(program, decl.value)
+
+
+def _mechanism_lines(program: Program, node: S.Expr) -> list[str]:
+    """What each sparsity mechanism the encoder calls (directly or through its lets) does: the first
+    paragraph of its reference entry."""
+    lets = {decl.name.name: decl.value for decl in program.spec.lets}
+    used = dict.fromkeys(call.func for call in _calls(node, lets) if call.func in MECHANISMS)
+    lines = []
+    for name in used:
+        summary = " ".join(_docstring_paragraph(MECHANISMS[name]).replace("``", "").split())
+        lines += _wrapped(summary, "      ", "    ")
     return lines
+
+
+def _calls(node: S.Expr, lets: dict[str, S.Expr], seen: frozenset = frozenset()) -> list[S.Call]:
+    """The calls in ``node`` and in the lets it reads, each let once."""
+    if isinstance(node, S.Name) and node.id in lets and node.id not in seen:
+        return _calls(lets[node.id], lets, seen | {node.id})
+    children = [getattr(node, f) for f in ("left", "right", "operand", "body") if hasattr(node, f)]
+    children += list(getattr(node, "args", ())) + [kw.value for kw in getattr(node, "kwargs", ())]
+    own = [node] if isinstance(node, S.Call) else []
+    return own + [call for child in children for call in _calls(child, lets, seen)]
+
+
+def _docstring_paragraph(obj) -> str:
+    return (inspect.getdoc(obj) or "").split("\n\n")[0]
 
 
 def _hoisted(node: S.Expr) -> list[S.Expr]:

@@ -30,6 +30,7 @@ from energydsl.compiler.training import SCHEDULES
 from energydsl.compiler.variables import NORMALIZATIONS
 from energydsl.data import SOURCES
 from energydsl.expr.compiler import FUNCTION_DESCRIPTIONS, FUNCTIONS
+from energydsl.mechanisms import MECHANISMS
 from energydsl.ops import constraints
 from energydsl.ops.constraints import CONSTRAINTS
 from energydsl.optim import OPTIMIZERS
@@ -210,6 +211,10 @@ _INTRO = {
         "One grammar for constants, initial values, encoders and energies; shapes are checked when the spec "
         "is compiled. `W @ z` with a parameter matrix `W` and a per-sample vector `z` applies to every sample."
     ),
+    "Sparsity mechanisms": (
+        "Functions of model expressions (encoders, lets, the arguments of energy terms) with their own forward "
+        "rule, gradient and, for some, state saved with the model: what makes a sparse auto-encoder's code sparse."
+    ),
     "Energy terms": (
         "A term is `NAME : WEIGHT * TERM(...)` in the energy block, with a constant weight ≥ 0. "
         "Energies are per sample."
@@ -258,6 +263,13 @@ def _expressions() -> list[str]:
     out = _heading("Expressions") + ["", _code_block(r.text for r in shown), "", "### Functions", ""]
     descriptions = _required(FUNCTION_DESCRIPTIONS, FUNCTIONS, "expression function")
     return out + [f"- {_inline(descriptions[name])}" for name in FUNCTIONS]
+
+
+def _mechanisms() -> list[str]:
+    out = _heading("Sparsity mechanisms")
+    for cls in MECHANISMS.values():
+        out += ["", f"### `{cls.signature}`", "", _docstring(cls)]
+    return out
 
 
 def _terms() -> list[str]:
@@ -344,7 +356,7 @@ def _data_sources() -> list[str]:
 
 
 SECTIONS = (
-    _statements, _expressions, _terms, _structures, _pool_families, _builders, _constraints, _inference,
+    _statements, _expressions, _mechanisms, _terms, _structures, _pool_families, _builders, _constraints, _inference,
     _optimizers, _data_sources,
 )  # fmt: skip
 

@@ -221,3 +221,30 @@ def test_explain_command_prints_the_report(capsys):
     assert main(["explain", str(SPECS / "sparse_coding.energy"), "--set", "lam=0.2"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("model sparse_coding ") and "sparse = 0.2 · ‖z‖₁" in out
+
+
+SPARSE_AUTOENCODER = """
+model sae
+data synthetic(dim = 8, atoms = 12, count = 100, seed = 1)
+const k = 3
+input x[d]
+latent z[12] >= 0
+param E[12, d]
+param b[12]
+param D[d, 12] init samples(x)
+let pre = E @ x + b
+encoder z = batchtopk(relu(pre), k)
+energy
+  recon : sqerr(x, D @ z)
+infer z by encoder
+"""
+
+
+def test_an_encoder_with_a_sparsity_mechanism_says_what_it_does_and_what_it_keeps():
+    text = explain(compile_program(SPARSE_AUTOENCODER))
+    inference = text.split("\nInference ")[1].split("\n\n")[0]
+    assert "encoder: z = batchtopk(relu(pre), k), one pass" in inference
+    assert "batchtopk(v, k, rate = 0.01): while training, keep the k·B largest entries" in " ".join(inference.split())
+    state = text.split("\nState ")[1].split("\n\n")[0]
+    assert "batchtopk_threshold (a scalar): the running threshold of the batchtopk(...) of line 11" in state
+    assert "State " not in explain(compile_program(SPECS / "sparse_coding.energy"))  # nothing kept: no section

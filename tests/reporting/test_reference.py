@@ -16,6 +16,7 @@ from energydsl.compiler.training import SCHEDULES
 from energydsl.data import SOURCES
 from energydsl.expr.compiler import FUNCTION_DESCRIPTIONS, FUNCTIONS
 from energydsl.lang.parser import STATEMENT_KEYWORDS
+from energydsl.mechanisms import MECHANISMS
 from energydsl.ops.constraints import CONSTRAINTS
 from energydsl.optim import OPTIMIZERS
 from energydsl.reporting import reference
@@ -165,3 +166,10 @@ def test_docs_command_prints_the_reference(capsys):
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
 def test_every_schedule_is_listed(name):
     assert f"- `{name}`: " in section("Optimizers")
+
+
+def test_every_sparsity_mechanism_is_listed_with_its_signature_and_description():
+    text = section("Sparsity mechanisms")
+    for cls in MECHANISMS.values():
+        assert f"\n### `{cls.signature}`\n" in text
+        assert first_line(cls) in text
