@@ -33,9 +33,11 @@ class EnergyStage:
     def _term(self, decl: S.TermDecl, model: ExprCompiler, latent, pools, label) -> BoundTerm:
         weight, call = self._split_weight(decl.value)
         cls = TERMS[call.func]
-        slots = model.arguments(call, len(cls.arguments), cls.arguments)
+        options = self._term_options(cls, call)
+        arguments = call.model_copy(update={"kwargs": tuple(kw for kw in call.kwargs if kw.name not in options)})
+        slots = model.arguments(arguments, len(cls.arguments), cls.arguments)
         model.required(call, slots, len(cls.arguments))
-        static, values, closures = {"units": latent.shape[0]}, [], []
+        static, values, closures = {"units": latent.shape[0], **options}, [], []
         for kind, node in zip(cls.kinds, slots):
             if kind == "pools":
                 static["pools"] = self._pool_argument(node, pools)
@@ -58,6 +60,54 @@ class EnergyStage:
                             hint="an energy term must have a weight >= 0")  # fmt: skip
         return BoundTerm(decl.name.name, term, weight, tuple(closures), degree,
                          term.is_quadratic(values), first_arg, decl.span)  # fmt: skip
+
+    def _term_options(self, cls, call: S.Call) -> dict:
+        """The term's keyword options (:class:`~energydsl.terms.base.Option`), each evaluated as a
+        constant and checked against its kind; defaults for those not written."""
+        if not cls.options:
+            return {}  # unknown keywords are reported with the arguments
+        names = tuple(cls.arguments) + tuple(cls.options)
+        if len(call.args) > len(cls.arguments):
+            raise SpecError(f"{call.func}() takes {len(cls.arguments)} argument(s), got {len(call.args)}",
+                            call.args[len(cls.arguments)].span,
+                            hint=f"options are written by name: {', '.join(f'{o} = ...' for o in cls.options)}")  # fmt: skip
+        written: dict[str, S.Expr] = {}
+        for kw in call.kwargs:
+            if kw.name not in names:
+                raise SpecError(f"{call.func}() has no argument or option '{kw.name}'", kw.span,
+                                hint=did_you_mean(kw.name, names) or one_of(names))  # fmt: skip
+            if kw.name in written:
+                raise SpecError(f"{call.func}() got '{kw.name}' twice", kw.span)
+            if kw.name in cls.options:
+                written[kw.name] = kw.value
+        values = {}
+        for name, option in cls.options.items():
+            if name in written:
+                values[name] = self._option_value(f"{call.func}()'s option '{name}'", option, written[name])
+            elif option.required:
+                raise SpecError(f"{call.func}() needs the option '{name}'", call.span,
+                                hint=f"write it by name after the arguments: {name} = ...")  # fmt: skip
+            else:
+                values[name] = option.default
+        return values
+
+    def _option_value(self, what: str, option, node: S.Expr):
+        if option.kind != "wholes":
+            return self._option_number(what, option, node, whole=option.kind == "whole")
+        if not isinstance(node, S.ListExpr) or not node.items:
+            raise SpecError(f"{what} is a list of whole numbers, such as [64, 256]", node.span)
+        return tuple(self._option_number(what, option, item, whole=True) for item in node.items)
+
+    def _option_number(self, what: str, option, node: S.Expr, whole: bool) -> float | int:
+        value, _ = self.consts.compile(node)
+        if value.const is None:
+            raise SpecError(f"{what} must be a compile-time constant (a number or a const)", node.span)
+        number = self.consts.constant(node)
+        if whole and number != int(number):
+            raise SpecError(f"{what} must be a whole number, got {number:g}", node.span)
+        if option.positive and number <= 0:
+            raise SpecError(f"{what} must be positive, got {number:g}", node.span)
+        return int(number) if whole else number
 
     def _split_weight(self, node: S.Expr) -> tuple[float, S.Call]:
         """``lam * 0.5 * l1(z)`` → (0.5·lam, the l1 call)."""

@@ -59,6 +59,11 @@ class Env:
     def __getitem__(self, name: str):
         return self.tensors[name]
 
+    def get(self, name: str, default=None):
+        """The entry ``name``, or ``default`` where this evaluation has none (an optional entry
+        such as "dead", which only a model that tracks unit activity provides)."""
+        return self.tensors.get(name, default)
+
 
 @dataclass(frozen=True)
 class StateSlot:

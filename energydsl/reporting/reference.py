@@ -147,6 +147,8 @@ def matrix_builders() -> dict[str, type]:
 
 
 _ARGUMENT_KINDS = {"value": "an expression", "label": "the label", "pools": "a pool family", "structure": "a tree"}
+_OPTION_KINDS = {"number": "a {positive}number", "whole": "a {positive}whole number",
+                 "wholes": "a list of {positive}whole numbers"}  # fmt: skip
 
 
 # ---------------------------------------------------------------- markdown
@@ -277,9 +279,30 @@ def _terms() -> list[str]:
     for name, cls in TERMS.items():
         kinds = ", ".join(f"`{arg}` ({_ARGUMENT_KINDS[kind]})" for arg, kind in zip(cls.arguments, cls.kinds))
         nature = "smooth" if cls.smooth else "nonsmooth"
-        signature = f"{name}({', '.join(cls.arguments)})"
-        out += ["", f"### `{signature}`", "", f"Arguments: {kinds}; {nature}.", "", _docstring(cls)]
+        written = [*cls.arguments, *(_option_signature(option, entry) for option, entry in cls.options.items())]
+        signature = f"{name}({', '.join(written)})"
+        out += ["", f"### `{signature}`", "", f"Arguments: {kinds}; {nature}.", *_options(cls), "", _docstring(cls)]
     return out
+
+
+def _option_signature(name: str, option) -> str:
+    """``bandwidth = 0.001``; ``target = ...`` when unset by default; ``prefixes = [...]`` for a list."""
+    if option.default is None:
+        return f"{name} = {'[...]' if option.kind == 'wholes' else '...'}"
+    return f"{name} = {option.default:g}"
+
+
+def _options(cls) -> list[str]:
+    """The line that lists a term's keyword options, if it has any."""
+    if not cls.options:
+        return []
+    items = []
+    for name, option in cls.options.items():
+        kind = _OPTION_KINDS[option.kind].format(positive="positive " if option.positive else "")
+        default = "required" if option.required else "unset by default" if option.default is None else "default " + (
+            f"{option.default:g}")  # fmt: skip
+        items.append(f"`{name}` ({kind}, {default}): {option.text}")
+    return ["", f"Options, written by name after the arguments (constants): {'; '.join(items)}."]
 
 
 def _structures() -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
@@ -25,6 +25,25 @@ TERMS: Registry[type[Term]] = Registry("energy term", "energydsl.terms")
 
 def _per_sample_sum(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).sum(dim=1)
+
+
+@dataclass(frozen=True)
+class Option:
+    """A compile-time keyword option of a term, written by name after its arguments:
+    ``l0(v, theta, bandwidth = 0.01)``.
+
+    The compiler evaluates it with the constant compiler (numbers and ``const`` names only),
+    checks its kind, and hands it to the term in ``static`` under its own name.  Checks that
+    depend on the arguments (a size within the latent's width) are the term's, in ``check``,
+    reported at :meth:`Term.option_span`.
+    """
+
+    default: float | int | tuple[int, ...] | None  # None: unset unless written
+    # "number", "whole" (a whole number) or "wholes" (a list of whole numbers, such as sizes)
+    kind: Literal["number", "whole", "wholes"] = "number"
+    text: str = ""  # what it means, in a few words, for the reference
+    positive: bool = True  # the value (each entry of a list) must be > 0
+    required: bool = False  # the spec must write it (no sensible default)
 
 
 class Term(ABC):
@@ -46,10 +65,30 @@ class Term(ABC):
     # what analysis and pictures look for: "reconstruction" (its decoder), "classifier" (its logits)
     role: ClassVar[str | None] = None
     pictured: ClassVar[tuple[str, ...]] = ()  # arguments drawn as a matrix when they are parameters
+    # the argument that is the decoder matrix itself (matryoshka's D), for a reconstruction that
+    # does not write it as D @ z; roles look for D @ z in the arguments otherwise
+    decoder_argument: ClassVar[str | None] = None
+    # keyword options, compile-time constants: name → Option (see Option)
+    options: ClassVar[dict[str, Option]] = {}
+    # entries of the evaluation's environment the term reads beside its arguments (auxk reads "dead",
+    # the units that have not fired lately): each is passed to ``energy`` as a keyword argument, None
+    # where the evaluation has no such entry, so a term must work without it
+    reads: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, static: dict):
-        """``static`` maps "pools" to a :class:`PoolFamily` and "classes" to a count."""
-        self.static = static
+        """``static`` maps "units" to the latent's width, "pools" to a :class:`PoolFamily`,
+        "classes" to a count, and each option's name to its value (its default where absent)."""
+        self.static = {**{name: option.default for name, option in self.options.items()}, **static}
+
+    @staticmethod
+    def option_span(node, name: str, item: int | None = None) -> Span:
+        """Where option ``name`` is written in the call ``node`` (the call itself when defaulted);
+        with ``item``, that entry of a list option."""
+        value = next((kw.value for kw in node.kwargs if kw.name == name), None)
+        if value is None:
+            return node.span
+        items = getattr(value, "items", ())
+        return items[item].span if item is not None and item < len(items) else value.span
 
     def check(self, values: list[Value], node) -> None:
         """Raise :class:`SpecError` when the arguments do not fit together."""
@@ -61,6 +100,11 @@ class Term(ABC):
     @abstractmethod
     def energy(self, *args: torch.Tensor) -> torch.Tensor:
         """The term's value for each sample, ``(B,)``."""
+
+    def reconstruction(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a term of role "reconstruction": (target, estimate), what its 'reconstruction error'
+        compares (``evaluate`` reports ‖target − estimate‖² / ‖target‖²)."""
+        raise NotImplementedError(f"{self.name} is not a reconstruction term")
 
     def prox_text(self, tau: str, inside: str) -> str:
         """How the prox treats a nonsmooth term, for ``energydsl explain`` (τ·weight is ``tau``;
@@ -187,4 +231,9 @@ class BoundTerm:
     span: Span
 
     def energy(self, env: Env) -> torch.Tensor:
-        return self.weight * self.term.energy(*(arg(env) for arg in self.args))
+        entries = {name: env.get(name) for name in self.term.reads}
+        return self.weight * self.term.energy(*(arg(env) for arg in self.args), **entries)
+
+    def reconstruction(self, env: Env) -> tuple[torch.Tensor, torch.Tensor]:
+        """(target, estimate) of a reconstruction term, unweighted (see :meth:`Term.reconstruction`)."""
+        return self.term.reconstruction(*(arg(env) for arg in self.args))

@@ -66,8 +66,20 @@ def test_every_learning_mode_is_listed():
 def test_every_energy_term_has_its_signature_and_docstring(name):
     cls = TERMS[name]
     text = section("Energy terms")
-    assert f"### `{name}({', '.join(cls.arguments)})`" in text
+    closing = ", " if cls.options else ")`"  # the options follow the arguments
+    assert f"### `{name}({', '.join(cls.arguments)}{closing}" in text
     assert first_line(cls) in text
+    entry = text[text.index(f"### `{name}(") :].split("\n### ")[0]
+    for option in cls.options:
+        assert f"`{option}` (" in entry  # each option, its kind, default and meaning
+
+
+def test_term_options_show_their_defaults():
+    text = section("Energy terms")
+    bandwidth = TERMS["l0"].options["bandwidth"].default
+    assert f"### `l0(v, theta, bandwidth = {bandwidth:g}, target = ...)`" in text
+    assert "### `matryoshka(x, D, z, b, prefixes = [...])`" in text
+    assert "`prefixes` (a list of positive whole numbers, required)" in text
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
