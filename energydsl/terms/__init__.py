@@ -5,8 +5,8 @@ from another package registers through the ``energydsl.terms`` entry point group
 (see the README's "Extending energydsl").
 """
 
-from energydsl.terms import group_l2, inhibition, l1, sqerr, tree_group, xent
-from energydsl.terms.base import TERMS, BoundTerm, GroupTerm, ProxTerm, SeparableTerm, Term
+from energydsl.terms import auxk, group_l2, inhibition, l0, l1, matryoshka, soft_l0, sqerr, tree_group, xent
+from energydsl.terms.base import TERMS, BoundTerm, GroupTerm, Option, ProxTerm, SeparableTerm, Term
 
 TERMS.register(sqerr.sqerr)
 TERMS.register(l1.l1)
@@ -14,5 +14,9 @@ TERMS.register(group_l2.group_l2)
 TERMS.register(tree_group.tree_group)
 TERMS.register(inhibition.inhibition)
 TERMS.register(xent.xent)
+TERMS.register(l0.l0)
+TERMS.register(soft_l0.soft_l0)
+TERMS.register(matryoshka.matryoshka)
+TERMS.register(auxk.auxk)
 
-__all__ = ["TERMS", "BoundTerm", "GroupTerm", "ProxTerm", "SeparableTerm", "Term"]
+__all__ = ["TERMS", "BoundTerm", "GroupTerm", "Option", "ProxTerm", "SeparableTerm", "Term"]

@@ -340,9 +340,10 @@ def _batch_metrics(model: EnergyModel, x, y) -> dict[str, float]:
     out["energy"] = total.sum().item()
     out["l0"] = (z != 0).sum().item()
     recon = model.program.reconstruction
-    if recon is not None:
-        out["_recon"] = (recon.energy(env) / recon.weight).sum().item() if recon.weight else 0.0
-        out["_input_energy"] = (xp.flatten(1) ** 2).sum().item()
+    if recon is not None:  # the term's own (target, estimate): a matryoshka run reports its whole dictionary's
+        target, estimate = recon.reconstruction(env)
+        out["_recon"] = ((target - estimate) ** 2).sum().item()
+        out["_input_energy"] = (target**2).sum().item()
     if y is not None and model.program.classifier is not None:
         logits = model.program.classifier.args[0](env)
         out["test_error"] = (logits.argmax(dim=1) != y).sum().item()
