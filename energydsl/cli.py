@@ -229,12 +229,24 @@ def cmd_prune(args) -> int:
 
 
 def cmd_export(args) -> int:
+    if args.format == "saelens":
+        return _export_saelens(args)
     from energydsl.runs.stacking import export, sample_shape, to_torchscript
 
     network = export(*args.runs, pool=args.pool)
     path = to_torchscript(network, sample_shape(args.runs[-1]), args.output)
     print(f"wrote {path}: raw samples {list(sample_shape(args.runs[-1]))} → features ({len(network)} modules: "
           f"{', '.join(type(m).__name__ for m in network)}); load with torch.jit.load")  # fmt: skip
+    return 0
+
+
+def _export_saelens(args) -> int:
+    from energydsl.runs.saelens import export_saelens
+
+    if len(args.runs) != 1 or args.pool is not None:
+        raise UserError("--format saelens exports one run (a sparse auto-encoder), without --pool")
+    written = export_saelens(args.runs[0], args.output, overwrite=args.force)
+    print(f"wrote {written}: load with sae_lens.SAE.load_from_disk({str(args.output)!r})")
     return 0
 
 
@@ -337,10 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--data", metavar="SOURCE", help=RUN_DATA_HELP)
     plot.set_defaults(handler=cmd_plot)
 
-    export = commands.add_parser("export", help="trained encoders as a TorchScript feature extractor (image → pooled features)")
+    export = commands.add_parser("export", help="trained encoders as a TorchScript feature extractor (image → pooled "
+                                 "features), or a sparse auto-encoder in SAELens's format")
     export.add_argument("runs", nargs="+", metavar="DIR",
                         help="run directories, first layer first; a stacked run brings the runs below it")
-    export.add_argument("-o", "--output", required=True, help="the TorchScript file to write, e.g. features.pt")
+    export.add_argument("-o", "--output", required=True,
+                        help="the TorchScript file to write, e.g. features.pt (--format saelens: a directory)")
+    export.add_argument("--format", choices=("torchscript", "saelens"), default="torchscript",
+                        help="torchscript (default), or saelens: cfg.json + sae_weights.safetensors for "
+                             "sae_lens.SAE.load_from_disk")
+    export.add_argument("--force", action="store_true", help="--format saelens: replace an existing export")
     export.add_argument("--pool", type=int, default=None,
                         help="L2 pooling window after the last layer (default 2 for code maps, 1 for a vector latent)")
     export.set_defaults(handler=cmd_export)

@@ -187,7 +187,8 @@ def load_tensors(directory: Path, program: Program, meta: dict) -> dict[str, tor
         raise RunError(f"{path}: holds parameters {sorted(tensors)}, the spec declares {sorted(expected)}")
     for name, shape in expected.items():
         if tuple(tensors[name].shape) != shape:
-            raise RunError(f"{path}: {name} has shape {list(tensors[name].shape)}, "
+            what = f"state {name.removeprefix(STATE_KEY)}" if name.startswith(STATE_KEY) else f"parameter {name}"
+            raise RunError(f"{path}: {what} has shape {list(tensors[name].shape)}, "
                            f"the spec declares {list(shape)}")  # fmt: skip
     return tensors
 
