@@ -18,6 +18,7 @@ from energydsl.data import Dataset
 from energydsl.errors import RunError
 from energydsl.model import EnergyModel
 from energydsl.reporting.analysis import infer_all, run_metrics
+from energydsl.reporting.recovery import recovery_metrics
 from energydsl.reporting.report import REPORT_FILE, write_report
 from energydsl.reporting.resources import check_fits
 from energydsl.reporting.viz import write_pictures
@@ -139,10 +140,11 @@ def _train_into(model, dataset, writer, state, resume, on_epoch, on_step, checkp
 
 
 def _final_metrics(model: EnergyModel, dataset: Dataset, directory: Path | None, history, source) -> dict:
-    """Held-out metrics and analyses; with a directory, also its pictures and report.html."""
+    """Held-out metrics and analyses (with feature recovery where the data know the truth); with a
+    directory, also its pictures and report.html."""
     held_out = dataset.x_test if dataset.x_test.shape[0] else dataset.x_train
     z = infer_all(model, held_out[:ANALYSIS_SAMPLES].to(model.device))
-    metrics = {**evaluate(model, dataset), **run_metrics(model, z)}
+    metrics = {**evaluate(model, dataset), **run_metrics(model, z), **recovery_metrics(model, dataset)}
     if directory is not None:
         pictures = write_pictures(model, directory, history, z)
         write_report(directory, {"spec": model.name, **metrics}, history, pictures, source)

@@ -6,12 +6,13 @@ registered by :mod:`energydsl.runs`.  A source from another package registers th
 ``energydsl.data`` entry point group instead.
 """
 
-from energydsl.data import files, mnist, patches, synthetic
+from energydsl.data import features, files, mnist, patches, synthetic
 from energydsl.data.base import SOURCES, DataError, Dataset, Source, describe_source, load_data
 
 SOURCES.register(mnist.SOURCE)
 SOURCES.register(patches.SOURCE)
 SOURCES.register(synthetic.SOURCE)
 SOURCES.register(files.SOURCE)
+SOURCES.register(features.SOURCE)
 
 __all__ = ["SOURCES", "DataError", "Dataset", "Source", "describe_source", "load_data"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,20 @@ def _looks_like_text(head: bytes) -> bool:
 
 @dataclass(frozen=True)
 class _Split:
-    """Where one split's samples and (optional) labels live."""
+    """Where one split's samples, (optional) labels and (optional) true codes live."""
 
     x: ArrayRef
     y: ArrayRef | None
+    codes: ArrayRef | None = None  # the ground truth of an .npz: one code per sample
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Where the ``file`` source's arrays are: its splits and the true dictionary, if any."""
+
+    train: _Split
+    test: _Split | None
+    dictionary: ArrayRef | None = None
 
 
 def _locate(path: str | os.PathLike, base_dir: Path | None) -> tuple[Path, str]:
@@ -54,8 +65,9 @@ def _locate(path: str | os.PathLike, base_dir: Path | None) -> tuple[Path, str]:
     )
 
 
-def _npz_splits(path: Path, display: str, x: str, y: str) -> tuple[_Split, _Split | None]:
-    """An .npz's arrays: ``x`` with optional ``y``, and ``<x>_test`` / ``<y>_test`` if present."""
+def _npz_splits(path: Path, display: str, x: str, y: str) -> _Plan:
+    """An .npz's arrays: ``x`` with optional ``y`` and ``codes``, ``<x>_test`` / ``<y>_test`` /
+    ``codes_test`` if present, and the optional ``dictionary``."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = set(archive.files)
@@ -65,17 +77,19 @@ def _npz_splits(path: Path, display: str, x: str, y: str) -> tuple[_Split, _Spli
         present = ", ".join(f"'{key}'" for key in sorted(keys)) or "none"
         raise DataError(f"{display}: no array '{x}' (arrays present: {present})")
 
-    def split(x_key: str, y_key: str) -> _Split:
-        def member(key: str) -> ArrayRef:
-            return ArrayRef(path, "npz", f"{display}['{key}']", key)
-        return _Split(member(x_key), member(y_key) if y_key in keys else None)
+    def member(key: str) -> ArrayRef | None:
+        return ArrayRef(path, "npz", f"{display}['{key}']", key) if key in keys else None
 
-    own_test = split(f"{x}_test", f"{y}_test") if f"{x}_test" in keys else None
-    return split(x, y), own_test
+    def split(x_key: str, y_key: str, codes_key: str) -> _Split:
+        return _Split(member(x_key), member(y_key), member(codes_key))
+
+    own_test = split(f"{x}_test", f"{y}_test", "codes_test") if f"{x}_test" in keys else None
+    return _Plan(split(x, y, "codes"), own_test, member("dictionary"))
 
 
-def _plan_file(path, labels, test, test_labels, x, y, base_dir) -> tuple[_Split, _Split | None]:
-    """Find the arrays of the ``file`` source: its training split and its test split, if any."""
+def _plan_file(path, labels, test, test_labels, x, y, base_dir) -> _Plan:
+    """Find the arrays of the ``file`` source: its training split, its test split, if any, and
+    the true dictionary, if any."""
     _check_file(path, labels, test, test_labels, x, y)
     resolved, kind = _locate(path, base_dir)
     test_path = None
@@ -91,13 +105,13 @@ def _plan_file(path, labels, test, test_labels, x, y, base_dir) -> tuple[_Split,
                 f"{path}: labels= and test_labels= are for .npy and IDX files; "
                 f"an .npz keeps its labels as array '{y}'"
             )
-        train, test_split = _npz_splits(resolved, str(path), x, y)
+        plan = _npz_splits(resolved, str(path), x, y)
         if test_path is not None:
-            if test_split is not None:
+            if plan.test is not None:
                 raise DataError(
                     f"{path}: has its own '{x}_test' array, so drop test={str(test)!r}"
                 )
-            test_split = _npz_splits(test_path, str(test), x, y)[0]
+            plan = _Plan(plan.train, _npz_splits(test_path, str(test), x, y).train, plan.dictionary)
     else:
         if test_labels is not None and test is None:
             raise DataError(f"{path}: test_labels={str(test_labels)!r} needs a test= file")
@@ -106,8 +120,10 @@ def _plan_file(path, labels, test, test_labels, x, y, base_dir) -> tuple[_Split,
         if test_path is not None:
             test_x = ArrayRef(test_path, kind, str(test))
             test_split = _Split(test_x, _label_ref(test_labels, base_dir))
-    _check_both_labelled(train, test_split)
-    return train, test_split
+        plan = _Plan(train, test_split)
+    _check_both_labelled(plan.train, plan.test)
+    _check_both_coded(plan)
+    return plan
 
 
 def _check_both_labelled(train: _Split, test: _Split | None) -> None:
@@ -118,6 +134,20 @@ def _check_both_labelled(train: _Split, test: _Split | None) -> None:
             f"{labelled.x.name} has labels but {unlabelled.x.name} has none; "
             "label both splits or neither"
         )
+
+
+def _check_both_coded(plan: _Plan) -> None:
+    """True codes come with both splits or with neither, and with the dictionary."""
+    train, test = plan.train, plan.test
+    if test is not None and (train.codes is None) != (test.codes is None):
+        coded, uncoded = (train, test) if test.codes is None else (test, train)
+        raise DataError(
+            f"{coded.codes.name} gives the true codes of {coded.x.name} but {uncoded.x.name} has none; "
+            "give codes for both splits ('codes' and 'codes_test', or the test file's 'codes') or neither"
+        )
+    if train.codes is not None and plan.dictionary is None:
+        raise DataError(f"{train.codes.name}: true codes need the true dictionary too: "
+                        "add array 'dictionary' (dim × features)")  # fmt: skip
 
 
 def _label_ref(labels: str | os.PathLike | None, base_dir: Path | None) -> ArrayRef | None:
@@ -163,6 +193,23 @@ def _checked_shape(train: _Split, test: _Split | None) -> tuple[int, ...]:
     return shape[1:]
 
 
+def _check_truth_shape(plan: _Plan, sample_shape: tuple[int, ...]) -> None:
+    """The dictionary is (dim, features), dim the size of a sample; codes are (samples, features)."""
+    if plan.dictionary is None:
+        return
+    shape, size = plan.dictionary.shape(), math.prod(sample_shape)
+    if len(shape) != 2 or shape[0] != size:
+        raise DataError(f"{plan.dictionary.name}: the true dictionary must be (dim, features) with dim = "
+                        f"{size}, the size of a sample, got shape {shape}")  # fmt: skip
+    for split in (plan.train, plan.test):
+        if split is not None and split.codes is not None:
+            codes, samples = split.codes.shape(), split.x.shape()[0]
+            if codes != (samples, shape[1]):
+                raise DataError(f"{split.codes.name}: the true codes must be (samples, features) = "
+                                f"({samples}, {shape[1]}) like {split.x.name} and the dictionary, "
+                                f"got shape {codes}")  # fmt: skip
+
+
 def _check_label_shape(split: _Split, samples: int) -> None:
     if split.y is None:
         return
@@ -175,10 +222,11 @@ def _check_label_shape(split: _Split, samples: int) -> None:
         )
 
 
-def _load_samples(ref: ArrayRef) -> np.ndarray:
-    """Samples as float32: uint8 scaled to [0, 1], other numbers kept; must be finite."""
+def _load_samples(ref: ArrayRef, *, scale_bytes: bool = True) -> np.ndarray:
+    """Samples as float32: uint8 scaled to [0, 1] (with ``scale_bytes``), other numbers kept;
+    must be finite."""
     array = ref.load()
-    if array.dtype == np.uint8:
+    if array.dtype == np.uint8 and scale_bytes:
         array = array.astype(np.float32) / np.float32(255)
     elif array.dtype.kind in "biuf":
         with np.errstate(over="ignore"):  # values beyond float32 become inf, reported below
@@ -252,7 +300,13 @@ def file(
     The format is recognised by the file's first bytes, whatever its name:
 
     * ``.npz``: the samples are array ``x`` and the optional labels array ``y``; arrays
-      ``x_test`` / ``y_test`` in the same file, when present, are the test split.
+      ``x_test`` / ``y_test`` in the same file, when present, are the test split.  An
+      .npz may also carry ground truth for feature recovery (as the ``features`` source
+      does): array ``dictionary``, ``(dim, features)`` with dim the size of a sample, and
+      array ``codes``, ``(samples, features)``, the true code of each sample of ``x``, split
+      like ``x`` (its test split: array ``codes_test``, or the test file's ``codes``).
+      They become ``extras["dictionary"]`` and ``extras["codes_test"]`` (the test split's
+      codes, dense float32); codes need the dictionary, and come with both splits or neither.
     * ``.npy``: the array is the samples; labels come from the ``labels`` file.
     * IDX (as MNIST is distributed: ``*-ubyte``, ``.idx``, optionally gzipped): the
       array is the samples; labels come from the ``labels`` file.  All IDX element
@@ -275,15 +329,25 @@ def file(
         base_dir: directory that relative paths start from; supplied by energydsl,
             not by the spec (default: the current directory).
     """
-    train, test_split = _plan_file(path, labels, test, test_labels, x, y, base_dir)
-    _checked_shape(train, test_split)
-    x_all, y_all = _load_split(train)
-    if test_split is None:
+    plan = _plan_file(path, labels, test, test_labels, x, y, base_dir)
+    _check_truth_shape(plan, _checked_shape(plan.train, plan.test))
+    x_all, y_all = _load_split(plan.train)
+    codes_test = None
+    if plan.test is None:
         train_index, test_index = modulo_split(len(x_all))
         x_train, y_train = _subset(x_all, y_all, train_index)
         x_test, y_test = _subset(x_all, y_all, test_index)
+        if plan.train.codes is not None:
+            codes_test = _load_samples(plan.train.codes, scale_bytes=False)[test_index]
     else:
-        (x_train, y_train), (x_test, y_test) = (x_all, y_all), _load_split(test_split)
+        (x_train, y_train), (x_test, y_test) = (x_all, y_all), _load_split(plan.test)
+        if plan.test.codes is not None:
+            codes_test = _load_samples(plan.test.codes, scale_bytes=False)
+    extras = {}
+    if plan.dictionary is not None:
+        extras["dictionary"] = torch.from_numpy(_load_samples(plan.dictionary, scale_bytes=False))
+    if codes_test is not None:
+        extras["codes_test"] = torch.from_numpy(np.ascontiguousarray(codes_test))
     labelled = y_train is not None
     return Dataset(
         name=f"file:{path}",
@@ -292,17 +356,19 @@ def file(
         y_train=torch.from_numpy(y_train) if labelled else None,
         y_test=torch.from_numpy(y_test) if labelled else None,
         num_classes=_num_classes(y_train, y_test) if labelled else None,
+        extras=extras,
     )
 
 
 def _describe_file(path, labels, test, test_labels, x, y, *, base_dir):
-    train, test_split = _plan_file(path, labels, test, test_labels, x, y, base_dir)
-    shape = _checked_shape(train, test_split)
-    if train.y is None:
+    plan = _plan_file(path, labels, test, test_labels, x, y, base_dir)
+    shape = _checked_shape(plan.train, plan.test)
+    _check_truth_shape(plan, shape)
+    if plan.train.y is None:
         return shape, None
-    label_arrays = [_load_labels(train.y)]
-    if test_split is not None:
-        label_arrays.append(_load_labels(test_split.y))
+    label_arrays = [_load_labels(plan.train.y)]
+    if plan.test is not None:
+        label_arrays.append(_load_labels(plan.test.y))
     return shape, _num_classes(*label_arrays)
 
 

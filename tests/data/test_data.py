@@ -233,6 +233,67 @@ def test_npz_with_a_separate_test_file(tmp_path):
     assert described == ((2,), 6)
 
 
+def ground_truth(samples: int, dim: int = 3, features: int = 5, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    dictionary = rng.normal(size=(dim, features))
+    codes = rng.random((samples, features)) * (rng.random((samples, features)) < 0.3)
+    return dictionary, codes, codes @ dictionary.T
+
+
+def test_npz_ground_truth_becomes_extras_split_like_the_samples(tmp_path):
+    dictionary, codes, x = ground_truth(10)
+    np.savez(tmp_path / "acts.npz", x=x, dictionary=dictionary, codes=codes.astype(np.float16))
+    data = load_data("file", ["acts.npz"], base_dir=tmp_path)
+    assert sorted(data.extras) == ["codes_test", "dictionary"]
+    assert data.extras["dictionary"].dtype == torch.float32 and data.extras["codes_test"].dtype == torch.float32
+    torch.testing.assert_close(data.extras["dictionary"], torch.from_numpy(dictionary).float())
+    torch.testing.assert_close(data.extras["codes_test"], torch.from_numpy(codes[[0, 5]].astype(np.float16)).float())
+    torch.testing.assert_close(data.x_test, data.extras["codes_test"] @ data.extras["dictionary"].T, atol=2e-3, rtol=0)
+
+
+def test_npz_ground_truth_with_its_own_test_split_or_a_test_file(tmp_path):
+    dictionary, codes, x = ground_truth(12)
+    np.savez(tmp_path / "own.npz", x=x[:8], x_test=x[8:], codes=codes[:8], codes_test=codes[8:], dictionary=dictionary)
+    own = load_data("file", ["own.npz"], base_dir=tmp_path)
+    torch.testing.assert_close(own.extras["codes_test"], torch.from_numpy(codes[8:]).float())
+    np.savez(tmp_path / "train.npz", x=x[:8], codes=codes[:8], dictionary=dictionary)
+    np.savez(tmp_path / "test.npz", x=x[8:], codes=codes[8:])
+    separate = load_data("file", ["train.npz"], {"test": "test.npz"}, base_dir=tmp_path)
+    torch.testing.assert_close(separate.extras["codes_test"], torch.from_numpy(codes[8:]).float())
+    torch.testing.assert_close(separate.extras["dictionary"], own.extras["dictionary"])
+    # a dictionary alone is ground truth too (for the directions' recovery)
+    np.savez(tmp_path / "directions.npz", x=x, dictionary=dictionary)
+    assert sorted(load_data("file", ["directions.npz"], base_dir=tmp_path).extras) == ["dictionary"]
+
+
+@pytest.mark.parametrize("case, culprit, phrase", [
+    ("codes without dictionary", "d.npz['codes']", "add array 'dictionary'"),
+    ("codes for training only", "d.npz['codes']", "but d.npz['x_test'] has none"),
+    ("codes for the test file only", "t.npz['codes']", "but d.npz['x'] has none"),
+    ("dictionary rows", "d.npz['dictionary']", "dim = 3, the size of a sample, got shape (4, 5)"),
+    ("codes columns", "d.npz['codes']", "(samples, features) = (10, 5) like d.npz['x'] and the dictionary, got shape (10, 6)"),
+    ("codes rows", "d.npz['codes_test']", "= (2, 5) like d.npz['x_test']"),
+])
+def test_npz_ground_truth_mistakes_are_one_line_errors_even_from_headers(tmp_path, case, culprit, phrase):
+    dictionary, codes, x = ground_truth(10)
+    arrays = {
+        "codes without dictionary": {"x": x, "codes": codes},
+        "codes for training only": {"x": x, "x_test": x[:2], "codes": codes, "dictionary": dictionary},
+        "codes for the test file only": {"x": x, "dictionary": dictionary},
+        "dictionary rows": {"x": x, "dictionary": np.zeros((4, 5))},
+        "codes columns": {"x": x, "codes": np.zeros((10, 6)), "dictionary": dictionary},
+        "codes rows": {"x": x, "x_test": x[:2], "codes": codes, "codes_test": codes[:3], "dictionary": dictionary},
+    }[case]
+    np.savez(tmp_path / "d.npz", **arrays)
+    np.savez(tmp_path / "t.npz", x=x[:2], codes=codes[:2])
+    kwargs = {"path": "d.npz", "test": "t.npz"} if case == "codes for the test file only" else {"path": "d.npz"}
+    for call in (load_data, describe_source):
+        with pytest.raises(DataError) as excinfo:
+            call("file", kwargs=kwargs, base_dir=tmp_path)
+        text = error_text(excinfo)
+        assert culprit in text and phrase in text
+
+
 def test_npy_with_npy_labels_and_a_test_file(tmp_path):
     np.save(tmp_path / "x.npy", np.linspace(-1, 1, 20, dtype=np.float32).reshape(5, 4))
     np.save(tmp_path / "y.npy", np.array([0, 1, 0, 1, 1]))
@@ -448,8 +509,8 @@ def test_describe_agrees_with_load_for_every_source(tmp_path):
 # --------------------------------------------------------------------------- arguments
 
 
-def test_registry_holds_the_five_sources():
-    assert set(SOURCES) == {"mnist", "patches", "synthetic", "file", "stacked"}
+def test_registry_holds_the_six_sources():
+    assert set(SOURCES) == {"mnist", "patches", "synthetic", "features", "file", "stacked"}
 
 
 def test_unknown_source_lists_sources_and_suggests_the_closest():

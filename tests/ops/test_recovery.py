@@ -1,0 +1,154 @@
+"""Tests for energydsl.ops.recovery: MMCS, MCC and detection F1, against brute force and by hand."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from energydsl.ops import recovery
+from energydsl.ops.recovery import abs_cosines, best_matches, detection, mcc, mmcs
+
+
+def unit_columns(rows: int, cols: int, seed: int) -> torch.Tensor:
+    matrix = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return matrix / matrix.norm(dim=0)
+
+
+def brute_cosines(learned: torch.Tensor, true: torch.Tensor) -> np.ndarray:
+    out = np.zeros((learned.shape[1], true.shape[1]))
+    for u in range(learned.shape[1]):
+        for f in range(true.shape[1]):
+            a, b = learned[:, u].numpy(), true[:, f].numpy()
+            out[u, f] = abs(a @ b) / (np.linalg.norm(a) * np.linalg.norm(b))
+    return out
+
+
+def shuffled_copy(true: torch.Tensor, seed: int) -> torch.Tensor:
+    """The same directions, permuted, with random signs and lengths."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(true.shape[1], generator=g)
+    signs = torch.randint(0, 2, (true.shape[1],), generator=g) * 2 - 1
+    lengths = torch.rand(true.shape[1], generator=g, dtype=torch.float64) * 3 + 0.1
+    return true[:, order] * signs * lengths
+
+
+# --------------------------------------------------------------------------- cosines, MMCS, MCC
+
+
+def test_abs_cosines_and_best_matches_agree_with_brute_force(monkeypatch):
+    learned, true = unit_columns(5, 7, 0) * 3, unit_columns(5, 4, 1)
+    brute = brute_cosines(learned, true)
+    np.testing.assert_allclose(abs_cosines(learned, true).numpy(), brute, atol=1e-12)
+    monkeypatch.setattr(recovery, "_BLOCK_ENTRIES", 8)  # two units per block: four blocks
+    matches = best_matches(learned, true)
+    np.testing.assert_allclose(matches.unit_cosine.numpy(), brute.max(axis=1), atol=1e-12)
+    assert matches.unit_match.tolist() == brute.argmax(axis=1).tolist()
+    np.testing.assert_allclose(matches.feature_cosine.numpy(), brute.max(axis=0), atol=1e-12)
+    assert mmcs(learned, true) == pytest.approx(brute.max(axis=0).mean())
+    assert mmcs(true, learned) == pytest.approx(brute.max(axis=1).mean())
+
+
+def test_a_permuted_sign_flipped_rescaled_copy_is_recovered_exactly():
+    true = unit_columns(16, 40, 2)  # superposition: 40 directions in 16 dimensions
+    copy = shuffled_copy(true, 3).float()
+    assert mcc(copy, true) == pytest.approx(1.0, abs=1e-6)
+    assert mmcs(copy, true) == pytest.approx(1.0, abs=1e-6) and mmcs(true, copy) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_mcc_is_the_best_one_to_one_matching_found_by_enumeration():
+    learned, true = unit_columns(4, 6, 4), unit_columns(4, 6, 5)
+    cosines = brute_cosines(learned, true)
+    best = max(np.mean([cosines[u, f] for u, f in enumerate(order)]) for order in itertools.permutations(range(6)))
+    assert mcc(learned, true) == pytest.approx(best, abs=1e-12)
+    # more units than features: the best injective assignment of the 3 features
+    wide = brute_cosines(learned, true[:, :3])
+    best = max(np.mean([wide[u, f] for f, u in enumerate(units)]) for units in itertools.permutations(range(6), 3))
+    assert mcc(learned, true[:, :3]) == pytest.approx(best, abs=1e-12)
+
+
+def test_a_random_dictionary_scores_between_the_chance_cosine_and_the_largest_of_chance_cosines():
+    dim, count = 256, 64
+    chance = math.gamma(dim / 2) / (math.sqrt(math.pi) * math.gamma((dim + 1) / 2))  # E|cos| of random directions
+    largest = math.sqrt(2 * math.log(2 * count) / dim)  # about the largest |cos| of one direction with 64 others
+    learned, true = unit_columns(dim, count, 6), unit_columns(dim, count, 7)
+    assert 2 * chance < mcc(learned, true) <= mmcs(learned, true) < largest < 0.2
+
+
+def test_saelens_mcc_agrees_when_installed():
+    evals = pytest.importorskip("sae_lens.synthetic.evals")
+    learned, true = unit_columns(12, 30, 8).float(), unit_columns(12, 20, 9).float()
+    theirs = evals.mean_correlation_coefficient(learned.T, true.T)  # they keep directions as rows
+    assert mcc(learned, true) == pytest.approx(theirs, abs=1e-5)
+
+
+# --------------------------------------------------------------------------- detection
+
+# 6 samples; unit 0 matches feature 0, unit 1 matches feature 2 (by the decoder), feature 1 unmatched
+UNIT_CODES = torch.tensor([[1.0, 0.0], [0.5, 0.0], [0.0, 2.0], [0.0, 0.0], [3.0, 1.0], [0.0, 0.7]])
+FEATURE_CODES = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0],
+                              [1.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])  # fmt: skip
+MATCH = torch.tensor([0, 2])
+
+
+def test_detection_against_a_hand_computed_confusion_table():
+    result = detection(UNIT_CODES, FEATURE_CODES, MATCH)
+    # unit 0 fires in samples 0, 1, 4; feature 0 in 0, 3, 4: TP 2 (0, 4), FP 1 (1), FN 1 (3)
+    # unit 1 fires in samples 2, 4, 5; feature 2 in 2, 4:    TP 2,        FP 1 (5), FN 0
+    torch.testing.assert_close(result.precision, torch.tensor([2 / 3, 2 / 3], dtype=torch.float64))
+    torch.testing.assert_close(result.recall, torch.tensor([2 / 3, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(result.f1, torch.tensor([2 * 2 / 6, 2 * 2 / 5], dtype=torch.float64))
+    # feature 1 fires in 1, 4: with unit 0 TP 2 -> F1 4/5; with unit 1 TP 1 -> 2/5
+    torch.testing.assert_close(result.feature_f1, torch.tensor([4 / 6, 4 / 5, 4 / 5], dtype=torch.float64))
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+def test_detection_takes_dense_coo_and_csr_codes_alike():
+    dense = detection(UNIT_CODES, FEATURE_CODES, MATCH)
+    for units, features in [(UNIT_CODES.to_sparse(), FEATURE_CODES.to_sparse_csr()),
+                            (UNIT_CODES.to_sparse_csr(), FEATURE_CODES.to_sparse())]:  # fmt: skip
+        other = detection(units, features, MATCH)
+        for name in ("precision", "recall", "f1", "feature_f1"):
+            torch.testing.assert_close(getattr(other, name), getattr(dense, name))
+
+
+def test_a_unit_or_feature_that_never_fires_scores_zero_not_nan():
+    units = torch.zeros(4, 2)
+    units[1, 1] = 1.0
+    features = torch.zeros(4, 2)
+    result = detection(units, features, torch.tensor([0, 1]))
+    for values in (result.precision, result.recall, result.f1, result.feature_f1):
+        assert torch.equal(values, torch.zeros(2, dtype=torch.float64))
+
+
+def test_feature_f1_is_the_best_over_all_units_by_brute_force(monkeypatch):
+    g = torch.Generator().manual_seed(10)
+    units = (torch.rand(300, 9, generator=g) < 0.2) * torch.rand(300, 9, generator=g)
+    features = (torch.rand(300, 7, generator=g) < 0.15).float()
+    monkeypatch.setattr(recovery, "_BLOCK_ENTRIES", 20)  # two features per block
+    result = detection(units, features, torch.zeros(9, dtype=torch.long))
+    fires_u, fires_f = (units != 0).numpy(), (features != 0).numpy()
+    for f in range(7):
+        scores = []
+        for u in range(9):
+            tp = np.sum(fires_u[:, u] & fires_f[:, f])
+            fp = np.sum(fires_u[:, u] & ~fires_f[:, f])
+            fn = np.sum(~fires_u[:, u] & fires_f[:, f])
+            scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+        assert result.feature_f1[f].item() == pytest.approx(max(scores))
+
+
+def test_saelens_classification_metrics_agree_when_installed():
+    evals = pytest.importorskip("sae_lens.synthetic.evals")
+    g = torch.Generator().manual_seed(11)
+    true, decoder = unit_columns(10, 12, 12).float(), unit_columns(10, 16, 13).float()
+    units = (torch.rand(500, 16, generator=g) < 0.1) * torch.rand(500, 16, generator=g)
+    features = (torch.rand(500, 12, generator=g) < 0.1).float()
+    theirs = evals.compute_classification_metrics(units, features, decoder.T, true.T)
+    mine = detection(units, features, best_matches(decoder, true).unit_match)
+    assert mine.precision.mean().item() == pytest.approx(theirs.precision, abs=1e-6)
+    assert mine.recall.mean().item() == pytest.approx(theirs.recall, abs=1e-6)
+    assert mine.f1.mean().item() == pytest.approx(theirs.f1_score, abs=1e-6)
