@@ -25,6 +25,7 @@ from energydsl.expr.compiler import ExprCompiler, Symbol, Value
 from energydsl.lang import spec as S
 from energydsl.mechanisms import model_functions
 
+BOOLEANS = {"true": True, "false": False}  # the two bare words a data argument reads as a flag
 DataInfo = tuple[tuple[int, ...], int | None]  # the data's sample shape and classes (None: unlabelled)
 
 
@@ -191,7 +192,7 @@ class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, E
         if isinstance(node, S.String):
             return node.value
         if isinstance(node, S.Name) and node.id not in self.scope:
-            return node.id  # a bare word such as whiten = zca
+            return BOOLEANS.get(node.id, node.id)  # a bare word such as whiten = zca, or nonneg = true
         value = self.consts.constant(node)
         return int(value) if value == int(value) and abs(value) < 2**53 else value
 

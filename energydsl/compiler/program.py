@@ -28,8 +28,13 @@ class DataCall:
     kwargs: tuple[tuple[str, object], ...] = ()
 
     def text(self) -> str:
-        items = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs]
+        items = [_argument_text(a) for a in self.args] + [f"{k}={_argument_text(v)}" for k, v in self.kwargs]
         return f"{self.name}({', '.join(items)})" if items else self.name
+
+
+def _argument_text(value) -> str:
+    """A data argument as a spec writes it: flags as the bare words true and false."""
+    return ("true" if value else "false") if isinstance(value, bool) else repr(value)
 
 
 @dataclass(frozen=True)

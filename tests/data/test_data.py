@@ -639,3 +639,22 @@ def test_an_unreadable_file_is_a_data_error():
     """A path that opens but cannot be read (Linux: /proc/self/mem) is a clear error, not an OSError."""
     with pytest.raises(DataError, match=r"^/proc/self/mem: cannot read it \("):
         load_data("file", ("/proc/self/mem",))
+
+
+def test_a_flag_is_written_as_true_or_false_and_survives_the_run_spec():
+    """``nonneg = true`` reaches the source as a boolean, and a run's resolved spec writes it back the
+    same way, so reopening the run reads the same data."""
+    source = """
+model flags
+data synthetic(dim = 6, atoms = 8, count = 100, k = 2, nonneg = true)
+input x
+latent z[8]
+param W[6, 8] init samples(x)
+energy
+  recon : 0.5 * sqerr(x, W @ z)
+"""
+    model = energydsl.load(source)
+    assert model.program.data.text() == "synthetic(dim=6, atoms=8, count=100, k=2, nonneg=true)"
+    assert bool((model.dataset.extras["codes_train"] >= 0).all())
+    negative = energydsl.load(source.replace("nonneg = true", "nonneg = false"))
+    assert bool((negative.dataset.extras["codes_train"] < 0).any())
