@@ -25,8 +25,9 @@ from energydsl.reporting.viz import write_pictures
 from energydsl.runs import checkpoint, guard
 from energydsl.runs.directory import load_run, run_dataset
 from energydsl.training.distributed import SINGLE, Workers
-from energydsl.training.loop import check_enough_data, evaluate, initial_state
+from energydsl.training.loop import check_enough_data, initial_state
 from energydsl.training.loop import train as _train_loop
+from energydsl.training.metrics import held_out
 
 __all__ = ["compile_program", "evaluate_run", "load", "load_dataset", "load_run", "plot_run", "read_spec",
            "run_dataset", "train"]
@@ -142,11 +143,12 @@ def _train_into(model, dataset, writer, state, resume, on_epoch, on_step, checkp
 def _final_metrics(model: EnergyModel, dataset: Dataset, directory: Path | None, history, source) -> dict:
     """Held-out metrics and analyses (with feature recovery where the data know the truth); with a
     directory, also its pictures and report.html."""
-    held_out = dataset.x_test if dataset.x_test.shape[0] else dataset.x_train
-    z = infer_all(model, held_out[:ANALYSIS_SAMPLES].to(model.device))
-    metrics = {**evaluate(model, dataset), **run_metrics(model, z), **recovery_metrics(model, dataset)}
+    samples = dataset.x_test if dataset.x_test.shape[0] else dataset.x_train
+    z = infer_all(model, samples[:ANALYSIS_SAMPLES].to(model.device))
+    measured = held_out(model, dataset)
+    metrics = {**measured.metrics, **run_metrics(model, z), **recovery_metrics(model, dataset)}
     if directory is not None:
-        pictures = write_pictures(model, directory, history, z)
+        pictures = write_pictures(model, directory, history, z, measured.density)
         write_report(directory, {"spec": model.name, **metrics}, history, pictures, source)
     return metrics
 

@@ -252,6 +252,8 @@ def _export_saelens(args) -> int:
 
 def describe(program: Program) -> str:
     """A readable summary of a compiled spec."""
+    from energydsl.compiler.program import DEFAULT_DEAD_ALARM
+
     lines = [f"model {program.name}  ({program.spec.path})", f"  data      {program.data.text()}"]
     lines.append(f"  input     {program.input.name}{list(program.input.shape)}"
                  + (f"  normalize {program.normalize}" if program.normalize else ""))  # fmt: skip
@@ -286,6 +288,11 @@ def describe(program: Program) -> str:
             [f"lr_scale {phase.lr_scale:g}"] if phase.lr_scale != 1 else [])
         lines.append(f"  phase     {phase.name}: {phase.epochs} epochs, terms {', '.join(phase.terms)}"
                      + "".join(f", {extra}" for extra in extras))  # fmt: skip
+    dead = ([f"after {training.dead_after} samples"] if training.dead_after else []) + (
+        [f"warn above {training.dead_alarm:g}"] if training.dead_alarm != DEFAULT_DEAD_ALARM else []) + (
+        [f"resample every {training.resampling.every} steps"] if training.resampling else [])  # fmt: skip
+    if dead:
+        lines.append(f"  dead      {', '.join(dead)}")
     return "\n".join(lines)
 
 

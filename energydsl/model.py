@@ -83,6 +83,13 @@ class EnergyModel(nn.Module):
         """The state the spec's functions keep beside the parameters (see :class:`StateSlot`), by slot name."""
         return {slot.name: getattr(self, STATE_PREFIX + slot.name) for slot in self.program.states}
 
+    def dead_units(self) -> torch.Tensor:
+        """A bool per latent unit: True where the unit has not fired (a nonzero code) on any of the last
+        ``dead after N`` training samples (see :mod:`energydsl.training.activity`); none before a window is set."""
+        activity = self.program.activity
+        window = getattr(self, STATE_PREFIX + activity.window)
+        return (getattr(self, STATE_PREFIX + activity.counts) >= window) & (window > 0)
+
     @contextmanager
     def learning_step(self):
         """Within the block, the spec's functions update their state (a training step's forward pass)."""
@@ -123,11 +130,12 @@ class EnergyModel(nn.Module):
 
     def env(self, x: torch.Tensor, z: torch.Tensor | None, y=None, detach: bool = False) -> Env:
         """The values an expression of the spec reads: parameters (detached with ``detach``), the
-        preprocessed input ``x``, the code ``z`` and the label ``y`` when given."""
+        preprocessed input ``x``, the code ``z`` and the label ``y`` when given; ``dead``, the
+        units the tracker counts as dead (:meth:`dead_units`)."""
         program = self.program
         tensors = {name: (p.detach() if detach else p) for name, p in self.params.items()}
         tensors.update({program.input.name: x, "batch_size": x.shape[0], "reference": x,
-                        "state": self.state, "training": self.learning})  # fmt: skip
+                        "state": self.state, "training": self.learning, "dead": self.dead_units()})  # fmt: skip
         if z is not None:
             tensors[program.latent.name] = z
         if y is not None and program.label is not None:

@@ -24,13 +24,14 @@ def test_run_writes_the_run_directory(spec_file, tmp_path, capsys):
     assert main(["run", str(spec_file), "--out", str(out), "--set", "lam=0.02"]) == 0
     assert {p.name for p in out.iterdir()} == {
         "spec.energy", "model.safetensors", "model.json", "metrics.jsonl", "summary.json", "checkpoint.safetensors",
-        "report.html", "filters.png", "curves.png", "sparsity.png", "angles.png",
+        "report.html", "filters.png", "curves.png", "sparsity.png", "firing.png", "angles.png",
     }  # fmt: skip
     tensors = safetensors.torch.load_file(str(out / "model.safetensors"))
-    assert set(tensors) == {"D", "E", "S", "b", "C"}
+    assert set(tensors) == {"D", "E", "S", "b", "C", "state.activity", "state.dead_window"}  # the tracker's too
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["phase"] for m in lines] == ["pretrain", "finetune"]
-    for key in ("energy", "term.recon", "term.sparse", "term.class", "l0", "recon_error", "test_error", "seconds"):
+    for key in ("energy", "term.recon", "term.sparse", "term.class", "l0", "recon_error", "fvu", "test_error",
+                "units.dead", "units.dense", "units.unused", "seconds"):  # fmt: skip
         assert key in lines[-1]
     # the resolved spec records the override, and the sidecar the constants
     assert "const lam = 0.02" in (out / "spec.energy").read_text()

@@ -27,6 +27,8 @@ from energydsl.mechanisms import model_functions
 
 BOOLEANS = {"true": True, "false": False}  # the two bare words a data argument reads as a flag
 DataInfo = tuple[tuple[int, ...], int | None]  # the data's sample shape and classes (None: unlabelled)
+# names the language or the model's evaluations (EnergyModel.env) give a meaning of their own
+BUILT_IN_NAMES = ("I", "eye", "zeros", "ones", "dead", "state", "training", "reference", "batch_size")
 
 
 def compile_spec(
@@ -100,7 +102,8 @@ class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, E
         inference_terms = self._inference_terms(terms)
         chosen = [t for t in terms if inference_terms is None or t.name in inference_terms]
         methods = self._infer(latent, encoder, chosen)
-        training = self._training(terms, params, latent)
+        roles = self._roles(terms, params, input_var, latent)
+        training = self._training(terms, params, latent, roles, methods)
         return Program(
             spec=spec,
             name=spec.name.name if spec.name else _stem(spec.path),
@@ -121,7 +124,8 @@ class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, E
             methods=methods,
             training=training,
             inference_terms=inference_terms,
-            roles=self._roles(terms, params, input_var, latent),
+            roles=roles,
+            activity=self._activity(model, latent, training),
             states=tuple(model.states),
             warnings=tuple(self.warnings),
         )
@@ -149,7 +153,7 @@ class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, E
         if ident.name in self.declared:
             first = self.declared[ident.name]
             raise SpecError(f"'{ident.name}' is already declared (line {first.line})", ident.span)
-        if ident.name in ("I", "eye", "zeros", "ones"):
+        if ident.name in BUILT_IN_NAMES:
             raise SpecError(f"'{ident.name}' is a built-in name", ident.span, hint="choose another name")
         self.declared[ident.name] = ident.span
         if symbol is not None:

@@ -85,6 +85,20 @@ class Phase:
     lr_scale: float = 1.0  # every learning rate times this during the phase
 
 
+DEFAULT_DEAD_ALARM = 0.5  # warn when more than half the units are dead: most of the dictionary is wasted
+MAX_DEAD_WINDOW = 2**24  # the activity counts are float32 state: exact integers up to 2^24
+
+
+@dataclass(frozen=True)
+class Resampling:
+    """``resample dead every N steps``: which parameters restart a dead unit (see training/resampling.py)."""
+
+    every: int  # optimizer steps between resamplings
+    decoder: str  # D[inputs, units] of the reconstruction sqerr(x, D @ z): column j is unit j's atom
+    encoder: str | None  # E[units, inputs] of the encoder: row j is unit j's detector (None: no encoder)
+    encoder_bias: str | None  # b[units] added to E's product in the encoder (None: none found)
+
+
 @dataclass(frozen=True)
 class Training:
     optimizer: str
@@ -94,6 +108,9 @@ class Training:
     seed: int
     phases: tuple[Phase, ...]
     decoders: tuple[tuple[str, str], ...] = ()  # what the optimizer's check returned: bcd's (parameter, its sqerr term)
+    dead_after: int | None = None  # training samples without firing that make a unit dead (None: one epoch)
+    dead_alarm: float = DEFAULT_DEAD_ALARM  # the share of dead units above which the run warns
+    resampling: Resampling | None = None  # restarting dead units (None: never)
 
     @property
     def entry(self) -> Optimizer:
@@ -103,6 +120,14 @@ class Training:
     def settings(self) -> dict:
         """The optimizer's settings as the user would write them (bcd has no learning rate)."""
         return {"lr": self.lr, **self.options} if self.entry.has_lr else dict(self.options)
+
+
+@dataclass(frozen=True)
+class Activity:
+    """The state slots of the dead-unit tracker that every program has (see training/activity.py)."""
+
+    counts: str = "activity"  # per latent unit: training samples since it last fired
+    window: str = "dead_window"  # a scalar: the samples without firing that make a unit dead (0: not yet known)
 
 
 @dataclass
@@ -128,6 +153,7 @@ class Program:
     inference_terms: tuple[str, ...] | None = None  # what FISTA minimises (None: every term)
     roles: Roles = Roles()  # what each parameter is for (decoder, encoder, classifier, ...)
     states: tuple[StateSlot, ...] = ()  # what the model keeps beside its parameters (see StateSlot)
+    activity: Activity = Activity()  # the slots of the dead-unit tracker, among the states
     warnings: tuple[SpecWarning, ...] = ()  # what compiles but is probably a slip (check and run print them)
 
     @property

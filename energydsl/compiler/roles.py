@@ -18,6 +18,7 @@ class Roles:
     decoder: str | None = None  # W of the reconstruction sqerr(x, W @ z + b), or a term's decoder argument
     kernel_decoder: str | None = None  # K of a convolutional reconstruction sqerr(x, conv_t(K, z)) (or local_t)
     encoder: str | None = None  # E of E @ x or E @ (x - b) in the encoder or a let it reads, mapping inputs to units
+    encoder_bias: str | None = None  # b[units] of E @ x + b (or - b) in the encoder, through its lets
     classifier: str | None = None  # C of the classifier's logits C @ f(z)
     recurrent_steps: int = 0  # T of encoder z = recurrent(T) { ... }; 0 for a feed-forward or no encoder
     pictured: tuple[tuple[str, str], ...] = ()  # (parameter, term) a term asks to be drawn as a matrix
@@ -42,7 +43,30 @@ def find_roles(spec: S.Spec, terms: list[BoundTerm], reconstruction: BoundTerm |
     logits = _classifier(declared[classifier.name], shapes, lets) if classifier is not None else None
     steps = consts.integer(encoders[0].steps, "the step count of recurrent(...)") \
         if encoders and isinstance(encoders[0], S.Recurrent) else 0  # fmt: skip
-    return Roles(decoder, kernel, encoder, logits, steps, _pictured(terms, declared, shapes))
+    bias = _encoder_bias(encoders, lets, encoder, shapes, units) if encoder is not None else None
+    return Roles(decoder=decoder, kernel_decoder=kernel, encoder=encoder, encoder_bias=bias, classifier=logits,
+                 recurrent_steps=steps, pictured=_pictured(terms, declared, shapes))
+
+
+def _encoder_bias(encoders, lets: dict[str, S.Expr], encoder: str, shapes, units: int) -> str | None:
+    """The parameter b of shape [units] added to (or subtracted from) a sum that holds the encoder's
+    product ``E @ ...``, following the lets the encoder names: ``relu(E @ x + b)``,
+    ``relu(E @ x + S @ z - b)``, ``let pre = E @ (x - b_dec) + b_enc``."""
+    for root in encoders:
+        for node in _walk(root, lets):
+            if not (isinstance(node, S.BinOp) and node.op in "+-"):
+                continue
+            for side, other in ((node.right, node.left), (node.left, node.right)):
+                is_bias = isinstance(side, S.Name) and shapes.get(side.id) == (units,)
+                if is_bias and _holds_product(other, encoder, lets):
+                    return side.id
+    return None
+
+
+def _holds_product(node: S.Expr, matrix: str, lets) -> bool:
+    return any(isinstance(n, S.BinOp) and n.op == "@" and isinstance(n.left, S.Name) and n.left.id == matrix
+               for n in _walk(node, lets))  # fmt: skip
+
 
 
 def _decoder(node: S.Expr, term: BoundTerm, latent: str, shapes, lets) -> str | None:

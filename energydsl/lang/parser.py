@@ -303,6 +303,15 @@ class _ToSpec(Transformer):
     def seed_setting(self, meta, children):
         return "seed", children[0]
 
+    def dead_after_setting(self, meta, children):
+        return "dead_after", children[0]
+
+    def dead_alarm_setting(self, meta, children):
+        return "dead_alarm", children[0]
+
+    def resample_setting(self, meta, children):
+        return "resample_every", children[0]
+
     def schedule_setting(self, meta, children):
         return "schedule", _ident(children[0])
 
@@ -359,13 +368,17 @@ def _build_input(name: S.Ident, span: Span, shape, options) -> S.InputDecl:
     return S.InputDecl(span=span, name=name, shape=shape, **fields)
 
 
+# training settings whose field is named otherwise than the words that write them
+_WRITTEN = {"dead_after": "dead after", "dead_alarm": "warn dead above", "resample_every": "resample dead every"}
+
+
 def _build_train(span: Span, settings) -> S.TrainDecl:
     fields: dict = {"phases": ()}
     for key, value in settings:
         if key == "phase":
             fields["phases"] += (_build_phase(*value),)
         else:
-            _once(fields, key, value, _setting_span(value), f"training setting '{key}'")
+            _once(fields, key, value, _setting_span(value), f"training setting '{_WRITTEN.get(key, key)}'")
     return S.TrainDecl(span=span, **fields)
 
 
@@ -406,7 +419,7 @@ def _describe_terminal(name: str) -> str:
 # Keywords that continue a block, by the kind of word the user meant to write.
 BLOCK_WORDS = {
     "parameter option": ("init", "constrain", "lr_scale", "learn"),
-    "training setting": ("optimizer", "batch", "epochs", "seed", "phase"),
+    "training setting": ("optimizer", "batch", "epochs", "seed", "dead", "warn", "resample", "phase"),
     "phase setting": ("epochs", "terms", "schedule", "lr_scale"),
     "input option": ("normalize",),
 }

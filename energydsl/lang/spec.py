@@ -211,6 +211,9 @@ class TrainDecl(Node):
     batch: Expr | None = None
     epochs: Expr | None = None
     seed: Expr | None = None
+    dead_after: Expr | None = None  # training samples without firing after which a unit is dead
+    dead_alarm: Expr | None = None  # the share of dead units above which the run warns
+    resample_every: Expr | None = None  # steps between resamplings of the dead units
     phases: tuple[PhaseDecl, ...] = ()
 
 

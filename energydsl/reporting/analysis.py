@@ -8,7 +8,7 @@
   and decoder column, which splits units into *part* units (< 0.5 rad: the encoder
   matches the decoder, as in ISTA) and *categorical* units (> 0.7 rad), with the
   classifier weight each group carries (Rolfe & LeCun 2013, section 4).
-- For every spec: how often each unit is active, and how many units each sample uses.
+- For every spec: how often each unit is active (units that never fire are neither part nor categorical).
 """
 
 from __future__ import annotations
@@ -105,7 +105,6 @@ def run_metrics(model: EnergyModel, z: torch.Tensor) -> dict[str, float]:
         elif decoder is not None:
             ratio = neighbour_cosine_ratio(model.params[decoder], structure)
             metrics[f"{name}.neighbour_cosine_ratio"] = round(ratio, 6)
-    frequency = (z != 0).double().mean(dim=0)
-    metrics["units.dead"] = int((frequency == 0).sum())
+    frequency = (z != 0).double().mean(dim=0)  # (units.dead, .unused and .dense: training/metrics.py)
     metrics.update(unit_kinds(model, alive=frequency > 0))
     return metrics

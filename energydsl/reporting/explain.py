@@ -490,4 +490,17 @@ def _training(program: Program) -> list[str]:
         schedule += f", learning rates x {phase.lr_scale:g}" if phase.lr_scale != 1 else ""
         lines.append(f"  phase {phase.name}: {phase.epochs} epochs, terms {', '.join(phase.terms)}{schedule}")
     lines.append(f"  {total} epochs in all")
-    return lines
+    return lines + _wrapped(_dead_units(training), "    ", "  ")
+
+
+def _dead_units(training) -> str:
+    """The dead-unit window, alarm and resampling in words."""
+    window = f"{training.dead_after} training samples" if training.dead_after else "one epoch (≤ 10 million samples)"
+    text = f"dead units: silent for {window}; warn when more than {training.dead_alarm:.0%} are dead"
+    plan = training.resampling
+    if plan is not None:
+        parts = [f"decoder column {plan.decoder}[:, j]"] + [f"{what} {name}" for what, name in
+                 (("encoder row", plan.encoder), ("encoder bias", plan.encoder_bias)) if name is not None]  # fmt: skip
+        text += (f"; every {plan.every} steps each restarts on a badly reconstructed training input "
+                 f"({', '.join(parts)}, their optimizer state)")  # fmt: skip
+    return text

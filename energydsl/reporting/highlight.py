@@ -122,7 +122,7 @@ def token_table(v: Vocabulary) -> dict[str, list]:
     declared = _not(v.statement_keywords)
     # a builtin that is also a keyword (normalize, encoder) is a builtin only where the rules below say so
     plain = [w for w in v.builtins if w not in keywords]
-    keyword_calls = rf"{_word([f for f in FUNCTIONS if f in keywords])}(?=\s*\()"  # normalize(z)
+    keyword_calls = rf"{_word([f for f in v.builtins if f in keywords])}(?=\s*\()"  # normalize(z), samples(x)
     return {
         "root": [
             include("space"),

@@ -48,7 +48,7 @@ class GrammarRule:
 
     name: str
     text: str
-    comment: str  # the ``//`` line right above it, or ""
+    comment: str  # the ``//`` lines right above it, joined, or ""
 
     @property
     def is_terminal(self) -> bool:
@@ -90,7 +90,7 @@ def grammar_rules() -> dict[str, GrammarRule]:
         if start:
             inlined, name, comment = bool(start.group(1)), start.group(2), comment_above
             lines = [_ALIAS.sub("", line[len(start.group(1)) :])]
-        comment_above = stripped[2:].strip() if stripped.startswith("//") else ""
+        comment_above = f"{comment_above} {stripped[2:].strip()}".strip() if stripped.startswith("//") else ""
     return rules
 
 

@@ -20,6 +20,8 @@ CAPTIONS = {
     "curves.png": "Held-out energy, each term and the errors after every epoch.",
     "sparsity.png": "Active units per held-out sample, and how often each unit is active.",
     "tree.png": "The tree, each unit coloured by its activation frequency.",
+    "firing.png": "Log-density histogram of unit firing: log10 of each unit's firing frequency on the held-out "
+                  "set; units that never fired there in the red bin; dense units right of the dashed line (10 %).",
     "angles.png": "Angle between each unit's encoder row and decoder column: part units (< 0.5 rad) "
                   "and categorical units (> 0.7 rad).",
 }  # fmt: skip

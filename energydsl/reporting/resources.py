@@ -62,7 +62,7 @@ import torch
 from energydsl.compiler import Program
 from energydsl.errors import UserError
 from energydsl.solvers.stepsize import uses_power_iteration
-from energydsl.training.loop import EVAL_BATCH
+from energydsl.training.metrics import EVAL_BATCH
 
 __all__ = ["Estimate", "ResourceError", "available_memory", "check_fits", "estimate", "format_bytes", "parse_size"]
 

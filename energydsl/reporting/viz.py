@@ -6,6 +6,8 @@
 - ``<S>.png``: every square matrix that an inhibition term uses, as a heat map;
 - ``curves.png``: held-out energy, each term and the errors, epoch by epoch;
 - ``sparsity.png``: the histogram of L0 per sample and each unit's activation frequency;
+- ``firing.png``: the log-density histogram of unit firing (log10 of each unit's firing frequency on
+  the held-out set), the units that never fired there in a bin of their own;
 - ``tree.png``: the spec's tree drawn with networkx, units coloured by activation frequency;
 - ``angles.png``: DrSAE's encoder/decoder angle per unit (part vs categorical units).
 
@@ -23,13 +25,14 @@ import numpy as np
 
 from energydsl.ops.structures import Structure
 from energydsl.reporting.analysis import CATEGORICAL_ABOVE, PART_BELOW, unit_angles
+from energydsl.training.metrics import DENSE_ABOVE
 
 
-def write_pictures(model, directory: Path, history: list[dict] | None = None, z=None) -> list[Path]:
+def write_pictures(model, directory: Path, history: list[dict] | None = None, z=None, density=None) -> list[Path]:
     """Every picture that applies to this model; returns the files written.
 
-    ``history`` (the per-epoch metrics) and ``z`` (codes of held-out samples) add
-    the pictures that need them.
+    ``history`` (the per-epoch metrics), ``z`` (codes of held-out samples) and ``density``
+    (each unit's firing frequency on the held-out set; else from ``z``) add the pictures that need them.
     """
     written = []
     roles = model.program.roles
@@ -56,6 +59,11 @@ def write_pictures(model, directory: Path, history: list[dict] | None = None, z=
         trees = [s for s in model.program.structures.values() if s.kind == "tree" and s.size == active.shape[1]]
         if trees:
             written.append(tree_png(trees[0], active.mean(axis=0), directory / "tree.png"))
+        if density is None:
+            density = active.mean(axis=0)
+    if density is not None:
+        density = density.cpu().numpy() if hasattr(density, "cpu") else np.asarray(density)
+        written.append(firing_png(density, directory / "firing.png", int(model.dead_units().sum())))
     angles = unit_angles(model)
     if angles is not None:
         written.append(angles_png(angles.cpu().numpy(), directory / "angles.png"))
@@ -99,6 +107,31 @@ def sparsity_png(active: np.ndarray, path: Path) -> Path:
     right.set_ylim(bottom=0)
     right.set_xlabel("unit (sorted)")
     right.set_title(f"activation frequency ({int((frequency == 0).sum())} units never active)")
+    _save(figure, path)
+    return path
+
+
+def firing_png(density: np.ndarray, path: Path, dead: int | None = None) -> Path:
+    """Histogram of log10 of each unit's firing frequency, ten bins a decade; the units that never
+    fired in a red bin of their own, left of the others; the dense line (10 %) dashed."""
+    from matplotlib.ticker import MaxNLocator
+
+    figure, axes = _figure(figsize=(7, 4))
+    fired = density[density > 0]
+    never = int((density == 0).sum())
+    low = math.floor(np.log10(fired.min())) if fired.size else -1
+    edges = np.linspace(low, 0, 10 * -low + 1)
+    if fired.size:
+        axes.hist(np.log10(fired), bins=edges, color="C0", label=f"fired ({fired.size})")
+    axes.bar(low - 0.5, never, width=0.2, color="C3", label=f"never fired ({never})")
+    axes.axvline(math.log10(DENSE_ABOVE), color="k", linestyle="--", linewidth=0.8, label="dense above")
+    ticks = list(range(low, 1))
+    axes.set_xticks([low - 0.5, *ticks], ["never", *[f"$10^{{{t}}}$" for t in ticks]])
+    axes.set_xlabel("firing frequency on the held-out set (log scale)")
+    axes.set_ylabel("units")
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_title(f"unit firing density ({dead} dead in training)" if dead is not None else "unit firing density")
+    axes.legend()
     _save(figure, path)
     return path
 

@@ -182,7 +182,8 @@ def load_tensors(directory: Path, program: Program, meta: dict) -> dict[str, tor
     except Exception as error:  # safetensors raises its own error types for corrupt files
         raise RunError(f"{path}: unreadable ({error})") from None
     expected = {plan.name: plan.shape for plan in program.params}
-    expected.update({STATE_KEY + slot.name: slot.shape for slot in program.states})
+    # a state slot the file lacks keeps its initial value: runs saved before every model kept activity counts
+    expected.update({STATE_KEY + slot.name: slot.shape for slot in program.states if STATE_KEY + slot.name in tensors})
     if set(tensors) != set(expected):
         raise RunError(f"{path}: holds parameters {sorted(tensors)}, the spec declares {sorted(expected)}")
     for name, shape in expected.items():
@@ -259,7 +260,8 @@ def load_state(directory: Path, model, state, source: str) -> None:
         for name, p in model.params.items():
             p.copy_(tensors[f"param/{name}"])
         for name, t in model.state.items():
-            t.copy_(tensors[f"state/{name}"])
+            if f"state/{name}" in tensors:  # else its initial value (a checkpoint from before the slot existed)
+                t.copy_(tensors[f"state/{name}"])
     for direction, saved in position["optimizers"].items():
         getattr(state.optimizers, direction).load_state_dict(_restored(saved, f"optim/{direction}", tensors))
     state.generator.set_state(tensors["rng/order"])

@@ -45,11 +45,10 @@ def prune_run(directory: str | Path, threshold: float, out: str | Path) -> dict:
     pruned = EnergyModel(program, train_x=None)
     index = torch.tensor(kept)
     with torch.no_grad():
-        for plan in program.params:
-            tensor = model.params[plan.name].detach()
-            for axis in _latent_axes(tensor.shape, tree.size):
-                tensor = tensor.index_select(axis, index)
-            pruned.params[plan.name].copy_(tensor)
+        for name, target in pruned.params.items():
+            target.copy_(_kept(model.params[name].detach(), tree.size, index))
+        for name, target in pruned.state.items():  # e.g. the activity counts of the kept units
+            target.copy_(_kept(model.state[name], tree.size, index))
     checkpoint.save_model(out, pruned, source)
     report = {
         "pruned_from": str(directory),
@@ -89,6 +88,13 @@ def kept_units(tree: Structure, frequency: torch.Tensor, threshold: float) -> li
     """Units whose subtree holds a unit active at least ``threshold`` of the time, plus the root."""
     kept = {i for i, subtree in enumerate(tree.descendants) if frequency[list(subtree)].max() >= threshold}
     return sorted(kept | {tree.root})
+
+
+def _kept(tensor: torch.Tensor, size: int, index: torch.Tensor) -> torch.Tensor:
+    """``tensor`` restricted to the kept units along each of its axes of the latent's ``size``."""
+    for axis in _latent_axes(tensor.shape, size):
+        tensor = tensor.index_select(axis, index)
+    return tensor
 
 
 def _latent_axes(shape, size: int) -> list[int]:

@@ -23,9 +23,10 @@ from energydsl.data import DataError, Dataset
 from energydsl.errors import NumericalError
 from energydsl.model import EnergyModel
 from energydsl.optim.bcd import BlockCoordinateDictionary
+from energydsl.training import activity
 from energydsl.training.distributed import SINGLE, Workers
-
-EVAL_BATCH = 1024
+from energydsl.training.metrics import evaluate
+from energydsl.training.resampling import resample_dead_units
 
 
 @dataclass
@@ -119,12 +120,15 @@ def train_step(model: EnergyModel, optimizers: Optimizers, x, y, terms, workers:
     ``batch_size`` samples, and the gradients are summed over the workers.
     A non-finite energy stops before the parameters move; a parameter that the
     step made non-finite stops right after (the caller keeps the last checkpoint).
+    The activity tracker counts the batch's codes once the energy is computed, so
+    the step's terms see the dead units as they were before it.
     """
     xp = model.preprocess(x)
     by_encoder = all(m.solver.runs_encoder for m in model.program.methods)
     with model.learning_step():
         z = model.infer_prepared(xp, y, terms, differentiable=by_encoder, convergence=convergence)
         loss = model.energy_of(xp, z, y, terms).sum() / (batch_size or x.shape[0])
+    activity.track(model, z, batch_size or x.shape[0], workers)
     value = workers.sum_(loss.detach().clone()).item()
     if not math.isfinite(value):
         check_parameters(model)  # a parameter the previous step broke is the likelier cause
@@ -212,13 +216,17 @@ def train(
     :mod:`energydsl.training.distributed`) each one trains on its shard of every batch and
     only rank 0 evaluates, reports and saves.  Training never warns of inference that stops
     at its step cap; each epoch's metrics give ``infer.capped``, the share of the training
-    samples whose inference did (of those inferred since the run started or resumed).
+    samples whose inference did (of those inferred since the run started or resumed), and
+    ``units.dead``, those the activity tracker counts as dead, with ``units.dead_alarm``, their
+    share, in the epochs where it is above the spec's ``warn dead above``.  With ``resample dead
+    every N steps`` the dead units restart after every N-th step (:mod:`energydsl.training.resampling`).
     """
     training = model.program.training
     state = state if state is not None else initial_state(model, seed)
     save = on_checkpoint if on_checkpoint is not None and workers.main else (lambda _state: None)
     device = model.device
     check_enough_data(model, data)
+    activity.set_default_window(model, data.x_train.shape[0])
     x_train = data.x_train.to(device)
     y_train = data.y_train.to(device) if data.y_train is not None and model.program.label else None
     plan = epoch_plan(model)
@@ -239,6 +247,9 @@ def train(
                 try:
                     energy = train_step(model, state.optimizers, x_train[mine], y, phase.terms, workers, len(batch),
                                         reports)  # fmt: skip
+                    if training.resampling is not None and (state.step + 1) % training.resampling.every == 0:
+                        resample_dead_units(model, (state.optimizers.descent, state.optimizers.ascent), x_train,
+                                            state.generator, workers)  # fmt: skip
                     stopping = workers.any(interrupted())
                     due = checkpoint_every and (state.step + 1) % checkpoint_every == 0
                     if stopping or due or state.batch + 1 == len(batches):
@@ -264,6 +275,9 @@ def train(
                 metrics = {"phase": phase.name, "epoch": state.epoch, **evaluate(model, data)}
                 if capped[1]:
                     metrics["infer.capped"] = round(capped[0] / capped[1], 6)
+                alarm = activity.dead_alarm(model)
+                if alarm is not None:
+                    metrics["units.dead_alarm"] = round(alarm, 4)
                 metrics["seconds"] = round(time.perf_counter() - start, 3)
                 state.history.append(metrics)
                 if on_epoch is not None:
@@ -304,47 +318,3 @@ def _deferred_interrupts():
         yield lambda: bool(pressed)
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-@torch.no_grad()
-def evaluate(model: EnergyModel, data: Dataset, split: str = "test") -> dict:
-    """Energy and each term, mean L0 of z, relative reconstruction error, test error."""
-    x = data.x_test if split == "test" and data.x_test.shape[0] else data.x_train
-    labels = data.y_test if x is data.x_test else data.y_train
-    labels = labels if model.program.label is not None else None
-    model.eval()
-    sums: dict[str, float] = {}
-    for start in range(0, x.shape[0], EVAL_BATCH):
-        xb = x[start : start + EVAL_BATCH].to(model.device)
-        yb = None if labels is None else labels[start : start + EVAL_BATCH].to(model.device)
-        for key, value in _batch_metrics(model, xb, yb).items():
-            sums[key] = sums.get(key, 0.0) + value
-    count = x.shape[0]
-    metrics = {key: value / count for key, value in sums.items() if not key.startswith("_")}
-    if "_input_energy" in sums:
-        metrics["recon_error"] = sums["_recon"] / max(sums["_input_energy"], 1e-30)
-    return {key: round(value, 6) for key, value in metrics.items()}
-
-
-def _batch_metrics(model: EnergyModel, x, y) -> dict[str, float]:
-    """Sums over the batch (divided by the sample count by the caller)."""
-    xp = model.preprocess(x)
-    z = model.infer_prepared(xp)  # labels are unknown at test time
-    env = model.env(xp, z, y)
-    out: dict[str, float] = {}
-    total = torch.zeros(x.shape[0], device=x.device)
-    for term in model.active_terms(None, y is not None):
-        energy = term.energy(env)
-        total += energy
-        out[f"term.{term.name}"] = energy.sum().item()
-    out["energy"] = total.sum().item()
-    out["l0"] = (z != 0).sum().item()
-    recon = model.program.reconstruction
-    if recon is not None:  # the term's own (target, estimate): a matryoshka run reports its whole dictionary's
-        target, estimate = recon.reconstruction(env)
-        out["_recon"] = ((target - estimate) ** 2).sum().item()
-        out["_input_energy"] = (target**2).sum().item()
-    if y is not None and model.program.classifier is not None:
-        logits = model.program.classifier.args[0](env)
-        out["test_error"] = (logits.argmax(dim=1) != y).sum().item()
-    return out

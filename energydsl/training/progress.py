@@ -17,27 +17,43 @@ from energydsl.errors import UserError
 
 
 def format_epoch(metrics: dict, total: int) -> str:
-    """One line: epoch, phase, energy and each term, L0, reconstruction and test error, the share
-    of training samples whose inference stopped at its step cap (when any did), time."""
+    """One line: epoch, phase, energy and each term, L0, reconstruction error, FVU and test error, the
+    dead units (when any), the share of training samples whose inference stopped at its step cap
+    (when any did), time."""
     parts = [f"epoch {metrics['epoch']}/{total} [{metrics['phase']}]", f"energy {metrics['energy']:.4g}"]
     parts += [f"{key[5:]} {value:.4g}" for key, value in metrics.items() if key.startswith("term.")]
     parts.append(f"L0 {metrics['l0']:.3g}")
-    for key in ("recon_error", "test_error"):
+    for key in ("recon_error", "fvu", "test_error"):
         if key in metrics:
             parts.append(f"{key} {metrics[key]:.4g}")
+    if metrics.get("units.dead"):
+        parts.append(f"dead {metrics['units.dead']}")
     if metrics.get("infer.capped"):
         parts.append(f"infer capped {metrics['infer.capped']:.1%}")
     parts.append(f"({metrics['seconds']:.1f} s)")
     return "  ".join(parts)
 
 
-class ConsoleProgress:
-    """A rich progress bar on a terminal, plain epoch lines elsewhere, nothing when quiet."""
+def dead_alarm_line(metrics: dict) -> str | None:
+    """The warning of an epoch whose share of dead units passed the spec's ``warn dead above``, else None."""
+    share = metrics.get("units.dead_alarm")
+    if share is None:
+        return None
+    return (f"energydsl: warning: epoch {metrics['epoch']}: {metrics['units.dead']} units ({share:.1%}) are dead, "
+            "silent on every training sample of the 'dead after' window; try a lower learning rate, "
+            "'resample dead every N steps' in the train block, an auxk term, or a smaller sparsity weight")  # fmt: skip
 
-    def __init__(self, epochs: int, quiet: bool = False, console: Console | None = None):
+
+class ConsoleProgress:
+    """A rich progress bar on a terminal, plain epoch lines elsewhere, nothing when quiet; the
+    dead-unit alarm of an epoch on stderr (``errors``), quiet or not."""
+
+    def __init__(self, epochs: int, quiet: bool = False, console: Console | None = None,
+                 errors: Console | None = None):  # fmt: skip
         self.epochs = epochs
         self.quiet = quiet
         self.console = console or Console(highlight=False)
+        self.errors = errors or Console(stderr=True, highlight=False)
         self.live = not quiet and self.console.is_terminal
         self.progress: Progress | None = None
         self.task = None
@@ -74,6 +90,9 @@ class ConsoleProgress:
             self.task = None
         if not self.quiet:
             self.console.print(format_epoch(metrics, self.epochs), soft_wrap=True, markup=False, highlight=False)
+        alarm = dead_alarm_line(metrics)
+        if alarm is not None:
+            self.errors.print(alarm, soft_wrap=True, markup=False, highlight=False)
 
 
 class TensorBoardLog:

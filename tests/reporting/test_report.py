@@ -17,7 +17,7 @@ from energydsl.cli import main
 from energydsl.reporting.analysis import CATEGORICAL_ABOVE, PART_BELOW, unit_angles, unit_kinds
 from energydsl.training.progress import ConsoleProgress
 
-PICTURES = {"filters.png", "curves.png", "sparsity.png", "angles.png"}
+PICTURES = {"filters.png", "curves.png", "sparsity.png", "firing.png", "angles.png"}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,8 @@ def test_eval_prints_the_saved_runs_metrics_without_retraining(drsae_run, capsys
     assert main(["eval", str(drsae_run), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     summary = json.loads((drsae_run / "summary.json").read_text())
-    for key in ("test_error", "energy", "term.recon", "term.class", "l0", "recon_error", "units.part"):
+    for key in ("test_error", "energy", "term.recon", "term.class", "l0", "recon_error", "units.part", "fvu",
+                "explained_variance", "units.dead", "units.dense", "units.unused"):  # fmt: skip
         assert metrics[key] == pytest.approx(summary[key], rel=1e-6, abs=1e-9), key
     assert main(["eval", str(drsae_run)]) == 0
     assert "test_error" in capsys.readouterr().out
