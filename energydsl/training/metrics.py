@@ -89,8 +89,8 @@ def held_out(model: EnergyModel, data: Dataset, split: str = "test") -> HeldOut:
         firing += (z != 0).flatten(1).sum(dim=0).double().cpu()
     count = x.shape[0]
     metrics = {key: value / count for key, value in sums.items() if not key.startswith("_")}
-    if "_input_energy" in sums:
-        metrics["recon_error"] = sums["_recon"] / max(sums["_input_energy"], 1e-30)
+    if "_target_energy" in sums:
+        metrics["recon_error"] = sums["_squared_error"] / max(sums["_target_energy"], 1e-30)
     if "_squared_error" in sums and spread.squares > 0:
         metrics["fvu"] = sums["_squared_error"] / spread.squares
         metrics["explained_variance"] = 1 - metrics["fvu"]
@@ -118,11 +118,9 @@ def _batch_sums(model: EnergyModel, env: Env, xp, z, y, pair) -> dict[str, float
         out[f"term.{term.name}"] = energy.sum().item()
     out["energy"] = total.sum().item()
     out["l0"] = (z != 0).sum().item()
-    recon = model.program.reconstruction
-    if recon is not None:
-        out["_recon"] = (recon.energy(env) / recon.weight).sum().item() if recon.weight else 0.0
-        out["_input_energy"] = (xp.flatten(1) ** 2).sum().item()
+    if pair is not None:  # the term's own (target, estimate): a matryoshka run reports its whole dictionary's
         out["_squared_error"] = squared_errors(*pair).sum().item()
+        out["_target_energy"] = (pair[0].flatten(1).double() ** 2).sum().item()
     if y is not None and model.program.classifier is not None:
         logits = model.program.classifier.args[0](env)
         out["test_error"] = (logits.argmax(dim=1) != y).sum().item()

@@ -119,14 +119,14 @@ def test_the_default_window_is_one_epoch_at_most_ten_million_samples():
     ("resample dead every 5 steps", "resampling dead units needs a decoder"),
 ])  # fmt: skip
 def test_dead_unit_settings_are_checked(setting, message):
-    spec = CODES.replace("dead after 10 samples", setting).replace("D @ z", "D @ (2 * z)")  # no plain decoder
+    spec = CODES.replace("dead after 10 samples", setting).replace("D @ z", "D @ tanh(z)")  # no plain decoder
     with pytest.raises(SpecError, match=message.replace("(", r"\(")) as error:
         energydsl.load(spec)
     assert error.value.span.line == 10  # the setting's own line
 
 
 def test_resampling_an_encoder_it_cannot_find_is_refused():
-    spec = SAE.replace("relu(E @ x + b)", "relu(E @ (2 * x) + b)") + "  resample dead every 5 steps\n"
+    spec = SAE.replace("relu(E @ x + b)", "relu(E @ normalize(x) + b)") + "  resample dead every 5 steps\n"
     with pytest.raises(SpecError, match="needs the encoder's matrix"):
         energydsl.load(spec)
 
