@@ -39,6 +39,7 @@ class EnergyModel(nn.Module):
         self.masks: dict[str, list[torch.Tensor]] = {}
         self.step_size_estimate = PowerIteration()  # FISTA's step for code maps, warm across batches
         self.learning = False  # inside a training step: the functions of the spec may update their state
+        self._shared: dict | None = None  # inside a batch scope: the latent-free values computed so far
         for slot in program.states:  # buffers: they follow the model's device and dtype
             self.register_buffer(STATE_PREFIX + slot.name, torch.full(slot.shape, float(slot.fill)))
         generator = torch.Generator().manual_seed(program.training.seed if seed is None else seed)
@@ -91,11 +92,25 @@ class EnergyModel(nn.Module):
         return (getattr(self, STATE_PREFIX + activity.counts) >= window) & (window > 0)
 
     @contextmanager
-    def learning_step(self):
-        """Within the block, the spec's functions update their state (a training step's forward pass)."""
-        self.learning = True
+    def batch_scope(self):
+        """Within the block — one batch's encoding, inference and energy — the lets that do not read the
+        latent (``let pre = E @ (x - b_dec) + b_enc``) are computed once, not once by the encoder and
+        again by the energy terms that read them.  Every evaluation in the block must be of the same
+        inputs and parameters."""
+        outer, self._shared = self._shared, {}
         try:
             yield
+        finally:
+            self._shared = outer
+
+    @contextmanager
+    def learning_step(self):
+        """Within the block, the spec's functions update their state (a training step's forward pass);
+        it is a :meth:`batch_scope` too."""
+        self.learning = True
+        try:
+            with self.batch_scope():
+                yield
         finally:
             self.learning = False
 
@@ -134,13 +149,13 @@ class EnergyModel(nn.Module):
         units the tracker counts as dead (:meth:`dead_units`)."""
         program = self.program
         tensors = {name: (p.detach() if detach else p) for name, p in self.params.items()}
-        tensors.update({program.input.name: x, "batch_size": x.shape[0], "reference": x,
+        tensors.update({program.input.name: x, "batch_size": x.shape[0], "reference": x, "detached": detach,
                         "state": self.state, "training": self.learning, "dead": self.dead_units()})  # fmt: skip
         if z is not None:
             tensors[program.latent.name] = z
         if y is not None and program.label is not None:
             tensors[program.label.name] = torch.as_tensor(y, device=x.device).long()
-        return Env(tensors)
+        return Env(tensors, shared=self._shared)
 
     def active_terms(self, names: Iterable[str] | None, labelled: bool) -> list[BoundTerm]:
         """The terms ``names`` (None: all), less those that need a label when there is none."""

@@ -19,10 +19,11 @@ class ExpressionsStage:
         else:
             value, fn = model.compile(decl.value)
         key = "let:" + decl.name.name
+        compute = fn if value.degree else (lambda env: env.latent_free(key, fn))  # degree 0: no latent in it
 
         def cached(env: Env):
             if key not in env.cache:
-                env.cache[key] = fn(env)
+                env.cache[key] = compute(env)
             return env.cache[key]
 
         self._declare(decl.name, Symbol("let", value, cached))

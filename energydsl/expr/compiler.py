@@ -55,6 +55,18 @@ class Env:
 
     tensors: dict[str, Any]
     cache: dict[str, Any] = field(default_factory=dict)
+    # Values that do not depend on the latent, shared by the evaluations of one batch (the encoder's
+    # and the energy's, see EnergyModel.batch_scope), keyed by (name, detached, grad enabled).
+    shared: dict[tuple, Any] | None = None
+
+    def latent_free(self, key: str, compute: Callable[[Env], Any]):
+        """``compute(self)``, computed once per batch scope for a value that does not read the latent."""
+        if self.shared is None:
+            return compute(self)
+        slot = (key, self.tensors.get("detached", False), torch.is_grad_enabled())
+        if slot not in self.shared:
+            self.shared[slot] = compute(self)
+        return self.shared[slot]
 
     def __getitem__(self, name: str):
         return self.tensors[name]

@@ -78,12 +78,13 @@ def held_out(model: EnergyModel, data: Dataset, split: str = "test") -> HeldOut:
         xb = x[start : start + EVAL_BATCH].to(model.device)
         yb = None if labels is None else labels[start : start + EVAL_BATCH].to(model.device)
         xp = model.preprocess(xb)
-        z = model.infer_prepared(xp)  # labels are unknown at test time
-        env = model.env(xp, z, yb)
-        recon = model.program.reconstruction
-        pair = recon.reconstruction(env) if recon is not None else None
-        for key, value in _batch_sums(model, env, xp, z, yb, pair).items():
-            sums[key] = sums.get(key, 0.0) + value
+        with model.batch_scope():
+            z = model.infer_prepared(xp)  # labels are unknown at test time
+            env = model.env(xp, z, yb)
+            recon = model.program.reconstruction
+            pair = recon.reconstruction(env) if recon is not None else None
+            for key, value in _batch_sums(model, env, xp, z, yb, pair).items():
+                sums[key] = sums.get(key, 0.0) + value
         if pair is not None:
             spread.add(pair[0])
         firing += (z != 0).flatten(1).sum(dim=0).double().cpu()
