@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from energydsl.compiler.roles import Roles
+from energydsl.compiler.schedules import Schedule
 from energydsl.errors import Span, SpecWarning
 from energydsl.expr.compiler import Closure, StateSlot
 from energydsl.lang import spec as S
@@ -123,6 +124,7 @@ class Program:
     inference_terms: tuple[str, ...] | None = None  # what FISTA minimises (None: every term)
     roles: Roles = Roles()  # what each parameter is for (decoder, encoder, classifier, ...)
     states: tuple[StateSlot, ...] = ()  # what the model keeps beside its parameters (see StateSlot)
+    schedules: tuple[Schedule, ...] = ()  # the constants that ramps move during training (see schedules.py)
     warnings: tuple[SpecWarning, ...] = ()  # what compiles but is probably a slip (check and run print them)
 
     @property

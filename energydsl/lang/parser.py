@@ -303,6 +303,14 @@ class _ToSpec(Transformer):
     def seed_setting(self, meta, children):
         return "seed", children[0]
 
+    def ramp(self, meta, children):
+        name, start, length, unit, shape = children
+        return "ramp", S.RampDecl(span=_span(meta), name=_ident(name), start=start, length=length, unit=unit,
+                                  shape=_ident(shape) if shape is not None else None)  # fmt: skip
+
+    def ramp_unit(self, meta, children):
+        return _ident(children[0])
+
     def schedule_setting(self, meta, children):
         return "schedule", _ident(children[0])
 
@@ -364,6 +372,8 @@ def _build_train(span: Span, settings) -> S.TrainDecl:
     for key, value in settings:
         if key == "phase":
             fields["phases"] += (_build_phase(*value),)
+        elif key == "ramp":
+            fields["ramps"] = fields.get("ramps", ()) + (value,)
         else:
             _once(fields, key, value, _setting_span(value), f"training setting '{key}'")
     return S.TrainDecl(span=span, **fields)
@@ -406,7 +416,7 @@ def _describe_terminal(name: str) -> str:
 # Keywords that continue a block, by the kind of word the user meant to write.
 BLOCK_WORDS = {
     "parameter option": ("init", "constrain", "lr_scale", "learn"),
-    "training setting": ("optimizer", "batch", "epochs", "seed", "phase"),
+    "training setting": ("optimizer", "batch", "epochs", "seed", "ramp", "phase"),
     "phase setting": ("epochs", "terms", "schedule", "lr_scale"),
     "input option": ("normalize",),
 }

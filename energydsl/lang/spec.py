@@ -206,11 +206,23 @@ class PhaseDecl(Node):
     lr_scale: Expr | None = None  # every learning rate times this in the phase
 
 
+class RampDecl(Node):
+    """``ramp lam from 0 over 1000 steps [cosine]``: a constant that moves during training, from
+    ``start`` to its declared value over ``length`` steps or epochs, then stays there."""
+
+    name: Ident  # the constant
+    start: Expr
+    length: Expr
+    unit: Ident  # steps | epochs (checked by the compiler)
+    shape: Ident | None = None  # linear (the default) | cosine
+
+
 class TrainDecl(Node):
     optimizer: Call | None = None
     batch: Expr | None = None
     epochs: Expr | None = None
     seed: Expr | None = None
+    ramps: tuple[RampDecl, ...] = ()
     phases: tuple[PhaseDecl, ...] = ()
 
 

@@ -6,7 +6,7 @@ from another package registers through the ``energydsl.terms`` entry point group
 """
 
 from energydsl.terms import group_l2, inhibition, l1, sqerr, tree_group, xent
-from energydsl.terms.base import TERMS, BoundTerm, GroupTerm, ProxTerm, SeparableTerm, Term
+from energydsl.terms.base import TERMS, BoundTerm, GroupTerm, ProxTerm, SeparableTerm, Term, VaryingWeight
 
 TERMS.register(sqerr.sqerr)
 TERMS.register(l1.l1)
@@ -15,4 +15,4 @@ TERMS.register(tree_group.tree_group)
 TERMS.register(inhibition.inhibition)
 TERMS.register(xent.xent)
 
-__all__ = ["TERMS", "BoundTerm", "GroupTerm", "ProxTerm", "SeparableTerm", "Term"]
+__all__ = ["TERMS", "BoundTerm", "GroupTerm", "ProxTerm", "SeparableTerm", "Term", "VaryingWeight"]
