@@ -276,13 +276,15 @@ def describe(program: Program) -> str:
         shape = f"{list(slot.shape)}" if slot.shape else " (a scalar)"
         lines.append(f"  state     {slot.name}{shape}: {slot.description}")
     for term in program.terms:
-        lines.append(f"  term      {term.name}: {term.weight:g} * {term.term.name}"
+        lines.append(f"  term      {term.name}: {term.weight_text()} * {term.term.name}"
                      + ("" if term.term.smooth else "  (prox)"))  # fmt: skip
     steps = " then ".join(str(m) for m in program.methods)
     lines.append(f"  infer     {program.latent.name} by {steps}")
     training = program.training
     settings = ", ".join(f"{k}={v:g}" for k, v in training.settings().items())
     lines.append(f"  train     {training.optimizer}({settings}) batch {training.batch} seed {training.seed}")
+    for schedule in program.schedules:
+        lines.append(f"  ramp      {schedule.describe()}")
     for phase in training.phases:
         extras = ([f"schedule {phase.schedule}"] if phase.schedule != "constant" else []) + (
             [f"lr_scale {phase.lr_scale:g}"] if phase.lr_scale != 1 else [])

@@ -17,6 +17,7 @@ from energydsl.compiler.inference import InferenceStage
 from energydsl.compiler.params import ParamsStage
 from energydsl.compiler.program import DataCall, Program, Variable
 from energydsl.compiler.roles import Roles, find_roles
+from energydsl.compiler.schedules import SchedulesStage
 from energydsl.compiler.structures import StructuresStage
 from energydsl.compiler.training import TrainingStage
 from energydsl.compiler.variables import VariablesStage
@@ -61,13 +62,14 @@ def compile_spec(
 # ---------------------------------------------------------------- the checker
 
 
-class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, EnergyStage, InferenceStage,
-               TrainingStage):
-    """One spec's compilation.  Each stage (a mixin in its own module: variables, structures,
-    params, expressions, energy, inference, training) checks and compiles one kind of
+class Compiler(SchedulesStage, VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, EnergyStage,
+               InferenceStage, TrainingStage):
+    """One spec's compilation.  Each stage (a mixin in its own module: schedules, variables,
+    structures, params, expressions, energy, inference, training) checks and compiles one kind of
     declaration; they share the state set here and in :meth:`run`: ``spec``, ``consts`` (the
-    compiler of constant expressions), ``scope`` (name → symbol, filled as names are declared,
-    through :meth:`_declare`), ``structures`` and ``nonneg``."""
+    compiler of constant expressions), ``weights`` (of terms' weights, which may read ramped
+    constants), ``scope`` (name → symbol, filled as names are declared, through :meth:`_declare`),
+    ``schedules`` (the ramps, by constant), ``structures`` and ``nonneg``."""
 
     def __init__(self, spec: S.Spec, overrides: dict, data: S.Call | None, data_info, describe_data=None):
         self.spec = spec
@@ -78,6 +80,8 @@ class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, E
         self.scope: dict[str, Symbol] = {}
         self.declared: dict[str, Span] = {}
         self.consts = ExprCompiler(self.scope, "const")
+        self.weights = ExprCompiler(self.scope, "weight")
+        self.schedules: dict = {}  # filled with the constants (SchedulesStage)
         self.warnings: list[SpecWarning] = []  # filled by the stages
         self.widths: dict[str, int] = {}  # names bound to the data's width by 'input x[d]'
 
@@ -88,6 +92,7 @@ class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, E
         data = self._data()
         sample_shape, data_classes = self._data_info(data)
         input_var, normalize = self._input(sample_shape)
+        self.normalize = normalize  # what initialisers that read the input's samples apply to them
         label = self._label(data_classes)
         latent, nonneg = self._latent()
         self.nonneg = nonneg  # what the inference methods' checks need to know of the latent
@@ -127,6 +132,7 @@ class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, E
             roles=roles,
             activity=self._activity(model, latent, training),
             states=tuple(model.states),
+            schedules=tuple(self.schedules.values()),
             warnings=tuple(self.warnings),
         )
 
@@ -162,11 +168,14 @@ class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, E
     # ------------------------------------------------------------ constants and data
 
     def _constants(self) -> dict[str, float]:
+        """Each constant's value (declared, or --set); a ramped one is declared as changing, so that
+        no other constant reads it, and then reads its schedule (see :mod:`.schedules`)."""
         names = [decl.name.name for decl in self.spec.consts]
         for name in self.overrides:
             if name not in names:
                 hint = did_you_mean(name, names) or (one_of(names) if names else "this spec has no constants")
                 raise SpecError(f"--set: unknown constant '{name}'", hint=hint)
+        ramps = self._ramp_declarations()
         values = {}
         for decl in self.spec.consts:
             name = decl.name.name
@@ -175,7 +184,9 @@ class Compiler(VariablesStage, StructuresStage, ParamsStage, ExpressionsStage, E
             else:
                 value = self.consts.constant(decl.value)
             values[name] = value
-            self._declare(decl.name, Symbol("const", Value((), const=value), lambda env, v=value: v))
+            fixed = Symbol("const", Value((), const=value), lambda env, v=value: v)
+            self._declare(decl.name, self._ramped_symbol(ramps[name]) if name in ramps else fixed)
+        self.schedules = self._schedules(ramps, values)
         return values
 
     def _data(self) -> DataCall:

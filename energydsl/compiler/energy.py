@@ -7,7 +7,7 @@ from energydsl.errors import WHOLE_SPEC, SpecError, SpecWarning, did_you_mean, o
 from energydsl.expr.compiler import FUNCTIONS, Closure, ExprCompiler
 from energydsl.lang import spec as S
 from energydsl.ops.pools import PoolFamily
-from energydsl.terms import TERMS
+from energydsl.terms import TERMS, VaryingWeight
 
 
 class EnergyStage:
@@ -31,7 +31,7 @@ class EnergyStage:
         return terms
 
     def _term(self, decl: S.TermDecl, model: ExprCompiler, latent, pools, label) -> BoundTerm:
-        weight, call = self._split_weight(decl.value)
+        weight, varying, call = self._split_weight(decl.value)
         cls = TERMS[call.func]
         options = self._term_options(cls, call)
         arguments = call.model_copy(update={"kwargs": tuple(kw for kw in call.kwargs if kw.name not in options)})
@@ -55,11 +55,9 @@ class EnergyStage:
         term.check(values, call)
         degree = max((v.degree for v in values), default=0)
         first_arg = slots[0].id if isinstance(slots[0], S.Name) else None
-        if weight < 0:
-            raise SpecError(f"the weight of term '{decl.name.name}' is negative ({weight:g})", decl.value.span,
-                            hint="an energy term must have a weight >= 0")  # fmt: skip
+        self._check_weight_sign(decl.name.name, weight, varying, decl.value.span)
         return BoundTerm(decl.name.name, term, weight, tuple(closures), degree,
-                         term.is_quadratic(values), first_arg, decl.span)  # fmt: skip
+                         term.is_quadratic(values), first_arg, decl.span, varying)  # fmt: skip
 
     def _term_options(self, cls, call: S.Call) -> dict:
         """The term's keyword options (:class:`~energydsl.terms.base.Option`), each evaluated as a
@@ -109,8 +107,9 @@ class EnergyStage:
             raise SpecError(f"{what} must be positive, got {number:g}", node.span)
         return int(number) if whole else number
 
-    def _split_weight(self, node: S.Expr) -> tuple[float, S.Call]:
-        """``lam * 0.5 * l1(z)`` → (0.5·lam, the l1 call)."""
+    def _split_weight(self, node: S.Expr) -> tuple[float, VaryingWeight | None, S.Call]:
+        """``lam * 0.5 * l1(z)`` → (0.5·lam, None, the l1 call); when a ramp moves ``lam``,
+        (0.5, lam's changing factor, the l1 call)."""
         factors: list[tuple[S.Expr, bool]] = []  # (factor, divides)
 
         def flatten(n: S.Expr, divides: bool = False):
@@ -127,15 +126,19 @@ class EnergyStage:
         calls = [f for f, divides in factors if isinstance(f, S.Call) and f.func in TERMS and not divides]
         if len(calls) != 1:
             raise self._not_a_term(node, calls, factors)
-        weight = 1.0
+        weight, varying = 1.0, []
         for factor, divides in factors:
             if factor is calls[0]:
                 continue
-            value = self.consts.constant(factor)
+            value, fn = self.weights.compile(factor)
+            if value.const is None:  # constants a ramp moves, or a mistake that _varying_weight reports
+                varying.append((factor, fn, divides))
+                continue
+            value = self.weights.constant(factor)
             if divides and value == 0:
                 raise SpecError("division by zero", factor.span)
             weight = weight / value if divides else weight * value
-        return weight, calls[0]
+        return weight, self._varying_weight(varying), calls[0]
 
     @staticmethod
     def _not_a_term(node: S.Expr, calls, factors) -> SpecError:

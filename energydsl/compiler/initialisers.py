@@ -1,5 +1,6 @@
 """The functions only an ``init`` or ``mask`` expression may use (registry :data:`INITIALISERS`: random
-and constant values, samples of the input, matrices from structures), and the tensor code behind them."""
+and constant values, samples of the input and their mean or median, matrices from structures), and the
+tensor code behind them."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from energydsl.errors import SpecError
 from energydsl.expr.compiler import Closure, Env, Value
 from energydsl.lang import spec as S
 from energydsl.ops import structures as st
+from energydsl.ops.geometric_median import geometric_median, weighted_mean
 from energydsl.registry import Registry
 
 
@@ -36,6 +38,7 @@ class InitTarget:
     input_var: Variable | None  # the input, for samples(x)
     # the structure a matrix builder names: structure_argument(node, what, kinds)
     structure_argument: Callable | None = None
+    normalize: str | None = None  # how the model normalises each sample of the input ("l2" or None)
 
 
 class Initialiser:
@@ -128,6 +131,70 @@ class Samples(Initialiser):
             raise SpecError(f"samples({input_var.name}) fills a matrix with {dim} rows or columns; "
                             f"this one is {list(shape)}", node.span)  # fmt: skip
         return Value(shape), lambda env: _draw_samples(env, shape, dim)
+
+
+class _SampleStatistic(Initialiser):
+    """One vector that sums up the input's training samples as the model sees them (normalised
+    when the input is), shaped like one sample: for a decoder bias, ``param b_dec[d] init median(x)``."""
+
+    @classmethod
+    def statistic(cls, rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The statistic of ``rows`` (n, d), a float64 vector (d,)."""
+        raise NotImplementedError
+
+    @classmethod
+    def compile(cls, compiler, node, target):
+        input_var = target.input_var
+        slots = compiler.arguments(node, 1)
+        compiler.required(node, slots, 1)
+        if not isinstance(slots[0], S.Name) or slots[0].id != input_var.name:
+            raise SpecError(f"{node.func}() sums up the training samples of the input '{input_var.name}'",
+                            slots[0].span, hint=f"write {node.func}({input_var.name})")  # fmt: skip
+        size = math.prod(input_var.shape)
+        if target.shape not in (tuple(input_var.shape), (size,)):
+            sample = ", ".join(map(str, input_var.shape))
+            raise SpecError(f"{node.func}({input_var.name}) is shaped like one sample of '{input_var.name}', "
+                            f"[{sample}]; this parameter is [{', '.join(map(str, target.shape))}]", node.span)  # fmt: skip
+
+        def build(env: Env) -> torch.Tensor:
+            rows = env["train_x"].flatten(1)
+            if target.normalize == "l2":  # as the model's input holds them
+                rows = rows.to(torch.float64)
+                rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            return cls.statistic(rows, env["generator"]).reshape(target.shape).to(env["reference"])
+
+        return Value(target.shape), build
+
+
+class Mean(_SampleStatistic):
+    """``mean(x)``: the mean training sample of the input (after its normalisation, if any)."""
+
+    name = "mean"
+
+    @classmethod
+    def statistic(cls, rows, generator):
+        return weighted_mean(rows)
+
+
+MEDIAN_SAMPLES = 20_000  # the most training samples the geometric median reads
+MEDIAN_TOL = 1e-7  # Weiszfeld stops when a step is below this share of the mean distance to the median
+
+
+class Median(_SampleStatistic):
+    """``median(x)``: the geometric median of the input's training samples (after its
+    normalisation, if any): the point m that minimises Σᵢ ‖xᵢ − m‖, robust to outlying samples.
+    Weiszfeld's iterations from the mean, in float64, until a step moves m by less than 1e-7 of
+    the samples' mean distance to it (at most 500); on at most 20,000 samples, drawn with the
+    spec's seed when there are more."""
+
+    name = "median"
+
+    @classmethod
+    def statistic(cls, rows, generator):
+        if rows.shape[0] > MEDIAN_SAMPLES:
+            chosen = torch.randperm(rows.shape[0], generator=generator)[:MEDIAN_SAMPLES].sort().values
+            rows = rows[chosen.to(rows.device)]
+        return geometric_median(rows, tol=MEDIAN_TOL)
 
 
 class _Constant(Initialiser):
@@ -230,6 +297,8 @@ class GridInhibition(Initialiser):
 INITIALISERS.register(Normal)
 INITIALISERS.register(Uniform)
 INITIALISERS.register(Samples)
+INITIALISERS.register(Mean)
+INITIALISERS.register(Median)
 INITIALISERS.register(Zeros)
 INITIALISERS.register(Ones)
 INITIALISERS.register(Identity)

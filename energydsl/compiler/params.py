@@ -28,7 +28,7 @@ class ParamsStage:
         later = [p.name.name for p in self.spec.params if p.name.name not in self.scope and p.name.name != name]
         unavailable.update({k: "parameters are initialised in the order they are declared" for k in later})
         unavailable[name] = "a parameter cannot be initialised from itself"
-        initialisers = init_functions(InitTarget(shape, input_var, self.structure_argument))
+        initialisers = init_functions(InitTarget(shape, input_var, self.structure_argument, self.normalize))
         compiler = ExprCompiler(init_scope, "init", initialisers, unavailable)
         init = self._init(decl, shape, compiler)
         constraints, masks = self._constraints(decl, shape, compiler)

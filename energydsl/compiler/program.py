@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from energydsl.compiler.roles import Roles
+from energydsl.compiler.schedules import Schedule
 from energydsl.errors import Span, SpecWarning
 from energydsl.expr.compiler import Closure, StateSlot
 from energydsl.lang import spec as S
@@ -154,6 +155,7 @@ class Program:
     roles: Roles = Roles()  # what each parameter is for (decoder, encoder, classifier, ...)
     states: tuple[StateSlot, ...] = ()  # what the model keeps beside its parameters (see StateSlot)
     activity: Activity = Activity()  # the slots of the dead-unit tracker, among the states
+    schedules: tuple[Schedule, ...] = ()  # the constants that ramps move during training (see schedules.py)
     warnings: tuple[SpecWarning, ...] = ()  # what compiles but is probably a slip (check and run print them)
 
     @property

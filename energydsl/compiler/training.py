@@ -128,7 +128,7 @@ class TrainingStage:
         (what an optimizer such as bcd checks the learned parameters against)."""
         decoders: dict[str, list[str]] = {}
         for decl in self.spec.energy:
-            _, call = self._split_weight(decl.value)
+            _, _, call = self._split_weight(decl.value)
             reconstructs = TERMS[call.func].role == "reconstruction" and len(call.args) == 2
             decoded = call.args[1] if reconstructs else None
             if (isinstance(decoded, S.BinOp) and decoded.op == "@" and isinstance(decoded.left, S.Name)

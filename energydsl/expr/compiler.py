@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from energydsl.errors import SpecError, did_you_mean, one_of
+from energydsl.expr.syntax import children, hoist
 from energydsl.lang import spec as S
 from energydsl.ops import conv
 from energydsl.ops.pools import soft_threshold
@@ -97,6 +98,9 @@ class Symbol:
     role: str  # const | input | label | latent | param | let | state | builtin
     value: Value
     read: Closure
+    # why a constant has no fixed value (e.g. "ramp at line 12"): model expressions read its
+    # current value at run time; anywhere a fixed number is needed it is an error
+    changes: str | None = None
 
 
 # ---------------------------------------------------------------- elementwise functions
@@ -155,7 +159,9 @@ class ExprCompiler:
 
     ``context`` says where the expression stands and so what it may use:
     ``const`` (numbers and constants only), ``init`` (earlier parameters and the
-    initialisers), ``model`` (variables, parameters, lets).
+    initialisers), ``model`` (variables, parameters, lets), ``weight`` (a term's weight:
+    constants).  Only ``model`` and ``weight`` expressions run during training, so only they
+    may read a constant whose value changes then (see :attr:`Symbol.changes`).
     """
 
     def __init__(
@@ -196,6 +202,9 @@ class ExprCompiler:
     def constant(self, node: S.Expr) -> float:
         value, _ = self.compile(node)
         if value.const is None:
+            changing = self._changing_name(node)
+            if changing is not None:
+                raise changing_error(changing, self.scope[changing.id].changes, FIXED_NUMBER)
             raise SpecError("expected a constant number here", node.span)
         if math.isnan(value.const) or math.isinf(value.const):
             raise SpecError(f"this constant evaluates to {value.const}", node.span)
@@ -214,6 +223,13 @@ class ExprCompiler:
         if number <= 0:
             raise SpecError(f"{what} must be positive, got {number:g}", node.span)
         return number
+
+    def _changing_name(self, node: S.Expr) -> S.Name | None:
+        """The first name in ``node`` of a constant that changes during training, if any."""
+        if isinstance(node, S.Name):
+            symbol = self.scope.get(node.id)
+            return node if symbol is not None and symbol.changes else None
+        return next((found for child in children(node) if (found := self._changing_name(child)) is not None), None)
 
     # ------------------------------------------------------------ leaves
 
@@ -240,6 +256,8 @@ class ExprCompiler:
                             node.span)  # fmt: skip
         if symbol.role == "pools":
             raise SpecError(f"'{node.id}' is a pool family: it can only be an argument of a group term", node.span)
+        if symbol.changes and self.context not in RUN_TIME_CONTEXTS:
+            raise changing_error(node, symbol.changes, _FIXED_BECAUSE.get(self.context, FIXED_NUMBER))
         return symbol.value, symbol.read
 
     def unknown_name(self, name: str, span) -> SpecError:
@@ -533,33 +551,16 @@ def _batch_size(env: Env) -> int:
     return env.tensors["batch_size"]
 
 
-def _reads(node: S.Expr, name: str) -> bool:
-    if isinstance(node, S.Name):
-        return node.id == name
-    children = [getattr(node, f) for f in ("left", "right", "operand", "steps", "body") if hasattr(node, f)]
-    children += list(getattr(node, "args", ())) + [kw.value for kw in getattr(node, "kwargs", ())]
-    children += list(getattr(node, "items", ()))
-    return any(_reads(child, name) for child in children)
+RUN_TIME_CONTEXTS = ("model", "weight")  # expressions evaluated during training, which may read a changing constant
+FIXED_NUMBER = "a fixed number is needed here"
+_FIXED_BECAUSE = {"init": "an initial value is computed once, before training"}
 
 
-def hoist(node: S.Expr, state: str) -> S.Expr:
-    """Mark state-free subtrees of a recurrent body so they are computed once.
-
-    The marking is a ``Call`` to the internal function ``__once__``, which
-    :class:`ExprCompiler` caches per evaluation.
-    """
-    if not _reads(node, state):
-        if isinstance(node, (S.Number, S.Name)):
-            return node
-        return S.Call(span=node.span, func="__once__", func_span=node.span, args=(node,))
-    updates = {}
-    for attr in ("left", "right", "operand"):
-        if hasattr(node, attr):
-            updates[attr] = hoist(getattr(node, attr), state)
-    if isinstance(node, S.Call):
-        updates["args"] = tuple(hoist(a, state) for a in node.args)
-        updates["kwargs"] = tuple(kw.model_copy(update={"value": hoist(kw.value, state)}) for kw in node.kwargs)
-    return node.model_copy(update=updates)
+def changing_error(name: S.Name, changes: str, because: str) -> SpecError:
+    """The error for a constant that changes during training, used where a fixed number is needed."""
+    return SpecError(f"'{name.id}' changes during training ({changes}): {because}", name.span,
+                     hint="only the encoder, lets and energy terms read its value as it changes; "
+                          "declare another constant for this use")  # fmt: skip
 
 
 def compile_once(compiler: ExprCompiler, node: S.Call) -> tuple[Value, Closure]:

@@ -311,6 +311,13 @@ class _ToSpec(Transformer):
 
     def resample_setting(self, meta, children):
         return "resample_every", children[0]
+    def ramp(self, meta, children):
+        name, start, length, unit, shape = children
+        return "ramp", S.RampDecl(span=_span(meta), name=_ident(name), start=start, length=length, unit=unit,
+                                  shape=_ident(shape) if shape is not None else None)  # fmt: skip
+
+    def ramp_unit(self, meta, children):
+        return _ident(children[0])
 
     def schedule_setting(self, meta, children):
         return "schedule", _ident(children[0])
@@ -377,6 +384,8 @@ def _build_train(span: Span, settings) -> S.TrainDecl:
     for key, value in settings:
         if key == "phase":
             fields["phases"] += (_build_phase(*value),)
+        elif key == "ramp":
+            fields["ramps"] = fields.get("ramps", ()) + (value,)
         else:
             _once(fields, key, value, _setting_span(value), f"training setting '{_WRITTEN.get(key, key)}'")
     return S.TrainDecl(span=span, **fields)
@@ -419,7 +428,7 @@ def _describe_terminal(name: str) -> str:
 # Keywords that continue a block, by the kind of word the user meant to write.
 BLOCK_WORDS = {
     "parameter option": ("init", "constrain", "lr_scale", "learn"),
-    "training setting": ("optimizer", "batch", "epochs", "seed", "dead", "warn", "resample", "phase"),
+    "training setting": ("optimizer", "batch", "epochs", "seed", "dead", "warn", "resample", "ramp", "phase"),
     "phase setting": ("epochs", "terms", "schedule", "lr_scale"),
     "input option": ("normalize",),
 }

@@ -206,6 +206,17 @@ class PhaseDecl(Node):
     lr_scale: Expr | None = None  # every learning rate times this in the phase
 
 
+class RampDecl(Node):
+    """``ramp lam from 0 over 1000 steps [cosine]``: a constant that moves during training, from
+    ``start`` to its declared value over ``length`` steps or epochs, then stays there."""
+
+    name: Ident  # the constant
+    start: Expr
+    length: Expr
+    unit: Ident  # steps | epochs (checked by the compiler)
+    shape: Ident | None = None  # linear (the default) | cosine
+
+
 class TrainDecl(Node):
     optimizer: Call | None = None
     batch: Expr | None = None
@@ -214,6 +225,7 @@ class TrainDecl(Node):
     dead_after: Expr | None = None  # training samples without firing after which a unit is dead
     dead_alarm: Expr | None = None  # the share of dead units above which the run warns
     resample_every: Expr | None = None  # steps between resamplings of the dead units
+    ramps: tuple[RampDecl, ...] = ()
     phases: tuple[PhaseDecl, ...] = ()
 
 

@@ -23,8 +23,9 @@ from collections.abc import Callable
 import torch
 
 from energydsl.compiler import Method, ParamPlan, Program
+from energydsl.compiler.schedules import ramp_readers
 from energydsl.errors import Span
-from energydsl.expr.compiler import hoist
+from energydsl.expr.syntax import hoist
 from energydsl.lang import spec as S
 from energydsl.mechanisms import MECHANISMS
 from energydsl.model import EnergyModel
@@ -198,7 +199,7 @@ def _energy(program: Program, model: EnergyModel) -> list[str]:
         call = calls[term.name]
         written = _arguments_written(call, term.term.arguments)
         formula = _formula(term, {a: _operand(program, node) for a, node in written.items()})
-        weight = "" if term.weight == 1 else f"{term.weight:g} · "
+        weight = "" if term.varying is None and term.weight == 1 else f"{term.weight_text()} · "
         indent = " " * (width + 5)
         lines.append(f"  {term.name:<{width}} = {weight}{formula}")
         lines.append(f"{indent}{_source_text(program, call.span)}: {_argument_shapes(program, model, term, written)}")
@@ -291,7 +292,8 @@ def _handling(program: Program, term: BoundTerm) -> str:
 
 def _prox_description(program: Program, term: BoundTerm) -> str:
     has_group = any(t.term.prox_kind == "group" and t.degree > 0 for t in program.terms)
-    text = term.term.prox_text(f"τ·{term.weight:g}", ", inside the group prox" if has_group else "")
+    weight = term.weight_text() if term.varying is None or term.fixed_weight == 1 else f"({term.weight_text()})"
+    text = term.term.prox_text(f"τ·{weight}", ", inside the group prox" if has_group else "")
     if term.term.prox_kind == "group" and any(t.term.prox_kind == "separable" and t.degree > 0 for t in program.terms):
         text += ", after the per-unit soft-threshold"
     return text
@@ -317,9 +319,11 @@ def _inference(program: Program, costs: Costs) -> list[str]:
 def _lars_lines(program: Program) -> list[str]:
     z = program.latent.name
     active = [t for t in program.terms if t.degree > 0]
-    lam = sum(t.weight for t in active if not t.term.smooth)
+    lam = " + ".join(t.weight_text() for t in active if not t.term.smooth)
+    if not any(t.varying for t in active):
+        lam = f"{sum(t.weight for t in active if not t.term.smooth):g}"
     path = (f"LARS-lasso homotopy: the exact solution path from {z} = 0 (where the penalty is max|c|) down to "
-            f"λ = {lam:g}, one step per unit that joins or leaves the active set, each a solve with the "
+            f"λ = {lam}, one step per unit that joins or leaves the active set, each a solve with the "
             "active block of H through a Cholesky factor updated in place; float64, in numba kernels on "
             "the CPU, samples shared among threads; exact, so it has no steps or tol")  # fmt: skip
     lines = _wrapped(path, "    ", "  ")
@@ -490,7 +494,12 @@ def _training(program: Program) -> list[str]:
         schedule += f", learning rates x {phase.lr_scale:g}" if phase.lr_scale != 1 else ""
         lines.append(f"  phase {phase.name}: {phase.epochs} epochs, terms {', '.join(phase.terms)}{schedule}")
     lines.append(f"  {total} epochs in all")
-    return lines + _wrapped(_dead_units(training), "    ", "  ")
+    lines += _wrapped(_dead_units(training), "    ", "  ")
+    for schedule in program.schedules:
+        lines += _wrapped(f"ramp {schedule.describe()}, from the run's first step; read by "
+                          f"{_ramp_readers(program, schedule.name)}. Set before every step; evaluation uses "
+                          "the value at each epoch's end, a trained model the final value", "    ", "  ")  # fmt: skip
+    return lines
 
 
 def _dead_units(training) -> str:
@@ -504,3 +513,9 @@ def _dead_units(training) -> str:
         text += (f"; every {plan.every} steps each restarts on a badly reconstructed training input "
                  f"({', '.join(parts)}, their optimizer state)")  # fmt: skip
     return text
+
+
+def _ramp_readers(program: Program, name: str) -> str:
+    """What reads a ramped constant: the encoder, lets, terms (their arguments or weights)."""
+    readers = ramp_readers(program.spec, name) or ["nothing"]
+    return readers[0] if len(readers) == 1 else ", ".join(readers[:-1]) + " and " + readers[-1]

@@ -44,7 +44,7 @@ REGENERATE = "python -m energydsl.reporting.reference > docs/reference.md"
 
 @dataclass(frozen=True)
 class GrammarRule:
-    """One rule or terminal of ``grammar.lark``, as written (without lark's ``?`` and ``-> alias``)."""
+    """One rule or terminal of ``grammar.lark``, as written (without lark's ``?``, ``!`` and ``-> alias``)."""
 
     name: str
     text: str
@@ -67,7 +67,7 @@ class GrammarRule:
         return list(dict.fromkeys(re.findall(r"\b[A-Za-z_]\w*\b", body)))
 
 
-_RULE_START = re.compile(r"^(\??)([A-Za-z_]\w*)\s*:")
+_RULE_START = re.compile(r"^([?!]?)([A-Za-z_]\w*)\s*:")  # lark's '?' inlines a rule, '!' keeps its tokens
 _ALIAS = re.compile(r"\s*->\s*\w+\s*$")
 
 

@@ -6,7 +6,7 @@ from another package registers through the ``energydsl.terms`` entry point group
 """
 
 from energydsl.terms import auxk, group_l2, inhibition, l0, l1, matryoshka, soft_l0, sqerr, tree_group, xent
-from energydsl.terms.base import TERMS, BoundTerm, GroupTerm, Option, ProxTerm, SeparableTerm, Term
+from energydsl.terms.base import TERMS, BoundTerm, GroupTerm, Option, ProxTerm, SeparableTerm, Term, VaryingWeight
 
 TERMS.register(sqerr.sqerr)
 TERMS.register(l1.l1)
@@ -19,4 +19,4 @@ TERMS.register(soft_l0.soft_l0)
 TERMS.register(matryoshka.matryoshka)
 TERMS.register(auxk.auxk)
 
-__all__ = ["TERMS", "BoundTerm", "GroupTerm", "Option", "ProxTerm", "SeparableTerm", "Term"]
+__all__ = ["TERMS", "BoundTerm", "GroupTerm", "Option", "ProxTerm", "SeparableTerm", "Term", "VaryingWeight"]

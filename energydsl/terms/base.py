@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -218,21 +219,51 @@ DUAL_VECTORS = 4  # float64 (B, m) vectors in the dual prox
 
 
 @dataclass(frozen=True)
+class VaryingWeight:
+    """The factors of a term's weight that change during training: ``lam`` in ``0.5 * lam * l1(z)``
+    when a ramp moves ``lam``.  ``value()`` is their product now; ``text`` is how they were written;
+    ``names`` are the changing constants they read."""
+
+    text: str
+    value: Callable[[], float]
+    names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class BoundTerm:
-    """A term of the energy with its weight and compiled arguments."""
+    """A term of the energy with its weight and compiled arguments.
+
+    The weight is ``fixed_weight`` times, when part of it changes during training, the current value
+    of ``varying``; read it as :attr:`weight`, which is always the value now."""
 
     name: str
     term: Term
-    weight: float
+    fixed_weight: float
     args: tuple[Closure, ...]
     degree: float  # in the latent: 0 means constant in z
     quadratic: bool
     first_arg: str | None  # the first argument's name, when it is a plain name
     span: Span
+    varying: VaryingWeight | None = None
+
+    @property
+    def weight(self) -> float:
+        """The term's weight at this point of training (the final one outside training)."""
+        return self.fixed_weight if self.varying is None else self.fixed_weight * self.varying.value()
+
+    def weight_text(self) -> str:
+        """The weight for people: ``0.5``, or ``0.5 * lam`` when ``lam`` changes during training."""
+        if self.varying is None:
+            return f"{self.fixed_weight:g}"
+        return self.varying.text if self.fixed_weight == 1 else f"{self.fixed_weight:g} * {self.varying.text}"
+
+    def unweighted_energy(self, env: Env) -> torch.Tensor:
+        """The term's function alone, without its weight, per sample (with the env entries it reads)."""
+        entries = {name: env.get(name) for name in self.term.reads}
+        return self.term.energy(*(arg(env) for arg in self.args), **entries)
 
     def energy(self, env: Env) -> torch.Tensor:
-        entries = {name: env.get(name) for name in self.term.reads}
-        return self.weight * self.term.energy(*(arg(env) for arg in self.args), **entries)
+        return self.weight * self.unweighted_energy(env)
 
     def reconstruction(self, env: Env) -> tuple[torch.Tensor, torch.Tensor]:
         """(target, estimate) of a reconstruction term, unweighted (see :meth:`Term.reconstruction`)."""

@@ -3,7 +3,8 @@
 For each minibatch: infer z* with the parameters frozen (or run the encoder),
 take one descent step on the parameters that descend and one ascent step on
 those that ascend (both from the same gradient of the batch's mean energy), then
-project every parameter onto its constraints.  Phases switch terms on and off.
+project every parameter onto its constraints.  Phases switch terms on and off; ramps
+move constants before every step (see :mod:`energydsl.compiler.schedules`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from energydsl.compiler import Phase
+from energydsl.compiler import Phase, finish_schedules, set_schedules
 from energydsl.data import DataError, Dataset
 from energydsl.errors import NumericalError
 from energydsl.model import EnergyModel
@@ -230,7 +231,8 @@ def train(
     x_train = data.x_train.to(device)
     y_train = data.y_train.to(device) if data.y_train is not None and model.program.label else None
     plan = epoch_plan(model)
-    with _deferred_interrupts() as interrupted:
+    schedules = model.program.schedules
+    with _deferred_interrupts() as interrupted, _final_values_after(schedules):
         while state.epoch < len(plan):
             phase, k = plan[state.epoch]
             _set_learning_rates(state.optimizers, schedule_factor(phase, k))
@@ -241,6 +243,7 @@ def train(
             batches = state.order.to(device).split(training.batch)
             capped = torch.zeros(2, dtype=torch.float64, device=device)  # samples capped at the step cap, inferred
             for batch in batches[state.batch :]:
+                follow_schedules(schedules, state, len(batches))
                 mine = workers.shard(batch)
                 y = None if y_train is None else y_train[mine]
                 reports = []
@@ -272,7 +275,9 @@ def train(
             state.epoch, state.batch, state.order = state.epoch + 1, 0, None
             capped = workers.sum_(capped.to(workers.device)).tolist()
             if workers.main:
+                follow_schedules(schedules, state, len(batches))  # evaluated with the values at the epoch's end
                 metrics = {"phase": phase.name, "epoch": state.epoch, **evaluate(model, data)}
+                metrics.update({f"schedule.{s.name}": s.value for s in schedules})
                 if capped[1]:
                     metrics["infer.capped"] = round(capped[0] / capped[1], 6)
                 alarm = activity.dead_alarm(model)
@@ -284,6 +289,22 @@ def train(
                     on_epoch(metrics)
                 save(state)
     return state.history
+
+
+@contextmanager
+def _final_values_after(schedules):
+    """After training (finished, interrupted or failed), every ramped constant at its final value."""
+    try:
+        yield
+    finally:
+        finish_schedules(schedules)
+
+
+def follow_schedules(schedules, state: LoopState, batches: int) -> None:
+    """The ramped constants at their values for the loop's position (steps taken, and epochs as a
+    fraction of ``batches`` per epoch): a pure function of the position, so a resumed run continues
+    every ramp exactly."""
+    set_schedules(schedules, state.step, state.epoch + state.batch / batches)
 
 
 def check_enough_data(model: EnergyModel, data: Dataset) -> None:

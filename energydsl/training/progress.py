@@ -17,10 +17,12 @@ from energydsl.errors import UserError
 
 
 def format_epoch(metrics: dict, total: int) -> str:
-    """One line: epoch, phase, energy and each term, L0, reconstruction error, FVU and test error, the
-    dead units (when any), the share of training samples whose inference stopped at its step cap
-    (when any did), time."""
-    parts = [f"epoch {metrics['epoch']}/{total} [{metrics['phase']}]", f"energy {metrics['energy']:.4g}"]
+    """One line: epoch, phase, the ramped constants' values, energy and each term, L0, reconstruction
+    error, FVU and test error, the dead units (when any), the share of training samples whose inference
+    stopped at its step cap (when any did), time."""
+    parts = [f"epoch {metrics['epoch']}/{total} [{metrics['phase']}]"]
+    parts += [f"{key[9:]} {value:.4g}" for key, value in metrics.items() if key.startswith("schedule.")]
+    parts.append(f"energy {metrics['energy']:.4g}")
     parts += [f"{key[5:]} {value:.4g}" for key, value in metrics.items() if key.startswith("term.")]
     parts.append(f"L0 {metrics['l0']:.3g}")
     for key in ("recon_error", "fvu", "test_error"):
