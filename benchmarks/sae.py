@@ -25,6 +25,9 @@ For TopK, BatchTopK, JumpReLU and Matryoshka(-BatchTopK), and for each seed:
    the first (data generation, evaluation and the first step's one-time set-up excluded).
 
 Prints a markdown table (mean ± std over seeds) and writes ``benchmarks/results/sae.json``.
+Throughput on a machine shared with other work varies several-fold from run to run: compare
+samples per second from an otherwise idle machine (each seed trains SAELens and energydsl back
+to back, so that they at least see the same load).
 Needs sae-lens (the ``bench`` extra).  Run by hand, e.g.::
 
     python benchmarks/sae.py                       # the defaults below, 3 seeds
@@ -359,6 +362,8 @@ def train_energydsl(arch: str, x_train: torch.Tensor, x_test: torch.Tensor, grou
     declared = {decl.name.name for decl in read_spec(spec).consts}
     wanted = {"units": width, "k": k, "epochs": settings.epochs, "batch": settings.batch, "lr": settings.lr}
     overrides = {name: value for name, value in wanted.items() if name in declared}
+    for name in wanted.keys() - declared:
+        print(f"  {spec.name} declares no const {name}: its own value is used, not {wanted[name]}", file=sys.stderr)
     data = _npz_of(x_train, x_test, workdir)
     model = energydsl.load(spec, set=overrides, data=f'file("{data}")', seed=seed)
     clock, started = TrainingClock(), time.perf_counter()

@@ -23,10 +23,12 @@ from energydsl.runs.saelens import (
     CFG_FILE,
     WEIGHTS_FILE,
     SaelensSAE,
+    check_against_model,
     export_saelens,
     from_bytes,
     saelens_decode,
     saelens_encode,
+    to_saelens,
 )
 
 RELU_SAE = """
@@ -179,3 +181,17 @@ def test_refuses_a_non_empty_directory_unless_overwrite(relu_run, tmp_path):
         export_saelens(relu_run, tmp_path / "sae")
     export_saelens(relu_run, tmp_path / "sae", overwrite=True)
     assert (tmp_path / "sae" / CFG_FILE).exists() and (tmp_path / "sae" / "notes.txt").read_text() == "mine"
+
+
+def test_the_check_refuses_an_export_that_differs_from_the_model(relu_run):
+    model = energydsl.load_run(relu_run)
+    exact = to_saelens(model)
+    as_written = from_bytes(save(exact.tensors()), json.dumps(exact.config()))
+    check_against_model(model, as_written)  # the faithful export passes
+    as_written.b_enc = as_written.b_enc + 0.01
+    with pytest.raises(RunError, match="encode: .* random inputs get other latents"):
+        check_against_model(model, as_written)
+    as_written.b_enc = as_written.b_enc - 0.01
+    as_written.W_dec = as_written.W_dec * 1.001
+    with pytest.raises(RunError, match="decode: the reconstructions differ"):
+        check_against_model(model, as_written)
