@@ -360,7 +360,8 @@ def train_energydsl(arch: str, x_train: torch.Tensor, x_test: torch.Tensor, grou
     if not spec.exists():
         raise SpecMissing(f"{spec} does not exist yet")
     declared = {decl.name.name for decl in read_spec(spec).consts}
-    wanted = {"units": width, "k": k, "epochs": settings.epochs, "batch": settings.batch, "lr": settings.lr}
+    wanted = {"units": width, "k": k, "epochs": settings.epochs, "batch": settings.batch, "lr": settings.lr,
+              "window": settings.dead_window * settings.batch}  # SAELens's dead window, in samples
     overrides = {name: value for name, value in wanted.items() if name in declared}
     for name in wanted.keys() - declared:
         print(f"  {spec.name} declares no const {name}: its own value is used, not {wanted[name]}", file=sys.stderr)
@@ -370,15 +371,12 @@ def train_energydsl(arch: str, x_train: torch.Tensor, x_test: torch.Tensor, grou
     history = energydsl.train(model, seed=seed, on_step=clock.on_step, on_epoch=clock.on_epoch)
     total_seconds = time.perf_counter() - started
     model.eval()
-    decoder = model.params["D"].detach()
-    bias = model.params["b_dec"].detach() if "b_dec" in model.params else torch.zeros(decoder.shape[0])
+    decoder = model.params[model.program.roles.decoder or "D"].detach()
     recon_term = model.program.reconstruction
 
-    def decode(z, x):
-        if recon_term is None:  # e.g. a Matryoshka's nested terms: the full dictionary's reconstruction
-            return z @ decoder.T + bias
+    def decode(z, x):  # the reconstruction term's estimate (a matryoshka's: the whole dictionary's)
         xp = model.preprocess(x)
-        return recon_term.args[1](model.env(xp, z)).reshape(x.shape)
+        return recon_term.reconstruction(model.env(xp, z))[1].reshape(x.shape)
 
     metrics = recovery_metrics(model.infer, decode, decoder.T, x_test, ground_truth, settings.batch)
     batch = model.program.training.batch

@@ -51,6 +51,7 @@ from energydsl.lang import spec as S
 from energydsl.model import EnergyModel
 from energydsl.runs.directory import load_run
 
+GATE_TENSORS = ("b_gate", "r_mag", "b_mag")
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 SAELENS_FORMAT = "6.0.0"  # the config layout written (SAELens reads older ones through a converter)
@@ -63,18 +64,22 @@ class SaelensSAE:
     """What SAELens needs: its architecture, its tensors (SAELens's names and layouts) and
     the settings of ``cfg.json``."""
 
-    architecture: str  # standard | topk | jumprelu
+    architecture: str  # standard | topk | jumprelu | gated
     W_enc: torch.Tensor  # (d_in, d_sae)
     b_enc: torch.Tensor  # (d_sae,)
     W_dec: torch.Tensor  # (d_sae, d_in)
     b_dec: torch.Tensor  # (d_in,)
     threshold: torch.Tensor | None = None  # (d_sae,), jumprelu
     k: int | None = None  # topk
+    gate: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # gated: b_gate, r_mag, b_mag (d_sae,)
     normalize_activations: str = "none"  # or constant_norm_rescale
     metadata: dict = field(default_factory=dict)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         named = {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec}
+        if self.gate is not None:  # a gated SAE has no b_enc: its gate and its magnitudes have their own biases
+            del named["b_enc"]
+            named.update(zip(GATE_TENSORS, self.gate))
         if self.threshold is not None:
             named["threshold"] = self.threshold
         return {name: t.detach().to(torch.float32).contiguous() for name, t in named.items()}
@@ -102,11 +107,17 @@ def saelens_encode(sae: SaelensSAE, x: torch.Tensor) -> torch.Tensor:
     if sae.architecture == "topk":
         top = pre.topk(sae.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+    if sae.architecture == "gated":
+        _, r_mag, b_mag = sae.gate
+        magnitude = (_rescaled(sae, x) - sae.b_dec) @ (sae.W_enc * r_mag.exp()) + b_mag
+        return (pre > 0).to(pre.dtype) * magnitude.relu()
     raise ValueError(f"unknown architecture {sae.architecture!r}")
 
 
 def pre_activation(sae: SaelensSAE, x: torch.Tensor) -> torch.Tensor:
-    return (_rescaled(sae, x) - sae.b_dec) @ sae.W_enc + sae.b_enc
+    """The pre-activation (a gated SAE's: its gate's)."""
+    bias = sae.gate[0] if sae.gate is not None else sae.b_enc
+    return (_rescaled(sae, x) - sae.b_dec) @ sae.W_enc + bias
 
 
 def saelens_decode(sae: SaelensSAE, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -160,8 +171,9 @@ def export_saelens(run_directory: str | Path, out_directory: str | Path, *, over
 def from_bytes(weights: bytes, config: str) -> SaelensSAE:
     """The SAE as SAELens reads it from the bytes of its weights file and the text of its cfg.json."""
     tensors, cfg = load_safetensors(weights), json.loads(config)
-    return SaelensSAE(cfg["architecture"], tensors["W_enc"], tensors["b_enc"], tensors["W_dec"], tensors["b_dec"],
-                      tensors.get("threshold"), cfg.get("k"), cfg["normalize_activations"], cfg["metadata"])  # fmt: skip
+    gate = tuple(tensors[name] for name in GATE_TENSORS) if cfg["architecture"] == "gated" else None
+    return SaelensSAE(cfg["architecture"], tensors["W_enc"], tensors.get("b_enc"), tensors["W_dec"], tensors["b_dec"],
+                      tensors.get("threshold"), cfg.get("k"), gate, cfg["normalize_activations"], cfg["metadata"])  # fmt: skip
 
 
 def to_saelens(model: EnergyModel) -> SaelensSAE:
@@ -181,9 +193,25 @@ def to_saelens(model: EnergyModel) -> SaelensSAE:
     W_dec, b_dec = _decoder(probe)
     sae = SaelensSAE(activation.architecture, W_enc, b_enc_raw + b_dec @ W_enc, W_dec, b_dec,
                      activation.threshold, activation.k)  # fmt: skip
+    if activation.magnitude is not None:
+        sae.gate = _gate(probe, sae, activation.magnitude)
     if program.normalize == "l2":
         _fold_l2_normalisation(sae)
     return sae
+
+
+def _gate(probe: _Probe, sae: SaelensSAE, magnitude: S.Expr) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(b_gate, r_mag, b_mag) of a gated encoder whose gate's pre-activation gave ``sae``: SAELens's
+    magnitude path shares the gate's directions, each unit's scaled by exp(r_mag)."""
+    W_mag, c_mag = probe.affine(magnitude, "the gated encoder's magnitude")
+    norms = (sae.W_enc**2).sum(dim=0)
+    scale = (W_mag * sae.W_enc).sum(dim=0) / norms.clamp_min(1e-300)
+    if not bool((scale > 0).all()) or not torch.allclose(W_mag, sae.W_enc * scale, rtol=1e-9, atol=1e-12):
+        raise RunError(f"the magnitude path {probe.text(magnitude)} does not share the gate's directions, each "
+                       "scaled by a positive factor, as SAELens's gated SAE does")  # fmt: skip
+    b_gate = sae.b_enc
+    sae.b_enc = None
+    return b_gate, scale.log(), c_mag + sae.b_dec @ W_mag
 
 
 def _fold_l2_normalisation(sae: SaelensSAE) -> None:
@@ -201,18 +229,22 @@ def _fold_l2_normalisation(sae: SaelensSAE) -> None:
 @dataclass
 class _Activation:
     architecture: str
-    pre: S.Expr  # the pre-activation, affine in the input
+    pre: S.Expr  # the pre-activation, affine in the input (a gated encoder's: its gate's)
     k: int | None = None
     threshold: torch.Tensor | None = None
+    magnitude: S.Expr | None = None  # a gated encoder's magnitude pre-activation
 
 
 def _recognise(probe: _Probe, node: S.Expr) -> _Activation:
     """Which SAELens activation the encoder expression is (lets followed)."""
     node = probe.resolve(node)
+    gated = _gated(probe, node)
+    if gated is not None:
+        return gated
     name = node.func if isinstance(node, S.Call) else _describe(node)
     if not isinstance(node, S.Call) or node.func not in ("relu", "topk", "batchtopk", "jumprelu"):
         raise RunError(f"encoder z = {probe.text(node)}: '{name}' is not an activation SAELens has "
-                       "(relu, topk, batchtopk, jumprelu)")  # fmt: skip
+                       "(relu, topk, batchtopk, jumprelu, step(gate) * relu(magnitude))")  # fmt: skip
     inner = _without_relu(probe, node.args[0]) if node.args else None
     if node.func == "relu" and len(node.args) == 1:
         if isinstance(inner, S.Call) and inner.func in ("topk", "batchtopk", "jumprelu"):
@@ -230,6 +262,18 @@ def _recognise(probe: _Probe, node: S.Expr) -> _Activation:
     raise RunError(f"encoder z = {probe.text(node)}: unexpected arguments to {node.func}(...)")
 
 
+def _gated(probe: _Probe, node: S.Expr) -> _Activation | None:
+    """``step(gate) * relu(magnitude)`` (either order): a gated encoder."""
+    if not (isinstance(node, S.BinOp) and node.op == "*"):
+        return None
+    sides = [probe.resolve(node.left), probe.resolve(node.right)]
+    steps = [side for side in sides if isinstance(side, S.Call) and side.func == "step" and len(side.args) == 1]
+    relus = [side for side in sides if isinstance(side, S.Call) and side.func == "relu" and len(side.args) == 1]
+    if len(steps) != 1 or len(relus) != 1:
+        return None
+    return _Activation("gated", steps[0].args[0], magnitude=relus[0].args[0])
+
+
 def _without_relu(probe: _Probe, node: S.Expr) -> S.Expr:
     """topk(relu(pre), k) and topk(pre, k) select alike once the values are rectified."""
     node = probe.resolve(node)
@@ -244,15 +288,12 @@ def _unit_threshold(probe: _Probe, node: S.Expr) -> torch.Tensor:
 
 
 def _batch_threshold(probe: _Probe, node: S.Call) -> torch.Tensor:
-    """BatchTopK's inference threshold: the call's ``threshold = …`` or a parameter or
-    buffer of the model named ``threshold`` (a scalar, or one per unit)."""
-    given = {kw.name: kw.value for kw in node.kwargs}
-    if "threshold" in given:
-        return _unit_threshold(probe, given["threshold"])
-    stored = {**dict(probe.model.named_buffers()), **dict(probe.model.params.items())}
-    found = [value for name, value in stored.items() if name.split(".")[-1] == "threshold"]
+    """BatchTopK's inference threshold, the running threshold its state slot keeps (the encoder's only
+    batchtopk: the first one declared)."""
+    found = [value for name, value in probe.model.state.items() if name.startswith("batchtopk_threshold")]
     if len(found) != 1:
-        raise RunError("batchtopk(...): the run holds no calibrated inference threshold for SAELens's JumpReLU")
+        raise RunError("batchtopk(...): SAELens's JumpReLU takes the threshold of one batchtopk, "
+                       f"this run holds {len(found)}")  # fmt: skip
     return found[0].detach().double().expand(probe.units).clone()
 
 
@@ -261,17 +302,12 @@ def _describe(node: S.Expr) -> str:
 
 
 def _decoder(probe: _Probe) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W_dec, b_dec) of the reconstruction ``sqerr(x, R(z))``, R affine in z; without one
-    (a Matryoshka's nested terms), the conventional ``D @ z + b_dec``."""
+    """(W_dec, b_dec) of the reconstruction term's estimate R(z) (a matryoshka's: its whole
+    dictionary's), R affine in z."""
     term = probe.model.program.reconstruction
-    if term is not None and term.term.name == "sqerr":
-        return probe.affine_in_latent(term.args[1])
-    params = probe.model.params
-    if "D" not in params:
-        raise RunError("no reconstruction sqerr(x, D @ z + b_dec) and no decoder parameter D")
-    D = params["D"].detach().double()
-    b_dec = params["b_dec"].detach().double() if "b_dec" in params else D.new_zeros(D.shape[0])
-    return D.T.clone(), b_dec.clone()
+    if term is None:
+        raise RunError("no reconstruction of the input, such as sqerr(x, D @ z + b_dec), to decode the latents")
+    return probe.affine_in_latent(lambda env: term.reconstruction(env)[1])
 
 
 # ---------------------------------------------------------------- reading affine maps off the model
@@ -440,18 +476,15 @@ def _ambiguous(sae: SaelensSAE, x: torch.Tensor, scale) -> torch.Tensor:
         return (top[:, -2] - top[:, -1]).abs() <= margin
     if sae.architecture == "jumprelu":
         return ((pre - sae.threshold).abs() <= margin).any(dim=1)
+    if sae.architecture == "gated":
+        return (pre.abs() <= margin).any(dim=1)
     return torch.zeros(x.shape[0], dtype=torch.bool)
 
 
 def _model_reconstruction(model: EnergyModel, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """The model's reconstruction of x from z, at the input's scale."""
     xp = model.preprocess(x)
-    term = model.program.reconstruction
-    if term is not None and term.term.name == "sqerr":
-        recon = term.args[1](model.env(xp, z)).reshape(x.shape[0], -1)
-    else:
-        D = model.params["D"]
-        recon = z @ D.T + (model.params["b_dec"] if "b_dec" in model.params else 0)
+    recon = model.program.reconstruction.reconstruction(model.env(xp, z))[1].reshape(x.shape[0], -1)
     if model.program.normalize == "l2":
         recon = recon * x.norm(dim=1, keepdim=True)
     return recon

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from energydsl.errors import SpecError
 from energydsl.terms.base import Option, Term, _per_sample_sum
@@ -53,16 +52,17 @@ class auxk(Term):
     def energy(self, residual, D, pre, dead=None):
         if dead is None:  # no activity tracker in this evaluation: no unit is known to be dead
             return residual.new_zeros(residual.shape[0])
-        k = self.static["k"]
         dead = dead.to(pre.device)
-        candidates = torch.relu(pre) * dead  # live units drop to 0, below any dead unit that would fire
-        values, units = candidates.topk(k, dim=1)
-        estimate = sparse_decode(D, units, values)
-        scale = (dead.sum() / k).clamp(max=1).to(pre.dtype)  # a tensor: no host sync on a GPU
+        count = int(dead.sum())  # one sync a step, which saves the whole term while every unit lives
+        if count == 0:
+            return residual.new_zeros(residual.shape[0])
+        k = min(self.static["k"], count)
+        # Only the dead units' columns: the term costs what the dead units cost, not the whole width.
+        units = dead.nonzero().squeeze(1)
+        values, chosen = torch.relu(pre[:, units]).topk(k, dim=1)
+        # Decoded dense: on the CPU, scatter-then-product beats embedding_bag or a gather of the k columns
+        # (B 512, d 64..512, up to 16,384 units: 2-5x faster, forward and backward).
+        code = torch.zeros(pre.shape[0], count, dtype=pre.dtype, device=pre.device).scatter(1, chosen, values)
+        estimate = code @ D[:, units].T
+        scale = min(count / self.static["k"], 1.0)
         return scale * _per_sample_sum((residual.detach() - estimate) ** 2)
-
-
-def sparse_decode(D: torch.Tensor, units: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Σⱼ values[:, j]·D[:, units[:, j]] per sample, ``(B, d)``: D z for a code with k nonzeros, at the
-    cost of k columns per sample rather than the whole dictionary (and without a (B, k, d) gather)."""
-    return F.embedding_bag(units, D.T, per_sample_weights=values, mode="sum")

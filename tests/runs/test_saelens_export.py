@@ -195,3 +195,60 @@ def test_the_check_refuses_an_export_that_differs_from_the_model(relu_run):
     as_written.W_dec = as_written.W_dec * 1.001
     with pytest.raises(RunError, match="decode: the reconstructions differ"):
         check_against_model(model, as_written)
+
+
+# ---------------------------------------------------------------- the shipped SAE specs
+
+SPECS = Path(__file__).resolve().parents[2] / "specs"
+SMALL = {"units": 32, "k": 4, "k_aux": 8, "epochs": 1, "batch": 64, "window": 256}
+SHIPPED = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu", "gated": "gated",
+           "matryoshka": "jumprelu"}  # fmt: skip
+
+
+def shipped_run(directory: Path, name: str) -> Path:
+    """specs/sae_NAME.energy trained for an epoch on a small world, written as a run directory."""
+    spec = SPECS / f"sae_{name}.energy"
+    declared = {decl.name.name for decl in energydsl.api.read_spec(spec).consts}
+    model = energydsl.load(spec, set={key: value for key, value in SMALL.items() if key in declared},
+                           data="features(dim = 16, features = 32, count = 3000, seed = 1)")  # fmt: skip
+    energydsl.train(model)
+    source = checkpoint.resolved_source(model.program, model.overrides, model.data_text)
+    checkpoint.save_model(directory, model, source)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def shipped_runs(tmp_path_factory) -> dict[str, Path]:
+    return {name: shipped_run(tmp_path_factory.mktemp(name), name) for name in SHIPPED}
+
+
+@pytest.mark.parametrize("name", list(SHIPPED))
+def test_every_shipped_sae_spec_exports_to_the_architecture_sae_lens_saves_it_as(shipped_runs, tmp_path, name):
+    out = export_saelens(shipped_runs[name], tmp_path / "sae")
+    cfg = json.loads((out / CFG_FILE).read_text())
+    sae = from_bytes((out / WEIGHTS_FILE).read_bytes(), (out / CFG_FILE).read_text())
+    model = energydsl.load_run(shipped_runs[name])
+    x = random_inputs(256, 16) + sae.b_dec
+    z = model.infer(x)
+    assert cfg["architecture"] == SHIPPED[name]
+    assert 0 < float((z != 0).float().mean()) < 0.9  # units both on and off: the comparison means something
+    torch.testing.assert_close(saelens_encode(sae, x), z, rtol=1e-5, atol=1e-5)
+    if name == "gated":  # the magnitudes share the gate's directions, scaled by exp(r_mag)
+        p = model.params
+        torch.testing.assert_close(sae.gate[1], p["r_mag"].detach(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sae.W_enc, p["E"].detach().T, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow  # importing sae_lens takes 10 s and more
+@pytest.mark.parametrize("name", list(SHIPPED))
+def test_sae_lens_computes_every_shipped_spec_as_the_model_does(shipped_runs, tmp_path, name):
+    sae_lens = pytest.importorskip("sae_lens")
+    model = energydsl.load_run(shipped_runs[name])
+    sae = sae_lens.SAE.load_from_disk(export_saelens(shipped_runs[name], tmp_path / "sae"))
+    x = random_inputs(256, 16)
+    with torch.no_grad():
+        z = sae.encode(x)
+        torch.testing.assert_close(z, model.infer(x), rtol=1e-5, atol=1e-5)
+        xp = model.preprocess(x)
+        expected = model.program.reconstruction.reconstruction(model.env(xp, z))[1]
+        torch.testing.assert_close(sae.decode(z), expected, rtol=1e-5, atol=1e-5)
