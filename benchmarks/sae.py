@@ -371,7 +371,7 @@ def train_energydsl(arch: str, x_train: torch.Tensor, x_test: torch.Tensor, grou
     history = energydsl.train(model, seed=seed, on_step=clock.on_step, on_epoch=clock.on_epoch)
     total_seconds = time.perf_counter() - started
     model.eval()
-    decoder = model.params[model.program.roles.decoder or "D"].detach()
+    decoder = model.params[model.program.roles.decoder].detach()
     recon_term = model.program.reconstruction
 
     def decode(z, x):  # the reconstruction term's estimate (a matryoshka's: the whole dictionary's)
