@@ -57,17 +57,20 @@ class Env:
     tensors: dict[str, Any]
     cache: dict[str, Any] = field(default_factory=dict)
     # Values that do not depend on the latent, shared by the evaluations of one batch (the encoder's
-    # and the energy's, see EnergyModel.batch_scope), keyed by (name, detached, grad enabled).
+    # and the energy's, see EnergyModel.batch_scope), keyed by (name, detached, grad enabled, input).
     shared: dict[tuple, Any] | None = None
 
     def latent_free(self, key: str, compute: Callable[[Env], Any]):
-        """``compute(self)``, computed once per batch scope for a value that does not read the latent."""
+        """``compute(self)``, computed once per batch scope and input tensor for a value that does not
+        read the latent (inference may also evaluate a few of the batch's samples: another input)."""
         if self.shared is None:
             return compute(self)
-        slot = (key, self.tensors.get("detached", False), torch.is_grad_enabled())
-        if slot not in self.shared:
-            self.shared[slot] = compute(self)
-        return self.shared[slot]
+        inputs = self.tensors.get("reference")
+        slot = (key, self.tensors.get("detached", False), torch.is_grad_enabled(), id(inputs))
+        held = self.shared.get(slot)
+        if held is None or held[0] is not inputs:  # the entry holds its input, so the id is not reused
+            held = self.shared[slot] = (inputs, compute(self))
+        return held[1]
 
     def __getitem__(self, name: str):
         return self.tensors[name]

@@ -49,3 +49,15 @@ def test_a_latent_free_let_is_computed_once_per_batch_scope_and_its_gradient_is_
     grad_unshared = torch.autograd.grad(unshared, E)[0]
     grad_shared = torch.autograd.grad(shared, E)[0]
     assert torch.allclose(grad_shared, grad_unshared)  # both uses still reach E
+
+
+def test_a_batch_scope_keeps_apart_the_values_of_different_inputs():
+    """Inference may evaluate a few of the batch's samples inside the scope (the step size of code
+    maps): a latent-free let of those samples is theirs, not the whole batch's."""
+    model = energydsl.load(SPEC)
+    xp = model.preprocess(model.dataset.x_train[:16])
+    with model.batch_scope():
+        whole = model.energy_of(xp, model.infer_prepared(xp))
+        few = model.energy_of(xp[:4], model.infer_prepared(xp[:4]))
+    assert whole.shape == (16,) and few.shape == (4,)
+    assert torch.allclose(few, whole[:4])
