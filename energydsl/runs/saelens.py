@@ -150,7 +150,8 @@ def export_saelens(run_directory: str | Path, out_directory: str | Path, *, over
     if out.exists() and not out.is_dir():
         raise RunError(f"{out}: exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise RunError(f"{out}: exists and is not empty (overwrite it to replace its {CFG_FILE} and {WEIGHTS_FILE})")
+        raise RunError(f"{out}: exists and is not empty (--force, or overwrite=True, replaces its "
+                       f"{CFG_FILE} and {WEIGHTS_FILE})")
     try:
         sae = to_saelens(model)
     except RunError as error:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from energydsl.errors import SpecError
-from energydsl.terms.base import Option, Term, _per_sample_sum
+from energydsl.terms.base import Option, Term, _per_sample_sum, decoder_matrix
 
 
 class auxk(Term):
@@ -36,9 +36,7 @@ class auxk(Term):
 
     def check(self, values, node):
         residual, D, pre = values
-        if D.batched or len(D.shape) != 2:
-            raise SpecError(f"auxk() needs a decoder matrix D [d, units], got {D.describe()}", node.span)
-        d, width = D.shape
+        d, width = decoder_matrix("auxk", D, node)
         if not residual.batched or residual.shape != (d,):
             raise SpecError(f"auxk() needs the per-sample residual [{d}] of the reconstruction by D {D.describe()}, "
                             f"got {residual.describe()}", node.span)  # fmt: skip

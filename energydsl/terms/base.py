@@ -214,6 +214,13 @@ class GroupTerm(Term):
         return parts
 
 
+def decoder_matrix(term: str, D: Value, node) -> tuple[int, int]:
+    """(d, units) of a term's decoder argument, which must be a parameter matrix."""
+    if D.batched or len(D.shape) != 2:
+        raise SpecError(f"{term}() needs a decoder matrix D [d, units], got {D.describe()}", node.span)
+    return D.shape
+
+
 DUAL_COPIES = 8  # float64 copies of the dual variables in the dual prox
 DUAL_VECTORS = 4  # float64 (B, m) vectors in the dual prox
 

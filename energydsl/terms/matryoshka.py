@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from energydsl.errors import SpecError
-from energydsl.terms.base import Option, Term
+from energydsl.terms.base import Option, Term, decoder_matrix
 
 PREFIX_TENSORS = 3  # (B, prefixes, d) tensors of one evaluation: partials, their cumulative sums, errors
 
@@ -36,9 +36,7 @@ class matryoshka(Term):
 
     def check(self, values, node):
         x, D, z, b = values
-        if D.batched or len(D.shape) != 2:
-            raise SpecError(f"matryoshka() needs a decoder matrix D [d, units], got {D.describe()}", node.span)
-        d, width = D.shape
+        d, width = decoder_matrix("matryoshka", D, node)
         if not z.batched or z.shape != (width,):
             raise SpecError(f"matryoshka() needs a per-sample code of {width} units for D {D.describe()}, "
                             f"got {z.describe()}", node.span)  # fmt: skip
