@@ -18,6 +18,7 @@ from torch import nn
 from energydsl.compiler import Program
 from energydsl.errors import InferenceCapWarning
 from energydsl.expr.compiler import Env
+from energydsl.ops.sparse_codes import as_dense
 from energydsl.solvers import Batch, Convergence, Problem
 from energydsl.solvers.prox import make_prox
 from energydsl.solvers.stepsize import FEW_SAMPLES, PowerIteration, uses_power_iteration
@@ -60,7 +61,10 @@ class EnergyModel(nn.Module):
             if train_x is None:
                 value = torch.zeros(plan.shape)
             else:
-                value = torch.as_tensor(plan.init(env), dtype=reference.dtype).expand(plan.shape).clone()
+                # row-major whatever the initialiser's layout (init 0.03 * D.T would keep D.T's strides, and a
+                # transposed parameter makes every product, gradient and optimizer step read it strided)
+                value = torch.as_tensor(plan.init(env), dtype=reference.dtype).expand(plan.shape)
+                value = value.clone(memory_format=torch.contiguous_format)
             self.params[plan.name] = nn.Parameter(value, requires_grad=plan.learn != "fixed")
             self.masks[plan.name] = [(torch.as_tensor(mask(env)) != 0).to(value.dtype).expand(plan.shape).clone()
                                      for mask in plan.masks]  # fmt: skip
@@ -186,7 +190,7 @@ class EnergyModel(nn.Module):
             raise ValueError(f"spec '{self.name}' declares no encoder")
         xp = self.preprocess(x)
         with torch.no_grad():
-            return self.program.encoder(self.env(xp, None, None))
+            return as_dense(self.program.encoder(self.env(xp, None, None)))
 
     def infer(self, x, y=None, *, steps: int | None = None, tol: float | None = None) -> torch.Tensor:
         """z* for a batch of raw samples, by the spec's inference method.
@@ -202,7 +206,7 @@ class EnergyModel(nn.Module):
         messages = [message for message in (report.warning() for report in reports) if message is not None]
         if messages:
             warnings.warn("; ".join(messages), InferenceCapWarning, stacklevel=2)
-        return z
+        return as_dense(z)
 
     def infer_prepared(self, xp, y=None, names=None, *, differentiable=False, steps=None, tol=None,
                        convergence: list[Convergence] | None = None) -> torch.Tensor:  # fmt: skip
@@ -223,6 +227,8 @@ class EnergyModel(nn.Module):
                       zeros=lambda: xp.new_zeros((xp.shape[0],) + self.program.latent.shape), steps=steps, tol=tol)  # fmt: skip
         z = None
         for method in self.program.methods:
+            if not method.solver.runs_encoder:  # an iterative method refines a dense code
+                z = None if z is None else as_dense(z)
             z = method.solver.solve(batch, z, steps or method.steps, method.tol if tol is None else tol)
         if convergence is not None:
             convergence.extend(batch.reports)

@@ -50,7 +50,8 @@ class EnergyStage:
             else:
                 value, fn = model.compile(node)
                 values.append(value)
-                closures.append(fn)
+                # an "affine" argument that is a per-sample W @ u + c reaches the term unevaluated
+                closures.append(value.affine if kind == "affine" and value.affine is not None else fn)
         term = cls(static)
         term.check(values, call)
         degree = max((v.degree for v in values), default=0)

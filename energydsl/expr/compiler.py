@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -25,6 +25,7 @@ from energydsl.expr.syntax import children, hoist
 from energydsl.lang import spec as S
 from energydsl.ops import conv
 from energydsl.ops.pools import soft_threshold
+from energydsl.ops.sparse_codes import Affine
 
 INF = math.inf
 
@@ -37,6 +38,9 @@ class Value:
     batched: bool = False  # varies with the sample (depends on x, y or z)
     const: float | None = None  # the value, for compile-time scalars
     degree: float = 0  # polynomial degree in the latent: 0, 1, 2 or INF
+    # For a per-sample ``W @ u (+ c)``: the closure of its unevaluated :class:`Affine`, from which a
+    # mechanism choosing k units per sample (topk) computes only those (see ops.sparse_codes).
+    affine: Closure | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_scalar(self) -> bool:
@@ -296,7 +300,8 @@ class ExprCompiler:
             return self._matmul(node, left, left_fn, right, right_fn)
         shape = self._broadcast(node, left, right)
         degree = self._degree(node.op, left, right)
-        value = Value(shape, batched=left.batched or right.batched, degree=degree)
+        value = Value(shape, batched=left.batched or right.batched, degree=degree,
+                      affine=_affine_sum(node.op, left, left_fn, right, right_fn))  # fmt: skip
         op = _TORCH_OPS[node.op]
         if _per_map(left, right):
             return value, lambda env: op(_map_axis(left_fn(env)), right_fn(env))
@@ -337,6 +342,8 @@ class ExprCompiler:
         shape = (left.shape[0],) + right.shape[1:]
         value = Value(shape, batched=right.batched, degree=left.degree + right.degree)
         if right.batched:
+            if len(shape) == 1:
+                value = replace(value, affine=lambda env: Affine(left_fn(env), right_fn(env)))
             return value, lambda env: right_fn(env) @ left_fn(env).T  # (B, n) @ (n, m) -> (B, m)
         return value, lambda env: left_fn(env) @ right_fn(env)
 
@@ -533,6 +540,16 @@ class ExprCompiler:
 
         degree = 0 if body_value.degree == 0 else INF
         return Value(state_value.shape, True, degree=degree), run
+
+
+def _affine_sum(op: str, left: Value, left_fn: Closure, right: Value, right_fn: Closure) -> Closure | None:
+    """The :class:`Affine` of ``W @ u + c`` or ``W @ u - c`` (c a number or one value per unit, not per sample)."""
+    if op == "+" and right.affine is not None and left.affine is None:  # c + W @ u
+        left, right, right_fn = right, left, left_fn
+    if op not in "+-" or left.affine is None or right.batched or right.shape not in ((), left.shape):
+        return None
+    sign = 1 if op == "+" else -1
+    return lambda env: left.affine(env).plus(right_fn(env), sign)
 
 
 def _per_map(vector: Value, image: Value) -> bool:

@@ -116,3 +116,15 @@ def as_tensor(number_or_tensor, like: torch.Tensor) -> torch.Tensor:
     if isinstance(number_or_tensor, torch.Tensor):
         return number_or_tensor
     return torch.as_tensor(float(number_or_tensor), dtype=like.dtype, device=like.device)
+
+
+def affine_form(compiler: ExprCompiler, node: S.Expr) -> tuple[Closure, bool] | None:
+    """For ``W @ u + c`` or ``relu(W @ u + c)`` (through lets), a per-sample vector: the closure of its
+    unevaluated :class:`~energydsl.ops.sparse_codes.Affine` and whether a relu is applied.  A mechanism
+    that keeps a few units per sample computes those codes at the cost of the kept units (see
+    :mod:`energydsl.ops.sparse_codes`); for any other argument it computes densely."""
+    relu = isinstance(node, S.Call) and node.func == "relu" and len(node.args) == 1 and not node.kwargs
+    value, _ = compiler.compile(node.args[0] if relu else node)
+    if value.affine is None or not value.batched or len(value.shape) != 1:
+        return None
+    return value.affine, relu

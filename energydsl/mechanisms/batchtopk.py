@@ -9,8 +9,9 @@ import torch
 from energydsl.errors import SpecError
 from energydsl.expr.compiler import Closure, Env, ExprCompiler, Value
 from energydsl.lang import spec as S
-from energydsl.mechanisms.arguments import call_arguments, kind, latent_degree, per_sample, unit_count
+from energydsl.mechanisms.arguments import affine_form, call_arguments, kind, latent_degree, per_sample, unit_count
 from energydsl.mechanisms.base import Mechanism
+from energydsl.ops.sparse_codes import batch_top_k_codes, codes_above
 
 DEFAULT_RATE = 0.01  # the weight of each new batch in the running threshold
 
@@ -82,9 +83,19 @@ class BatchTopK(Mechanism):
                                       f"the running threshold of the batchtopk(...) of line {node.span.line}, "
                                       "applied outside training")  # fmt: skip
 
+        sparse = affine_form(compiler, slots[0])
+
         def batchtopk(env: Env) -> torch.Tensor:
-            v = fn(env)
             threshold = env["state"][slot]
+            if sparse is not None:  # only the kept entries' values are computed (see ops.sparse_codes)
+                affine, relu = sparse
+                pre = affine(env)
+                if not env["training"]:
+                    return codes_above(pre, threshold, relu)
+                codes = batch_top_k_codes(pre, max(1, round(count(env) * pre.shape[0])), relu)
+                follow(threshold, codes.values, rate)
+                return codes
+            v = fn(env)
             if not env["training"]:
                 return keep_above(v, threshold)
             code, kept = keep_largest_in_batch(v, max(1, round(count(env) * v.shape[0])))

@@ -8,8 +8,9 @@ import torch
 
 from energydsl.expr.compiler import Closure, ExprCompiler, Value
 from energydsl.lang import spec as S
-from energydsl.mechanisms.arguments import call_arguments, latent_degree, per_sample, unit_count
+from energydsl.mechanisms.arguments import affine_form, call_arguments, latent_degree, per_sample, unit_count
 from energydsl.mechanisms.base import Mechanism
+from energydsl.ops.sparse_codes import top_k_codes
 
 
 def keep_largest(v: torch.Tensor, k: int) -> torch.Tensor:
@@ -49,4 +50,9 @@ class TopK(Mechanism):
         value, fn = per_sample(compiler, node, slots[0], "topk(relu(E @ x + b), 32)")
         count = unit_count(compiler, node, slots[1], math.prod(value.shape))
         result = Value(value.shape, batched=True, degree=latent_degree(value))
+        sparse = affine_form(compiler, slots[0])
+        if sparse is not None:
+            affine, relu = sparse
+            return result, lambda env: top_k_codes(affine(env), int(count(env)), relu)
         return result, lambda env: keep_largest(fn(env), int(count(env)))
+

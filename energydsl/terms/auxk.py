@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from energydsl.errors import SpecError
+from energydsl.ops.sparse_codes import Affine
 from energydsl.terms.base import Option, Term, _per_sample_sum, decoder_matrix
 
 
@@ -24,7 +25,7 @@ class auxk(Term):
     name = "auxk"
     formula = "min(#dead/k, 1)·‖{residual} − {D} topk_dead(relu({pre}))‖²"
     arguments = ("residual", "D", "pre")
-    kinds = ("value", "value", "value")
+    kinds = ("value", "value", "affine")
     convex = False
     reads = ("dead",)
     options = {"k": Option(512, "whole", "how many dead units reconstruct each sample's residual")}
@@ -50,17 +51,20 @@ class auxk(Term):
     def energy(self, residual, D, pre, dead=None):
         if dead is None:  # no activity tracker in this evaluation: no unit is known to be dead
             return residual.new_zeros(residual.shape[0])
-        dead = dead.to(pre.device)
+        dead = dead.to(residual.device)
         count = int(dead.sum())  # one sync a step, which saves the whole term while every unit lives
         if count == 0:
             return residual.new_zeros(residual.shape[0])
         k = min(self.static["k"], count)
-        # Only the dead units' columns: the term costs what the dead units cost, not the whole width.
+        # Only the dead units' columns: the term costs what the dead units cost, not the whole width
+        # (when pre is E @ u + c it is not even computed for the others).
         units = dead.nonzero().squeeze(1)
-        values, chosen = torch.relu(pre[:, units]).topk(k, dim=1)
+        dead_pre = pre.columns(units) if isinstance(pre, Affine) else pre[:, units]
+        values, chosen = torch.relu(dead_pre).topk(k, dim=1)
         # Decoded dense: on the CPU, scatter-then-product beats embedding_bag or a gather of the k columns
         # (B 512, d 64..512, up to 16,384 units: 2-5x faster, forward and backward).
-        code = torch.zeros(pre.shape[0], count, dtype=pre.dtype, device=pre.device).scatter(1, chosen, values)
+        code = torch.zeros(residual.shape[0], count, dtype=residual.dtype, device=residual.device).scatter(
+            1, chosen, values)  # fmt: skip
         estimate = code @ D[:, units].T
         scale = min(count / self.static["k"], 1.0)
         return scale * _per_sample_sum((residual.detach() - estimate) ** 2)

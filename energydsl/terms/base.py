@@ -52,7 +52,9 @@ class Term(ABC):
 
     name: ClassVar[str]
     arguments: ClassVar[tuple[str, ...]]  # argument names, as shown in messages
-    kinds: ClassVar[tuple[str, ...]]  # per argument: "value", "label" or "pools"
+    # per argument: "value", "label", "pools", "structure" or "affine" (a value that, when it is a per-sample
+    # W @ u + c, is passed as an unevaluated ops.sparse_codes.Affine: the term computes only the units it needs)
+    kinds: ClassVar[tuple[str, ...]]
     smooth: ClassVar[bool] = True
     needs_label: ClassVar[bool] = False
     # the energy per sample in plain math; {argument} stands for that argument as written

@@ -25,6 +25,7 @@ import torch
 
 from energydsl.compiler.program import MAX_DEAD_WINDOW
 from energydsl.model import EnergyModel
+from energydsl.ops.sparse_codes import firing_counts
 from energydsl.training.distributed import SINGLE, Workers
 
 DEFAULT_WINDOW_CAP = 10_000_000  # samples: the default window is one epoch, at most this
@@ -46,7 +47,7 @@ def set_default_window(model: EnergyModel, train_samples: int) -> None:
 @torch.no_grad()
 def track(model: EnergyModel, z: torch.Tensor, batch_size: int, workers: Workers = SINGLE) -> None:
     """Count one training batch: ``z`` is this worker's codes ``(B, units)``, ``batch_size`` the global batch."""
-    fired = (z.detach() != 0).flatten(1).any(dim=0)
+    fired = firing_counts(z) > 0
     if workers.size > 1:
         fired = workers.sum_(fired.to(workers.device, torch.float32)).to(fired.device) > 0
     seen = counts(model)

@@ -27,6 +27,7 @@ import torch
 from energydsl.data import Dataset
 from energydsl.expr.compiler import Env
 from energydsl.model import EnergyModel
+from energydsl.ops.sparse_codes import firing_counts, nonzero_count
 
 EVAL_BATCH = 1024
 DENSE_ABOVE = 0.1  # a unit firing on more than a tenth of the samples is dense (the field's usual line)
@@ -87,7 +88,7 @@ def held_out(model: EnergyModel, data: Dataset, split: str = "test") -> HeldOut:
                 sums[key] = sums.get(key, 0.0) + value
         if pair is not None:
             spread.add(pair[0])
-        firing += (z != 0).flatten(1).sum(dim=0).double().cpu()
+        firing += firing_counts(z).double().cpu()
     count = x.shape[0]
     metrics = {key: value / count for key, value in sums.items() if not key.startswith("_")}
     if "_target_energy" in sums:
@@ -118,7 +119,7 @@ def _batch_sums(model: EnergyModel, env: Env, xp, z, y, pair) -> dict[str, float
         total += energy
         out[f"term.{term.name}"] = energy.sum().item()
     out["energy"] = total.sum().item()
-    out["l0"] = (z != 0).sum().item()
+    out["l0"] = nonzero_count(z)
     if pair is not None:  # the term's own (target, estimate): a matryoshka run reports its whole dictionary's
         out["_squared_error"] = squared_errors(*pair).sum().item()
         out["_target_energy"] = (pair[0].flatten(1).double() ** 2).sum().item()
