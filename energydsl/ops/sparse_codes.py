@@ -282,6 +282,11 @@ class SparseCodes:
         return SparseCodes(values, Pattern(pattern.crow.to(values.device), pattern.columns.to(values.device),
                                            pattern.width))  # fmt: skip
 
+    def within(self, start: int, stop: int) -> SparseCodes:
+        """The codes of units start..stop-1 only (the others' values 0, the same pattern)."""
+        columns = self.pattern.columns
+        return SparseCodes(self.values * ((columns >= start) & (columns < stop)), self.pattern)
+
     def decode(self, rows: torch.Tensor) -> torch.Tensor:
         """``codes @ rows``: each sample's weighted sum of the k rows (width, d) it selects, (B, d)."""
         return _Decode.apply(self.values.to(rows.dtype), rows, self.pattern)

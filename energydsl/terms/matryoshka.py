@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from energydsl.errors import SpecError
+from energydsl.ops.sparse_codes import SparseCodes
 from energydsl.terms.base import Option, Term, decoder_matrix
 
 PREFIX_TENSORS = 3  # (B, prefixes, d) tensors of one evaluation: partials, their cumulative sums, errors
@@ -71,7 +72,10 @@ class matryoshka(Term):
 
     def energy(self, x, D, z, b):
         cuts = self.cuts(z.shape[1])
-        segments = [z[:, start:end] @ D[:, start:end].T for start, end in zip([0] + cuts, cuts)]
+        if isinstance(z, SparseCodes):  # each segment's few entries decoded through the whole D (no slicing)
+            segments = [z.within(start, end) @ D.T for start, end in zip([0] + cuts, cuts)]
+        else:
+            segments = [z[:, start:end] @ D[:, start:end].T for start, end in zip([0] + cuts, cuts)]
         prefixes = torch.stack(segments, dim=1).cumsum(dim=1) + b  # (B, prefixes, d): D[:, :m] z[:m] + b
         return ((x.unsqueeze(1) - prefixes) ** 2).sum(dim=(1, 2))
 

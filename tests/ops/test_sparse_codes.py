@@ -86,6 +86,24 @@ def test_the_energy_and_every_gradient_equal_the_dense_computation(encoder):
         torch.testing.assert_close(sparse_grads[name], params[name].grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_a_matryoshka_energy_of_sparse_codes_equals_the_dense_one():
+    spec = SPEC.replace("ENCODER", "batchtopk(relu(pre), k)").replace(
+        "recon : sqerr(x, D @ z + b_dec)", "recon : matryoshka(x, D, z, b_dec, prefixes = [16, 64, 100])")
+    model = energydsl.load(spec)
+    x = model.dataset.x_train[:100]
+    with model.learning_step():
+        z = model.infer_prepared(x, differentiable=True)
+        term = next(t for t in model.program.terms if t.name == "recon")
+        env = model.env(x, z)
+        sparse = term.energy(env)
+        dense = term.term.energy(x, model.params["D"], z.dense(), model.params["b_dec"])
+    torch.testing.assert_close(sparse, term.weight * dense)
+    D = model.params["D"]
+    (gradient_sparse,) = torch.autograd.grad(sparse.sum(), D, retain_graph=True)
+    (gradient_dense,) = torch.autograd.grad(dense.sum() * term.weight, D)
+    torch.testing.assert_close(gradient_sparse, gradient_dense)
+
+
 def test_batchtopk_outside_training_keeps_what_is_above_its_threshold():
     model = energydsl.load(SPEC.replace("ENCODER", "batchtopk(relu(pre), k)"))
     x = model.dataset.x_test[:50]
@@ -144,3 +162,20 @@ def test_an_affine_map_evaluates_chosen_units_and_columns():
     codes = top_k_codes(affine, 2, relu=True)
     torch.testing.assert_close(codes.dense(), torch.zeros_like(dense).scatter(
         1, dense.topk(2).indices, torch.relu(dense.topk(2).values)))  # fmt: skip
+
+
+def test_the_products_of_a_pattern_with_uneven_and_empty_rows_have_exact_gradients():
+    # samples keeping 3, 0 and 2 units of 6 (as batchtopk keeps them), in double precision for gradcheck
+    pattern = Pattern.from_flat(torch.tensor([1, 2, 5, 12, 15]), batch=3, width=6)
+    assert pattern.crow.tolist() == [0, 3, 3, 5] and pattern.columns.tolist() == [1, 2, 5, 0, 3]
+    generator = torch.Generator().manual_seed(4)
+    values = torch.randn(5, dtype=torch.float64, generator=generator, requires_grad=True)
+    rows = torch.randn(6, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+    vectors = torch.randn(3, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+    codes = SparseCodes(values, pattern)
+    torch.testing.assert_close(codes @ rows, codes.dense() @ rows)
+    assert (codes @ rows)[1].abs().sum() == 0  # the sample that keeps nothing decodes to 0
+    torch.autograd.gradcheck(lambda v, r: SparseCodes(v, pattern) @ r, (values, rows))
+    torch.autograd.gradcheck(lambda r, u: Affine(r, u).at(pattern), (rows, vectors))
+    torch.testing.assert_close(Affine(rows, vectors).at(pattern),
+                               (vectors @ rows.T)[pattern.rows(), pattern.columns])  # fmt: skip
