@@ -316,7 +316,7 @@ class SparseCodes:
         return func(*args, **kwargs)
 
     def __repr__(self) -> str:
-        return f"SparseCodes(shape={tuple(self.shape)}, k={self.values.shape[1]})"
+        return f"SparseCodes(shape={tuple(self.shape)}, entries={self.values.shape[0]})"
 
 
 def _densify_all(value):
