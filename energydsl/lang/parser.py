@@ -18,7 +18,7 @@ from energydsl.errors import WHOLE_SPEC, Span, SpecError, did_you_mean
 from energydsl.lang import spec as S
 
 STATEMENT_KEYWORDS = (
-    "model", "data", "const", "input", "label", "latent", "param", "graph", "let",
+    "model", "data", "const", "input", "target", "label", "latent", "param", "graph", "let",
     "pool", "pools", "encoder", "energy", "infer", "train",
 )  # fmt: skip
 OPERATORS = {"+", "-", "*", "/", "@", "**", ".T"}
@@ -199,6 +199,10 @@ class _ToSpec(Transformer):
         name, shape, *options = children
         return "inputs", (_ident(name), _span(meta), shape, options)
 
+    def target_stmt(self, meta, children):
+        name, shape = children
+        return "targets", S.TargetDecl(span=_span(meta), name=_ident(name), shape=shape)
+
     def label_stmt(self, meta, children):
         name, classes = children
         return "labels", S.LabelDecl(span=_span(meta), name=_ident(name), classes=classes)
@@ -338,7 +342,7 @@ class _ToSpec(Transformer):
 
 # ---------------------------------------------------------------- assembly
 
-_REPEATABLE = {"consts", "inputs", "labels", "latents", "params", "graphs", "lets", "pools", "encoders"}
+_REPEATABLE = {"consts", "inputs", "targets", "labels", "latents", "params", "graphs", "lets", "pools", "encoders"}
 
 
 def _setting_span(value) -> Span:
