@@ -27,9 +27,10 @@ from energydsl.lang import spec as S
 from energydsl.mechanisms import model_functions
 
 BOOLEANS = {"true": True, "false": False}  # the two bare words a data argument reads as a flag
-# the data's sample shape, classes (None: unlabelled) and, optionally, its targets' shape (None or left out:
+# the data's sample shape and classes (None: unlabelled), and the shape of its targets (None, or left out:
 # no targets), as energydsl.data.describe_source answers
-DataInfo = tuple
+Shape = tuple[int, ...]
+DataInfo = tuple[Shape, int | None] | tuple[Shape, int | None, Shape | None]
 # names the language or the model's evaluations (EnergyModel.env) give a meaning of their own
 BUILT_IN_NAMES = ("I", "eye", "zeros", "ones", "dead", "state", "training", "reference", "batch_size")
 
@@ -61,7 +62,7 @@ def compile_spec(
     return program
 
 
-def _described(info) -> tuple[tuple[int, ...], int | None, tuple[int, ...] | None]:
+def _described(info: DataInfo) -> tuple[Shape, int | None, Shape | None]:
     """(sample shape, classes, target shape) from a data description, whose target shape may be left out."""
     sample_shape, classes, *rest = info
     target_shape = rest[0] if rest else None

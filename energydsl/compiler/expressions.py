@@ -82,7 +82,7 @@ class ExpressionsStage:
         """A transcoder's target and the lets that read it (through other lets too), each with why an
         encoder may not read it: the code comes from the input alone, the target is what it explains."""
         target = next((decl.name.name for decl in self.spec.targets), None)
-        if target is None or self.scope.get(target) is None or self.scope[target].role != "target":
+        if target is None:
             return {}
         readers = {target: f"the encoder computes the code from the input alone; '{target}' is the target, "
                            "which the energy reconstructs from the code"}  # fmt: skip

@@ -100,7 +100,8 @@ def features(
     sample comes with a target ``y = B c``, the same code through a second dictionary ``B``,
     ``(target_dim, features)``, of unit-norm directions drawn (and orthogonalised) like ``D``
     from a stream of its own, so the samples are those of the same call without targets.  A
-    transcoder that explains y from the code of x recovers B in its decoder's columns.
+    transcoder that explains y from the code of x recovers B in its decoder's columns; a spec
+    without a target models the samples alone.
 
     The samples come in order and the test split is the last ``round(count * test)`` of
     them.  The data are unlabelled.  ``extras`` holds the ground truth:

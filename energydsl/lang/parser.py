@@ -509,6 +509,26 @@ def _unknown_word(token: Token, accepted: set[str], source: str, path: str) -> S
     return SpecError(f"unknown {kind} '{token}'", _token_span(token), path=path, source=source, hint=hint)
 
 
+def _cut_short_before_target(token: Token, source: str, path: str) -> SpecError | None:
+    """The error of a statement cut short right before a line that opens with 'target', or None.
+
+    'target' reads as a name wherever an expression may go (l0's option ``target = L``), so after a
+    dangling ``let a = b +`` the error would fall on the name after it; the source cut before that
+    line gives the parser's own message about the statement that stopped short.
+    """
+    previous = _previous_token(source, token.start_pos)
+    if previous is None or str(previous) != "target":
+        return None
+    cut = source[: previous.start_pos]
+    if cut.rstrip(" \t")[-1:] not in ("\n", ""):  # 'target' inside a line: a name, as the user meant
+        return None
+    try:
+        _lark().parse(cut)
+    except UnexpectedInput as error:
+        return _syntax_error(error, cut, path)
+    return None
+
+
 def _syntax_error(error: UnexpectedInput, source: str, path: str) -> SpecError:
     if isinstance(error, UnexpectedCharacters):
         char = source[error.pos_in_stream]
@@ -516,6 +536,9 @@ def _syntax_error(error: UnexpectedInput, source: str, path: str) -> SpecError:
         return SpecError(message, _point(error.line, error.column), path=path, source=source)
     assert isinstance(error, UnexpectedToken)
     token = error.token
+    cut_short = _cut_short_before_target(token, source, path) if token.type != "$END" else None
+    if cut_short is not None:
+        return cut_short
     accepted = _accepted_terminals(error)
     expected = _describe_expected(accepted)
     if token.type == "NAME" and "MODEL" in accepted:

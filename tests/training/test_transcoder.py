@@ -8,15 +8,20 @@ drawn independently, so a column of one has no close match among the other's.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 import energydsl
 from energydsl.api import evaluate_run, run_dataset
+from energydsl.cli import main
 from energydsl.data import DataError, Dataset
 from energydsl.errors import RunError
 from energydsl.ops.recovery import best_matches
+from energydsl.reporting.recovery import recovery_metrics
 from energydsl.runs import checkpoint
 from energydsl.training import activity
 from energydsl.training.loop import make_optimizers, train_step
@@ -205,3 +210,23 @@ def test_file_pairs_train_a_transcoder(tmp_path):
         assert model.program.target.shape == (4,) and model.program.input.shape == (6,)
         runs.append(energydsl.train(model)[-1])
     assert runs[0]["energy"] == pytest.approx(runs[1]["energy"])
+
+
+# --------------------------------------------------------------------------- the shipped spec
+
+SHIPPED = Path(__file__).resolve().parents[2] / "specs" / "transcoder.energy"
+
+
+def test_the_shipped_spec_recovers_the_target_map_of_a_small_world():
+    model = energydsl.load(SHIPPED, set={"units": 32, "k": 3, "k_aux": 8, "batch": 64, "window": 2000}, data=WORLD)
+    energydsl.train(model)
+    recovery = recovery_metrics(model, model.dataset)
+    assert recovery["recovery.mmcs"] > 0.95
+    assert mmcs(model.params["D"], model.dataset.extras["dictionary"]) < 0.75
+
+
+@pytest.mark.slow  # its own world: about 15 s of training on a busy machine
+def test_the_shipped_spec_recovers_the_target_map_of_its_world(tmp_path):
+    assert main(["run", str(SHIPPED), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["recovery.mcc"] > 0.95 and summary["explained_variance"] > 0.7
