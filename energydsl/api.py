@@ -51,7 +51,7 @@ def load(
     The dataset is kept as ``model.dataset`` for :func:`train`.
     """
     if isinstance(data, Dataset):
-        program = compile_program(spec, set, data_info=(data.sample_shape, data.num_classes))
+        program = compile_program(spec, set, data_info=data.description)
         dataset = data
     else:
         program = compile_program(spec, set, data)
@@ -143,8 +143,11 @@ def _train_into(model, dataset, writer, state, resume, on_epoch, on_step, checkp
 def _final_metrics(model: EnergyModel, dataset: Dataset, directory: Path | None, history, source) -> dict:
     """Held-out metrics and analyses (with feature recovery where the data know the truth); with a
     directory, also its pictures and report.html."""
-    samples = dataset.x_test if dataset.x_test.shape[0] else dataset.x_train
-    z = infer_all(model, samples[:ANALYSIS_SAMPLES].to(model.device))
+    held = dataset.x_test.shape[0] > 0
+    samples = dataset.x_test if held else dataset.x_train
+    targets = (dataset.target_test if held else dataset.target_train) if model.program.target else None
+    z = infer_all(model, samples[:ANALYSIS_SAMPLES].to(model.device),
+                  target=None if targets is None else targets[:ANALYSIS_SAMPLES])  # fmt: skip
     measured = held_out(model, dataset)
     metrics = {**measured.metrics, **run_metrics(model, z), **recovery_metrics(model, dataset)}
     if directory is not None:

@@ -257,6 +257,8 @@ def describe(program: Program) -> str:
     lines = [f"model {program.name}  ({program.spec.path})", f"  data      {program.data.text()}"]
     lines.append(f"  input     {program.input.name}{list(program.input.shape)}"
                  + (f"  normalize {program.normalize}" if program.normalize else ""))  # fmt: skip
+    if program.target:
+        lines.append(f"  target    {program.target.name}{list(program.target.shape)}")
     if program.label:
         lines.append(f"  label     {program.label.name}: {program.classes} classes")
     latent_shape = list(program.latent.layout or program.latent.shape)

@@ -2,7 +2,10 @@
 
 Every public method takes raw inputs ``x`` as the data gives them (a batch of
 samples); the preprocessing the spec declares (reshape, ℓ2-normalisation) is part
-of the model, so callers never repeat it.
+of the model, so callers never repeat it.  A transcoder's spec (``target y``) also reads
+each sample's target, given as ``target=`` (raw, as the data give it); the methods whose
+names end in ``_prepared`` or ``_of``, and :meth:`EnergyModel.env`, take preprocessed
+inputs and targets.
 """
 
 from __future__ import annotations
@@ -147,10 +150,31 @@ class EnergyModel(nn.Module):
             x = (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)).view_as(x)
         return x
 
-    def env(self, x: torch.Tensor, z: torch.Tensor | None, y=None, detach: bool = False) -> Env:
+    def preprocess_target(self, target) -> torch.Tensor | None:
+        """Raw targets ``(B, ...)`` → what the spec's target variable holds (reshaped, as they are
+        otherwise); None stays None."""
+        declared = self.program.target
+        if target is None:
+            return None
+        if declared is None:
+            raise ValueError(f"spec '{self.name}' declares no target (a transcoder's 'target y')")
+        target = torch.as_tensor(target, dtype=self.dtype, device=self.device)
+        size = math.prod(declared.shape)
+        if target.dim() == 0 or target[0].numel() != size:
+            raise ValueError(f"expected a batch of targets with {size} values each (target '{declared.name}' "
+                             f"is {list(declared.shape)}), got shape {list(target.shape)}")  # fmt: skip
+        return target.reshape((target.shape[0],) + declared.shape)
+
+    def _needs_target(self, target, what: str) -> None:
+        """A transcoder's energy reads its target: refuse to evaluate it without one."""
+        if target is None and self.program.target is not None:
+            raise ValueError(f"{what} of spec '{self.name}' reads its target '{self.program.target.name}': "
+                             "pass target=... (one per sample)")  # fmt: skip
+
+    def env(self, x: torch.Tensor, z: torch.Tensor | None, y=None, detach: bool = False, target=None) -> Env:
         """The values an expression of the spec reads: parameters (detached with ``detach``), the
-        preprocessed input ``x``, the code ``z`` and the label ``y`` when given; ``dead``, the
-        units the tracker counts as dead (:meth:`dead_units`)."""
+        preprocessed input ``x``, the code ``z``, the label ``y`` and the preprocessed target when given;
+        ``dead``, the units the tracker counts as dead (:meth:`dead_units`)."""
         program = self.program
         tensors = {name: (p.detach() if detach else p) for name, p in self.params.items()}
         tensors.update({program.input.name: x, "batch_size": x.shape[0], "reference": x, "detached": detach,
@@ -159,6 +183,8 @@ class EnergyModel(nn.Module):
             tensors[program.latent.name] = z
         if y is not None and program.label is not None:
             tensors[program.label.name] = torch.as_tensor(y, device=x.device).long()
+        if target is not None and program.target is not None:
+            tensors[program.target.name] = target
         return Env(tensors, shared=self._shared)
 
     def active_terms(self, names: Iterable[str] | None, labelled: bool) -> list[BoundTerm]:
@@ -168,18 +194,20 @@ class EnergyModel(nn.Module):
 
     # ------------------------------------------------------------ energy
 
-    def terms(self, x, z, y=None) -> dict[str, torch.Tensor]:
-        """Each term's weighted energy per sample; terms needing a label are left out without ``y``."""
-        env = self.env(self.preprocess(x), z, y)
+    def terms(self, x, z, y=None, *, target=None) -> dict[str, torch.Tensor]:
+        """Each term's weighted energy per sample; terms needing a label are left out without ``y``;
+        a transcoder's needs the samples' ``target``."""
+        self._needs_target(target, "the energy")
+        env = self.env(self.preprocess(x), z, y, target=self.preprocess_target(target))
         return {t.name: t.energy(env) for t in self.active_terms(None, y is not None)}
 
-    def energy(self, x, z, y=None) -> torch.Tensor:
+    def energy(self, x, z, y=None, *, target=None) -> torch.Tensor:
         """Total energy per sample, ``(B,)``."""
-        return torch.stack(list(self.terms(x, z, y).values())).sum(dim=0)
+        return torch.stack(list(self.terms(x, z, y, target=target).values())).sum(dim=0)
 
-    def energy_of(self, xp, z, y=None, names=None, detach=False) -> torch.Tensor:
-        """The energy per sample of the active terms ``names`` on preprocessed inputs ``xp``."""
-        env = self.env(xp, z, y, detach)
+    def energy_of(self, xp, z, y=None, names=None, detach=False, target=None) -> torch.Tensor:
+        """The energy per sample of the active terms ``names`` on preprocessed inputs ``xp`` (and targets)."""
+        env = self.env(xp, z, y, detach, target)
         return sum(t.energy(env) for t in self.active_terms(names, y is not None))
 
     # ------------------------------------------------------------ inference
@@ -192,25 +220,27 @@ class EnergyModel(nn.Module):
         with torch.no_grad():
             return as_dense(self.program.encoder(self.env(xp, None, None)))
 
-    def infer(self, x, y=None, *, steps: int | None = None, tol: float | None = None) -> torch.Tensor:
+    def infer(self, x, y=None, *, target=None, steps: int | None = None, tol: float | None = None) -> torch.Tensor:
         """z* for a batch of raw samples, by the spec's inference method.
 
-        ``steps`` and ``tol`` override those of the spec's FISTA/ISTA stage (``lars``
-        is exact and has neither, so they leave it unchanged).  Where the method stops
-        at its step cap before its tolerance on some samples, one
+        A transcoder's inference that minimises the energy (not its encoder alone) needs the
+        samples' ``target``, which the energy reads.  ``steps`` and ``tol`` override those of
+        the spec's FISTA/ISTA stage (``lars`` is exact and has neither, so they leave it unchanged).
+        Where the method stops at its step cap before its tolerance on some samples, one
         :class:`~energydsl.errors.InferenceCapWarning` says how many and how far.
         """
         reports: list[Convergence] = []
         with torch.no_grad():  # not a decorator: the warning's stacklevel points at the caller
-            z = self.infer_prepared(self.preprocess(x), y, None, steps=steps, tol=tol, convergence=reports)
+            z = self.infer_prepared(self.preprocess(x), y, None, steps=steps, tol=tol, convergence=reports,
+                                    target=self.preprocess_target(target))  # fmt: skip
         messages = [message for message in (report.warning() for report in reports) if message is not None]
         if messages:
             warnings.warn("; ".join(messages), InferenceCapWarning, stacklevel=2)
         return as_dense(z)
 
     def infer_prepared(self, xp, y=None, names=None, *, differentiable=False, steps=None, tol=None,
-                       convergence: list[Convergence] | None = None) -> torch.Tensor:  # fmt: skip
-        """Inference on preprocessed inputs ``xp``, with the terms ``names`` active (None: all).
+                       convergence: list[Convergence] | None = None, target=None) -> torch.Tensor:  # fmt: skip
+        """Inference on preprocessed inputs ``xp`` (and targets), with the terms ``names`` active (None: all).
 
         Each method of the spec's chain (``encoder then fista(...)``) starts from the previous
         one's code.  With ``differentiable`` (training a spec inferred by its encoder alone) the
@@ -218,12 +248,14 @@ class EnergyModel(nn.Module):
         method appends to ``convergence`` (when given) how it ended on each sample.
         """
         encode_graph = differentiable and torch.is_grad_enabled()
+        if not all(method.solver.runs_encoder for method in self.program.methods):
+            self._needs_target(target, "the inference")
 
         def encode():
             with torch.set_grad_enabled(encode_graph):
                 return self.program.encoder(self.env(xp, None, None))
 
-        batch = Batch(encode=encode, problem=lambda: self.problem(xp, y, names),
+        batch = Batch(encode=encode, problem=lambda: self.problem(xp, y, names, target),
                       zeros=lambda: xp.new_zeros((xp.shape[0],) + self.program.latent.shape), steps=steps, tol=tol)  # fmt: skip
         z = None
         for method in self.program.methods:
@@ -234,30 +266,30 @@ class EnergyModel(nn.Module):
             convergence.extend(batch.reports)
         return z
 
-    def problem(self, xp, y=None, names=None) -> Problem:
-        """The composite problem min_z of the active terms on preprocessed inputs ``xp`` (parameters frozen):
-        what the iterative solvers minimise."""
+    def problem(self, xp, y=None, names=None, target=None) -> Problem:
+        """The composite problem min_z of the active terms on preprocessed inputs ``xp`` (and targets;
+        parameters frozen): what the iterative solvers minimise."""
         chosen = self.program.inference_terms
         active = [t for t in self.active_terms(names, y is not None) if t.degree > 0 and (chosen is None or t.name in chosen)]
         smooth = [t for t in active if t.term.smooth]
         nonsmooth = [t for t in active if not t.term.smooth]
 
-        def smooth_of(xs, ys):
+        def smooth_of(xs, ys, ts):
             def smooth_energy(z):
-                env = self.env(xs, z, ys, detach=True)
+                env = self.env(xs, z, ys, detach=True, target=ts)
                 return sum((t.energy(env) for t in smooth), z.new_zeros(z.shape[0]))
 
             return smooth_energy
 
-        smooth_energy = smooth_of(xp, y)
+        smooth_energy = smooth_of(xp, y, target)
 
-        fixed = self.env(xp, None, y, detach=True)  # the nonsmooth terms' other arguments (S)
+        fixed = self.env(xp, None, y, detach=True, target=target)  # the nonsmooth terms' other arguments (S)
         parts = [(t, tuple(arg(fixed) for arg in t.args[1:])) for t in nonsmooth]
         prox, curvature = make_prox(parts, self.program.nonneg)
         quadratic = all(t.quadratic for t in smooth)
         L = None
         if quadratic and uses_power_iteration(self.program.latent):  # large code maps: no Gram matrix
-            few = smooth_of(xp[:FEW_SAMPLES], None if y is None else y[:FEW_SAMPLES])
+            few = smooth_of(*(None if v is None else v[:FEW_SAMPLES] for v in (xp, y, target)))
             L = self.step_size_estimate(smooth_energy, few, xp.new_zeros((xp.shape[0],) + self.program.latent.shape))
         return Problem(smooth_energy, prox, quadratic, curvature, lipschitz=L)
 

@@ -27,7 +27,10 @@ from energydsl.lang import spec as S
 from energydsl.mechanisms import model_functions
 
 BOOLEANS = {"true": True, "false": False}  # the two bare words a data argument reads as a flag
-DataInfo = tuple[tuple[int, ...], int | None]  # the data's sample shape and classes (None: unlabelled)
+# the data's sample shape and classes (None: unlabelled), and the shape of its targets (None, or left out:
+# no targets), as energydsl.data.describe_source answers
+Shape = tuple[int, ...]
+DataInfo = tuple[Shape, int | None] | tuple[Shape, int | None, Shape | None]
 # names the language or the model's evaluations (EnergyModel.env) give a meaning of their own
 BUILT_IN_NAMES = ("I", "eye", "zeros", "ones", "dead", "state", "training", "reference", "batch_size")
 
@@ -42,7 +45,7 @@ def compile_spec(
 ) -> Program:
     """Check ``spec`` and compile it.
 
-    The compiler never reads data: the data's (sample shape, classes) is ``data_info`` or,
+    The compiler never reads data: the data's (sample shape, classes[, target shape]) is ``data_info`` or,
     without it, what ``describe_data`` answers for the data call (``data``, or the spec's
     ``data`` line, with its constants evaluated).  A :class:`~energydsl.errors.UserError`
     from ``describe_data`` about the spec's own data line is reported at that line.
@@ -57,6 +60,13 @@ def compile_spec(
         raise SpecError("an expression is nested too deeply", WHOLE_SPEC, path=spec.path) from None
     program.warnings = tuple(warning.located(spec.path, spec.source) for warning in program.warnings)
     return program
+
+
+def _described(info: DataInfo) -> tuple[Shape, int | None, Shape | None]:
+    """(sample shape, classes, target shape) from a data description, whose target shape may be left out."""
+    sample_shape, classes, *rest = info
+    target_shape = rest[0] if rest else None
+    return tuple(sample_shape), classes, None if target_shape is None else tuple(target_shape)
 
 
 # ---------------------------------------------------------------- the checker
@@ -90,9 +100,10 @@ class Compiler(SchedulesStage, VariablesStage, StructuresStage, ParamsStage, Exp
         self._not_empty()
         constants = self._constants()
         data = self._data()
-        sample_shape, data_classes = self._data_info(data)
+        sample_shape, data_classes, target_shape = self._data_info(data)
         input_var, normalize = self._input(sample_shape)
         self.normalize = normalize  # what initialisers that read the input's samples apply to them
+        target = self._target(target_shape)
         label = self._label(data_classes)
         latent, nonneg = self._latent()
         self.nonneg = nonneg  # what the inference methods' checks need to know of the latent
@@ -107,7 +118,7 @@ class Compiler(SchedulesStage, VariablesStage, StructuresStage, ParamsStage, Exp
         inference_terms = self._inference_terms(terms)
         chosen = [t for t in terms if inference_terms is None or t.name in inference_terms]
         methods = self._infer(latent, encoder, chosen)
-        roles = self._roles(terms, params, input_var, latent)
+        roles = self._roles(terms, params, input_var, target, latent)
         training = self._training(terms, params, latent, roles, methods)
         return Program(
             spec=spec,
@@ -117,6 +128,7 @@ class Compiler(SchedulesStage, VariablesStage, StructuresStage, ParamsStage, Exp
             sample_shape=sample_shape,
             input=input_var,
             normalize=normalize,
+            target=target,
             label=label,
             latent=latent,
             nonneg=nonneg,
@@ -146,8 +158,9 @@ class Compiler(SchedulesStage, VariablesStage, StructuresStage, ParamsStage, Exp
         raise SpecError(f"the spec file {what}", WHOLE_SPEC,
                         hint="a spec needs at least 'data', 'input', 'latent' and 'energy' statements")
 
-    def _roles(self, terms, params, input_var: Variable, latent: Variable) -> Roles:
-        reconstruction = next((t for t in terms if t.term.role == "reconstruction" and t.first_arg == input_var.name),
+    def _roles(self, terms, params, input_var: Variable, target: Variable | None, latent: Variable) -> Roles:
+        reconstructed = (target or input_var).name  # a transcoder's reconstruction is of its target
+        reconstruction = next((t for t in terms if t.term.role == "reconstruction" and t.first_arg == reconstructed),
                               None)  # fmt: skip
         classifier = next((t for t in terms if t.term.role == "classifier"), None)
         return find_roles(self.spec, terms, reconstruction, classifier, {p.name: p.shape for p in params},
@@ -214,10 +227,10 @@ class Compiler(SchedulesStage, VariablesStage, StructuresStage, ParamsStage, Exp
     def _data_info(self, data: DataCall):
         if self.data_info is not None:
             self.data_name = "the data"  # given as tensors: the spec's data line may not describe it
-            return tuple(self.data_info[0]), self.data_info[1]
+            return _described(self.data_info)
         self.data_name = f"the data {data.text()}"  # messages about the data name its source
         try:
-            return self.describe_data(data)
+            return _described(self.describe_data(data))
         except SpecError:
             raise
         except UserError as error:  # a DataError: the data line's arguments or files

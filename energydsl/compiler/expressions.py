@@ -6,6 +6,7 @@ from energydsl.compiler.pools import POOL_FAMILIES, family_from_list, pool_from_
 from energydsl.compiler.program import Variable
 from energydsl.errors import Span, SpecError
 from energydsl.expr.compiler import Closure, Env, ExprCompiler, Symbol, Value
+from energydsl.expr.syntax import names_read
 from energydsl.lang import spec as S
 from energydsl.ops.pools import PoolFamily
 
@@ -63,16 +64,35 @@ class ExpressionsStage:
         if decl.target.name != latent.name:
             raise SpecError(f"an encoder computes the latent '{latent.name}', not '{decl.target.name}'",
                             decl.target.span)  # fmt: skip
+        hidden = self._target_readers()
+        visible = {name: symbol for name, symbol in self.scope.items() if name not in hidden}
+        model = model.with_scope(visible, {**model.unavailable, **hidden})
         if isinstance(decl.value, S.Recurrent):
             value, fn = self._recurrence(decl.value, latent, model)
         else:
-            without_latent = {k: s for k, s in self.scope.items() if k != latent.name}
+            without_latent = {k: s for k, s in model.scope.items() if k != latent.name}
             reason = "a plain encoder cannot read the latent it computes; write recurrent(T) { ... } to iterate"
-            value, fn = model.with_scope(without_latent, {latent.name: reason}).compile(decl.value)
+            value, fn = model.with_scope(without_latent, {**model.unavailable, latent.name: reason}).compile(decl.value)
             self._check_latent_shaped(value, latent, decl.value.span, "the encoder")
         if latent.layout is not None:  # code maps are stored flat, as inference keeps them
             return lambda env: fn(env).flatten(1)
         return fn
+
+    def _target_readers(self) -> dict[str, str]:
+        """A transcoder's target and the lets that read it (through other lets too), each with why an
+        encoder may not read it: the code comes from the input alone, the target is what it explains."""
+        target = next((decl.name.name for decl in self.spec.targets), None)
+        if target is None:
+            return {}
+        readers = {target: f"the encoder computes the code from the input alone; '{target}' is the target, "
+                           "which the energy reconstructs from the code"}  # fmt: skip
+        for decl in self.spec.lets:
+            through = sorted(names_read(decl.value) & readers.keys() - {target})
+            if target in names_read(decl.value) or through:
+                how = f" through the let '{through[0]}'" if target not in names_read(decl.value) else ""
+                readers[decl.name.name] = f"the let '{decl.name.name}' reads the target '{target}'{how}, and the " \
+                                          "encoder computes the code from the input alone"  # fmt: skip
+        return readers
 
     def _recurrence(self, node: S.Recurrent, latent: Variable, model: ExprCompiler) -> tuple[Value, Closure]:
         """``recurrent(T) { body }``: inside the body the latent's name is the previous state."""

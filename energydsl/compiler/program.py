@@ -156,6 +156,7 @@ class Program:
     states: tuple[StateSlot, ...] = ()  # what the model keeps beside its parameters (see StateSlot)
     activity: Activity = Activity()  # the slots of the dead-unit tracker, among the states
     schedules: tuple[Schedule, ...] = ()  # the constants that ramps move during training (see schedules.py)
+    target: Variable | None = None  # a transcoder's target, reconstructed from the code of the input
     warnings: tuple[SpecWarning, ...] = ()  # what compiles but is probably a slip (check and run print them)
 
     @property
@@ -163,10 +164,16 @@ class Program:
         return self.label.shape[0] if self.label else None
 
     @property
+    def reconstructed(self) -> Variable:
+        """What the model reconstructs: the input, or a transcoder's target."""
+        return self.target or self.input
+
+    @property
     def reconstruction(self) -> BoundTerm | None:
-        """The first reconstruction term of the input, ``sqerr(x, ...)``: what 'reconstruction error' measures."""
+        """The first reconstruction term of the input, ``sqerr(x, ...)``, or of a transcoder's target,
+        ``sqerr(y, ...)``: what 'reconstruction error' measures."""
         for term in self.terms:
-            if term.term.role == "reconstruction" and term.first_arg == self.input.name:
+            if term.term.role == "reconstruction" and term.first_arg == self.reconstructed.name:
                 return term
         return None
 

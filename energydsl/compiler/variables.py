@@ -40,6 +40,31 @@ class VariablesStage:
         self._declare(decl.name, Symbol("input", Value(shape, batched=True), lambda env, n=variable.name: env[n]))
         return variable, normalize
 
+    def _target(self, target_shape: tuple[int, ...] | None) -> Variable | None:
+        """``target y[e]``: a transcoder's target, read by lets and terms like the input (never by the
+        encoder), as the data give it (no normalisation).  Data with targets and a spec without this
+        statement: the targets are ignored, the spec models the inputs alone."""
+        decl = self._only(self.spec.targets, "target", False)
+        if decl is None:
+            return None
+        name = decl.name.name
+        if target_shape is None:
+            raise SpecError(f"target '{name}' is declared, but {self.data_name} gives no targets", decl.span,
+                            hint="give paired data, e.g. file(\"pairs.npz\", target = \"y\") or "
+                                 "features(..., target_dim = 32)")  # fmt: skip
+        if decl.shape is not None and self._binds_width(decl.shape):
+            self._declare_width(decl.shape[0], target_shape)
+        shape = target_shape if decl.shape is None else self._shape(decl.shape)
+        if math.prod(shape) != math.prod(target_shape):
+            dims = ", ".join(map(str, target_shape))
+            span = _join(decl.shape[0].span, decl.shape[-1].span)
+            raise SpecError(f"target '{name}' has {math.prod(shape)} values per sample, but "
+                            f"{self.data_name} gives targets of shape [{dims}]", span,
+                            hint=f"write 'target {name}' to take the shape from the data")  # fmt: skip
+        variable = Variable(name, shape, decl.name.span)
+        self._declare(decl.name, Symbol("target", Value(shape, batched=True), lambda env, n=name: env[n]))
+        return variable
+
     def _binds_width(self, dims) -> bool:
         """``input x[d]`` with ``d`` a new name: d is the data's width (a flat input), so that
         parameters can be shaped by it (``param D[d, units]``) whatever data the spec is run on."""

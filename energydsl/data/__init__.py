@@ -7,7 +7,7 @@ registered by :mod:`energydsl.runs`.  A source from another package registers th
 """
 
 from energydsl.data import features, files, mnist, patches, synthetic
-from energydsl.data.base import SOURCES, DataError, Dataset, Source, describe_source, load_data
+from energydsl.data.base import SOURCES, DataError, Dataset, Description, Source, describe_source, load_data
 
 SOURCES.register(mnist.SOURCE)
 SOURCES.register(patches.SOURCE)
@@ -15,4 +15,4 @@ SOURCES.register(synthetic.SOURCE)
 SOURCES.register(files.SOURCE)
 SOURCES.register(features.SOURCE)
 
-__all__ = ["SOURCES", "DataError", "Dataset", "Source", "describe_source", "load_data"]
+__all__ = ["SOURCES", "DataError", "Dataset", "Description", "Source", "describe_source", "load_data"]

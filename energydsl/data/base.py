@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -36,7 +37,14 @@ from energydsl.registry import Registry
 
 __all__ = ["SOURCES", "DataError", "Dataset", "Source", "describe_source", "load_data"]
 
-Description = tuple[tuple[int, ...], int | None]  # (sample shape, classes; None: unlabelled)
+
+
+class Description(NamedTuple):
+    """What :func:`describe_source` answers without loading the data."""
+
+    sample_shape: tuple[int, ...]
+    classes: int | None  # None: unlabelled
+    target_shape: tuple[int, ...] | None = None  # the shape of one target of paired data (None: no targets)
 
 
 class DataError(UserError):
@@ -49,7 +57,8 @@ class DataError(UserError):
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A train/test pair of float32 sample tensors with optional int64 class labels.
+    """A train/test pair of float32 sample tensors with optional int64 class labels and, for paired data
+    (a transcoder's), optional float32 targets: one per sample, in the same order.
 
     ``extras`` carries source-specific tensors such as the ground-truth dictionary of
     synthetic data or the whitening matrix of image patches.  (``eq=False``: tensors
@@ -63,11 +72,23 @@ class Dataset:
     y_test: torch.Tensor | None
     num_classes: int | None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    target_train: torch.Tensor | None = None
+    target_test: torch.Tensor | None = None
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
         """The shape of one sample, e.g. ``(784,)`` for MNIST."""
         return tuple(self.x_train.shape[1:])
+
+    @property
+    def target_shape(self) -> tuple[int, ...] | None:
+        """The shape of one target (None: the data have no targets)."""
+        return None if self.target_train is None else tuple(self.target_train.shape[1:])
+
+    @property
+    def description(self) -> Description:
+        """What :func:`describe_source` would answer for these data."""
+        return Description(self.sample_shape, self.num_classes, self.target_shape)
 
 # --------------------------------------------------------------------------- the registry
 
@@ -82,7 +103,7 @@ class Source:
     keyword-only parameters (``base_dir``: where relative paths start) are context that the
     caller supplies, never the spec.  ``check`` takes the spec's arguments by name and
     raises :class:`DataError` for a bad value; ``describe`` takes what ``load`` takes and
-    returns (sample shape, classes) without loading the data.  :func:`load_data` and
+    returns (sample shape, classes[, target shape]) without loading the data.  :func:`load_data` and
     :func:`describe_source` run ``check`` first; ``load``, which Python code may call
     directly, checks its arguments itself.  ``paths`` names the arguments that are file
     paths relative to ``base_dir``: a run directory records them as absolute paths.
@@ -255,10 +276,13 @@ def load_data(name: str, args: Sequence = (), kwargs: Mapping[str, object] | Non
 
 def describe_source(name: str, args: Sequence = (), kwargs: Mapping[str, object] | None = None,
                     base_dir: Path | None = None) -> Description:
-    """The sample shape and number of classes (None: unlabelled) that :func:`load_data` gives.
+    """The sample shape, number of classes (None: unlabelled) and target shape (None: no targets)
+    that :func:`load_data` gives.
 
     Checks the arguments like :func:`load_data` but reads only file headers (and label
     files, which are small), so ``energydsl check`` can resolve sizes taken from the data.
+    A source's ``describe`` may leave the target shape out (a source without targets).
     """
     source, bound = _bind(name, args, kwargs, base_dir)
-    return source.describe(**bound)
+    shape, classes, *target = source.describe(**bound)
+    return Description(tuple(shape), classes, tuple(target[0]) if target and target[0] is not None else None)

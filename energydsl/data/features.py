@@ -6,6 +6,9 @@ synthetic benchmarks that sparse auto-encoders of language-model activations are
 on (SAELens's synthetic suite).  With more features than dimensions the directions cannot
 be orthogonal, so a model must use the sparsity of the codes to take them apart.
 
+With ``target_dim`` the samples come in pairs, for transcoders: the same code also makes a
+target ``y = target_dictionary @ code`` through a second dictionary of its own.
+
 The codes are drawn a block of samples at a time (:func:`_draw_samples`), so memory follows
 the block, not the sample count; only the held-out samples' codes are kept, as a sparse
 tensor.  The structure (directions, firing probabilities, trees, correlations) comes from
@@ -50,6 +53,7 @@ def features(
     orthogonalize: int = 0,
     test: float = 0.1,
     seed: int = 0,
+    target_dim: int = 0,
 ) -> Dataset:
     """Activations in superposition: sparse non-negative combinations of known feature directions.
 
@@ -92,6 +96,13 @@ def features(
     children: where several fire, one chosen uniformly keeps its code.  Trees are applied
     from the roots down, so a child zeroed by the exclusion silences its own children.
 
+    *Pairs* (``target_dim > 0``, for a transcoder, whose spec declares ``target y``): each
+    sample comes with a target ``y = B c``, the same code through a second dictionary ``B``,
+    ``(target_dim, features)``, of unit-norm directions drawn (and orthogonalised) like ``D``
+    from a stream of its own, so the samples are those of the same call without targets.  A
+    transcoder that explains y from the code of x recovers B in its decoder's columns; a spec
+    without a target models the samples alone.
+
     The samples come in order and the test split is the last ``round(count * test)`` of
     them.  The data are unlabelled.  ``extras`` holds the ground truth:
 
@@ -103,7 +114,9 @@ def features(
     * ``"probabilities"``: the firing probabilities ``p``, ``(features,)`` float32, before
       the trees gate them;
     * ``"parents"`` (only with ``roots > 0``): each feature's parent, ``(features,)``
-      int64, -1 for roots and features outside the trees.
+      int64, -1 for roots and features outside the trees;
+    * ``"target_dictionary"`` (only with ``target_dim > 0``): ``B``, ``(target_dim, features)``
+      float32, unit-norm columns, so that ``target_test = codes_test @ target_dictionary.T``.
 
     Args:
         dim: dimension of a sample (1 to 65,536).
@@ -126,12 +139,15 @@ def features(
         orthogonalize: rounds of orthogonalisation of the directions (0: none; 0 to 10,000).
         test: fraction of the samples held out as the test split (0 to below 1).
         seed: seed of the structure and of the samples (a non-negative integer).
+        target_dim: dimension of each sample's target (0: no targets; 0 to 65,536).
     """
     n_test = _check_features(dim, features, count, firing, exponent, max_prob, min_prob, magnitude,
                              magnitude_std, roots, branching, depth, exclusive, correlation_rank,
-                             correlation_scale, bias, orthogonalize, test, seed)  # fmt: skip
-    structure_rng, sample_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+                             correlation_scale, bias, orthogonalize, test, seed, target_dim)  # fmt: skip
+    # the targets' stream is the third: the first two, and so the samples, are those of a call without targets
+    structure_rng, sample_rng, target_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
     dictionary = _directions(dim, features, orthogonalize, structure_rng)
+    target_dictionary = _directions(target_dim, features, orthogonalize, target_rng) if target_dim else None
     offset = _bias(dim, bias, structure_rng)
     model = _CodeModel(
         probabilities=_probabilities(features, firing, exponent, max_prob, min_prob),
@@ -140,7 +156,8 @@ def features(
         tree=_Tree.build(features, roots, branching, depth, exclusive, structure_rng) if roots else None,
         factors=_correlation_factors(features, correlation_rank, correlation_scale, structure_rng),
     )
-    x, codes_test = _draw_samples(model, dictionary, offset, count, count - n_test, sample_rng)
+    x, targets, codes_test = _draw_samples(model, dictionary, offset, count, count - n_test, sample_rng,
+                                           target_dictionary)  # fmt: skip
     extras = {
         "dictionary": float_tensor(dictionary),
         "codes_test": codes_test,
@@ -149,9 +166,12 @@ def features(
     }
     if model.tree is not None:
         extras["parents"] = torch.from_numpy(model.tree.parents.astype(np.int64))
+    if target_dictionary is not None:
+        extras["target_dictionary"] = float_tensor(target_dictionary)
     split = count - n_test
     return Dataset(name="features", x_train=x[:split], x_test=x[split:], y_train=None, y_test=None,
-                   num_classes=None, extras=extras)  # fmt: skip
+                   num_classes=None, extras=extras, target_train=None if targets is None else targets[:split],
+                   target_test=None if targets is None else targets[split:])  # fmt: skip
 
 
 # --------------------------------------------------------------------------- arguments
@@ -159,7 +179,7 @@ def features(
 
 def _check_features(dim, features, count, firing, exponent, max_prob, min_prob, magnitude, magnitude_std,
                     roots, branching, depth, exclusive, correlation_rank, correlation_scale, bias,
-                    orthogonalize, test, seed) -> int:  # fmt: skip
+                    orthogonalize, test, seed, target_dim=0) -> int:  # fmt: skip
     """Check the arguments of :func:`features`; return the number of test samples."""
     args = Args("features")
     args.integer("dim", dim, 1, 1 << 16)
@@ -181,14 +201,17 @@ def _check_features(dim, features, count, firing, exponent, max_prob, min_prob, 
     args.integer("orthogonalize", orthogonalize, 0, 10_000)
     args.real("test", test, 0.0, 1.0, hi_open=True)
     args.integer("seed", seed, 0, 2**63 - 1)
-    if count * dim > 1 << 31:
-        raise DataError(f"data source 'features': count × dim = {count} × {dim} values is over 2^31 "
+    args.integer("target_dim", target_dim, 0, 1 << 16)
+    if count * (dim + target_dim) > 1 << 31:
+        values = f"count × dim = {count} × {dim}" if not target_dim else \
+            f"count × (dim + target_dim) = {count} × {dim + target_dim}"  # fmt: skip
+        raise DataError(f"data source 'features': {values} values is over 2^31 "
                         f"(8 GiB of float32); lower 'count' or 'dim'")  # fmt: skip
     return held_out("features", count, test)
 
 
-def _describe_features(dim, **_):
-    return (dim,), None
+def _describe_features(dim, target_dim=0, **_):
+    return (dim,), None, (target_dim,) if target_dim else None
 
 
 SOURCE = Source("features", load=features, describe=_describe_features, check=_check_features)
@@ -394,20 +417,27 @@ def _rare_firing(samples: int, probabilities: np.ndarray,
 
 
 def _draw_samples(model: _CodeModel, dictionary: np.ndarray, bias: np.ndarray, count: int, split: int,
-                  rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """All ``count`` samples ``(count, dim)``, and the codes of those from ``split`` on, sparse."""
+                  rng: np.random.Generator, target_dictionary: np.ndarray | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:  # fmt: skip
+    """All ``count`` samples ``(count, dim)``, their targets ``(count, target_dim)`` through
+    ``target_dictionary`` (None without), and the codes of the samples from ``split`` on, sparse."""
     block = max(1, _BLOCK_ENTRIES // dictionary.shape[1])
     x = np.empty((count, dictionary.shape[0]), dtype=np.float32)
     atoms = np.ascontiguousarray(dictionary.T, dtype=np.float32)  # (features, dim)
+    y = None if target_dictionary is None else np.empty((count, target_dictionary.shape[0]), dtype=np.float32)
+    target_atoms = None if y is None else np.ascontiguousarray(target_dictionary.T, dtype=np.float32)
     kept = []
     for start in range(0, count, block):
         stop = min(start + block, count)
         codes = model.draw(stop - start, rng)
         x[start:stop] = codes @ atoms + bias  # sparse: the cost follows the active features
+        if y is not None:
+            y[start:stop] = codes @ target_atoms
         if stop > split:
             kept.append(codes[max(split - start, 0):])
-    return torch.from_numpy(x), _sparse_tensor(scipy.sparse.vstack(kept, format="coo") if kept else None,
-                                               (count - split, dictionary.shape[1]))  # fmt: skip
+    codes_kept = _sparse_tensor(scipy.sparse.vstack(kept, format="coo") if kept else None,
+                                (count - split, dictionary.shape[1]))  # fmt: skip
+    return torch.from_numpy(x), None if y is None else torch.from_numpy(y), codes_kept
 
 
 def _sparse_tensor(codes: scipy.sparse.coo_matrix | None, shape: tuple[int, int]) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The ``file`` source: samples (and optional labels) from the user's own .npz, .npy or IDX files."""
+"""The ``file`` source: samples (and optional labels or targets) from the user's own .npz, .npy or IDX files."""
 
 from __future__ import annotations
 
@@ -21,11 +21,21 @@ def _looks_like_text(head: bytes) -> bool:
 
 @dataclass(frozen=True)
 class _Split:
-    """Where one split's samples, (optional) labels and (optional) true codes live."""
+    """Where one split's samples, (optional) labels, (optional) true codes and (optional) targets live."""
 
     x: ArrayRef
     y: ArrayRef | None
     codes: ArrayRef | None = None  # the ground truth of an .npz: one code per sample
+    target: ArrayRef | None = None  # paired data: one target per sample (a transcoder's)
+
+
+@dataclass(frozen=True)
+class _Targets:
+    """Where the ``file`` source finds targets: an .npz's array name, or .npy/IDX files."""
+
+    array: str | None = None  # target=: the array of an .npz (its test split: <array>_test)
+    file: str | os.PathLike | None = None  # target_file=: the targets of `path`
+    test_file: str | os.PathLike | None = None  # test_target_file=: the targets of `test`
 
 
 @dataclass(frozen=True)
@@ -65,32 +75,36 @@ def _locate(path: str | os.PathLike, base_dir: Path | None) -> tuple[Path, str]:
     )
 
 
-def _npz_splits(path: Path, display: str, x: str, y: str) -> _Plan:
-    """An .npz's arrays: ``x`` with optional ``y`` and ``codes``, ``<x>_test`` / ``<y>_test`` /
-    ``codes_test`` if present, and the optional ``dictionary``."""
+def _npz_splits(path: Path, display: str, x: str, y: str, target: str | None = None) -> _Plan:
+    """An .npz's arrays: ``x`` with optional ``y``, ``codes`` and ``target`` (which must be there when
+    named), ``<x>_test`` / ``<y>_test`` / ``codes_test`` / ``<target>_test`` if present, and the
+    optional ``dictionary``."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = set(archive.files)
     except READ_ERRORS as exc:
         raise DataError(f"{display}: not a valid .npz file ({exc})") from exc
-    if x not in keys:
-        present = ", ".join(f"'{key}'" for key in sorted(keys)) or "none"
-        raise DataError(f"{display}: no array '{x}' (arrays present: {present})")
+    for name in (x, target):
+        if name is not None and name not in keys:
+            present = ", ".join(f"'{key}'" for key in sorted(keys)) or "none"
+            raise DataError(f"{display}: no array '{name}' (arrays present: {present})")
 
-    def member(key: str) -> ArrayRef | None:
+    def member(key: str | None) -> ArrayRef | None:
         return ArrayRef(path, "npz", f"{display}['{key}']", key) if key in keys else None
 
-    def split(x_key: str, y_key: str, codes_key: str) -> _Split:
-        return _Split(member(x_key), member(y_key), member(codes_key))
+    def split(suffix: str) -> _Split:
+        codes = "codes" + suffix
+        return _Split(member(x + suffix), member(y + suffix), member(codes),
+                      member(target + suffix) if target is not None else None)  # fmt: skip
 
-    own_test = split(f"{x}_test", f"{y}_test", "codes_test") if f"{x}_test" in keys else None
-    return _Plan(split(x, y, "codes"), own_test, member("dictionary"))
+    own_test = split("_test") if f"{x}_test" in keys else None
+    return _Plan(split(""), own_test, member("dictionary"))
 
 
-def _plan_file(path, labels, test, test_labels, x, y, base_dir) -> _Plan:
+def _plan_file(path, labels, test, test_labels, x, y, targets: _Targets, base_dir) -> _Plan:
     """Find the arrays of the ``file`` source: its training split, its test split, if any, and
     the true dictionary, if any."""
-    _check_file(path, labels, test, test_labels, x, y)
+    _check_file(path, labels, test, test_labels, x, y, targets.array, targets.file, targets.test_file)
     resolved, kind = _locate(path, base_dir)
     test_path = None
     if test is not None:
@@ -105,25 +119,54 @@ def _plan_file(path, labels, test, test_labels, x, y, base_dir) -> _Plan:
                 f"{path}: labels= and test_labels= are for .npy and IDX files; "
                 f"an .npz keeps its labels as array '{y}'"
             )
-        plan = _npz_splits(resolved, str(path), x, y)
+        if targets.file is not None or targets.test_file is not None:
+            raise DataError(f"{path}: target_file= and test_target_file= are for .npy and IDX files; "
+                            "an .npz keeps its targets as an array, named by target=")  # fmt: skip
+        plan = _npz_splits(resolved, str(path), x, y, targets.array)
         if test_path is not None:
             if plan.test is not None:
                 raise DataError(
                     f"{path}: has its own '{x}_test' array, so drop test={str(test)!r}"
                 )
-            plan = _Plan(plan.train, _npz_splits(test_path, str(test), x, y).train, plan.dictionary)
+            plan = _Plan(plan.train, _npz_splits(test_path, str(test), x, y, targets.array).train, plan.dictionary)
     else:
         if test_labels is not None and test is None:
             raise DataError(f"{path}: test_labels={str(test_labels)!r} needs a test= file")
-        train = _Split(ArrayRef(resolved, kind, str(path)), _label_ref(labels, base_dir))
+        _check_target_files(path, test, targets)
+        train = _Split(ArrayRef(resolved, kind, str(path)), _label_ref(labels, base_dir),
+                       target=_array_ref(targets.file, "target", base_dir))  # fmt: skip
         test_split = None
         if test_path is not None:
             test_x = ArrayRef(test_path, kind, str(test))
-            test_split = _Split(test_x, _label_ref(test_labels, base_dir))
+            test_split = _Split(test_x, _label_ref(test_labels, base_dir),
+                                target=_array_ref(targets.test_file, "target", base_dir))  # fmt: skip
         plan = _Plan(train, test_split)
     _check_both_labelled(plan.train, plan.test)
+    _check_both_targeted(plan.train, plan.test)
     _check_both_coded(plan)
     return plan
+
+
+def _check_target_files(path, test, targets: _Targets) -> None:
+    """.npy and IDX samples take their targets from files: one for ``path``, one for ``test``."""
+    if targets.array is not None:
+        raise DataError(f"{path}: target={targets.array!r} names an array of an .npz; the targets of "
+                        ".npy and IDX samples come from target_file= (and test_target_file=)")  # fmt: skip
+    if targets.test_file is not None and test is None:
+        raise DataError(f"{path}: test_target_file={str(targets.test_file)!r} needs a test= file")
+    if targets.test_file is not None and targets.file is None:
+        raise DataError(f"{path}: test_target_file= needs target_file=, the targets of the training file")
+    if targets.file is not None and test is not None and targets.test_file is None:
+        raise DataError(f"{path}: target_file= gives the targets of {path}, but the test file {test} has none; "
+                        "add test_target_file=")  # fmt: skip
+
+
+def _check_both_targeted(train: _Split, test: _Split | None) -> None:
+    """Targets come with both splits or with neither (an .npz's own test split: '<target>_test')."""
+    if test is not None and (train.target is None) != (test.target is None):
+        targeted, untargeted = (train, test) if test.target is None else (test, train)
+        raise DataError(f"{targeted.target.name} gives the targets of {targeted.x.name} but {untargeted.x.name} "
+                        "has none; give targets for both splits or neither")  # fmt: skip
 
 
 def _check_both_labelled(train: _Split, test: _Split | None) -> None:
@@ -152,15 +195,20 @@ def _check_both_coded(plan: _Plan) -> None:
 
 def _label_ref(labels: str | os.PathLike | None, base_dir: Path | None) -> ArrayRef | None:
     """The labels file named by ``labels`` (an .npy or IDX file), if any."""
-    if labels is None:
+    return _array_ref(labels, "labels", base_dir)
+
+
+def _array_ref(path: str | os.PathLike | None, what: str, base_dir: Path | None) -> ArrayRef | None:
+    """The .npy or IDX file of labels or targets at ``path``, if any."""
+    if path is None:
         return None
-    resolved, kind = _locate(labels, base_dir)
+    resolved, kind = _locate(path, base_dir)
     if kind == "npz":
-        raise DataError(f"{labels}: a labels file must be .npy or IDX, not .npz")
-    return ArrayRef(resolved, kind, str(labels))
+        raise DataError(f"{path}: a {what} file must be .npy or IDX, not .npz")
+    return ArrayRef(resolved, kind, str(path))
 
 
-def _check_file(path, labels, test, test_labels, x, y) -> None:
+def _check_file(path, labels, test, test_labels, x, y, target=None, target_file=None, test_target_file=None) -> None:
     args = Args("file")
     args.path("path", path)
     args.path("labels", labels, optional=True)
@@ -168,6 +216,10 @@ def _check_file(path, labels, test, test_labels, x, y) -> None:
     args.path("test_labels", test_labels, optional=True)
     args.text("x", x)
     args.text("y", y)
+    if target is not None:
+        args.text("target", target)
+    args.path("target_file", target_file, optional=True)
+    args.path("test_target_file", test_target_file, optional=True)
 
 
 def _checked_shape(train: _Split, test: _Split | None) -> tuple[int, ...]:
@@ -190,6 +242,27 @@ def _checked_shape(train: _Split, test: _Split | None) -> tuple[int, ...]:
         if test_shape[0] < 1:
             raise DataError(f"{test.x.name}: the test split has no samples")
         _check_label_shape(test, test_shape[0])
+    return shape[1:]
+
+
+def _checked_target_shape(train: _Split, test: _Split | None) -> tuple[int, ...] | None:
+    """Check the targets' counts and shapes from the headers (one per sample, the same shape in both
+    splits); return the shape of one target (None: no targets)."""
+    if train.target is None:
+        return None
+    shape = _per_sample(train.target, train.x)
+    if test is not None and _per_sample(test.target, test.x) != shape:
+        raise DataError(f"{test.target.name}: test target shape {test.target.shape()[1:]} differs from "
+                        f"the training target shape {shape} of {train.target.name}")  # fmt: skip
+    return shape
+
+
+def _per_sample(target: ArrayRef, x: ArrayRef) -> tuple[int, ...]:
+    shape = target.shape()
+    if len(shape) < 2:
+        raise DataError(f"{target.name}: expected targets of shape (samples, ...), got shape {shape}")
+    if shape[0] != x.shape()[0]:
+        raise DataError(f"{target.name}: {shape[0]} targets for the {x.shape()[0]} samples of {x.name}")
     return shape[1:]
 
 
@@ -268,16 +341,20 @@ def _load_labels(ref: ArrayRef) -> np.ndarray:
     return labels
 
 
-def _load_split(split: _Split) -> tuple[np.ndarray, np.ndarray | None]:
-    """A split's samples and labels (None when unlabelled)."""
+def _load_split(split: _Split) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """A split's samples, labels (None when unlabelled) and targets (None without)."""
     labels = _load_labels(split.y) if split.y is not None else None
-    return _load_samples(split.x), labels
+    targets = _load_samples(split.target) if split.target is not None else None
+    return _load_samples(split.x), labels, targets
 
 
-def _subset(x: np.ndarray, y: np.ndarray | None,
-            index: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """The samples and labels at ``index``."""
-    return x[index], (None if y is None else y[index])
+def _subset(arrays: tuple[np.ndarray | None, ...], index: np.ndarray) -> tuple[np.ndarray | None, ...]:
+    """The rows at ``index`` of each array (None stays None)."""
+    return tuple(None if array is None else array[index] for array in arrays)
+
+
+def _tensor(array: np.ndarray | None) -> torch.Tensor | None:
+    return None if array is None else torch.from_numpy(np.ascontiguousarray(array))
 
 
 def _num_classes(*label_arrays: np.ndarray) -> int:
@@ -292,10 +369,13 @@ def file(
     test_labels: str | None = None,
     x: str = "x",
     y: str = "y",
+    target: str | None = None,
+    target_file: str | None = None,
+    test_target_file: str | None = None,
     *,
     base_dir: Path | None = None,
 ) -> Dataset:
-    """Samples (and optional integer labels) from the user's own files.
+    """Samples (and optional integer labels, or targets) from the user's own files.
 
     The format is recognised by the file's first bytes, whatever its name:
 
@@ -319,6 +399,16 @@ def file(
     plus one over both splits.  Without a test file (or ``x_test`` array) the test split
     is every sample whose index ``i % 5 == 0``, the training split the others.
 
+    *Pairs* (for a transcoder, whose spec declares ``target y``): the target of each sample,
+    one per sample in the same order, read like the samples (float32, uint8 scaled to [0, 1],
+    finite; the first axis indexes samples, the rest is the target's shape), split like them.
+    In an .npz the targets are the array that ``target`` names, beside ``x`` (its test split:
+    ``<target>_test``, or the test file's ``<target>``):
+    ``file("pairs.npz", x = "mlp_in", target = "mlp_out")``.  Beside .npy and IDX samples they
+    are a file of their own, ``target_file``, and with a ``test`` file its targets,
+    ``test_target_file``: ``file("in.npy", target_file = "out.npy")``.  Targets come with both
+    splits or neither.  A spec without a ``target`` statement ignores them.
+
     Args:
         path: the samples file; a relative path is taken from the spec's directory.
         labels: an .npy or IDX file of labels for ``path`` (not for .npz files).
@@ -326,21 +416,26 @@ def file(
         test_labels: an .npy or IDX file of labels for the ``test`` file (not for .npz).
         x: name of the samples array in an .npz file (its test split: ``<x>_test``).
         y: name of the labels array in an .npz file (its test split: ``<y>_test``).
+        target: name of the targets array in an .npz file (its test split: ``<target>_test``);
+            none: no targets.
+        target_file: an .npy or IDX file of targets for ``path`` (not for .npz files).
+        test_target_file: an .npy or IDX file of targets for the ``test`` file (not for .npz).
         base_dir: directory that relative paths start from; supplied by energydsl,
             not by the spec (default: the current directory).
     """
-    plan = _plan_file(path, labels, test, test_labels, x, y, base_dir)
+    plan = _plan_file(path, labels, test, test_labels, x, y, _Targets(target, target_file, test_target_file), base_dir)
     _check_truth_shape(plan, _checked_shape(plan.train, plan.test))
-    x_all, y_all = _load_split(plan.train)
+    _checked_target_shape(plan.train, plan.test)
+    x_all, y_all, t_all = _load_split(plan.train)
     codes_test = None
     if plan.test is None:
         train_index, test_index = modulo_split(len(x_all))
-        x_train, y_train = _subset(x_all, y_all, train_index)
-        x_test, y_test = _subset(x_all, y_all, test_index)
+        x_train, y_train, t_train = _subset((x_all, y_all, t_all), train_index)
+        x_test, y_test, t_test = _subset((x_all, y_all, t_all), test_index)
         if plan.train.codes is not None:
             codes_test = _load_samples(plan.train.codes, scale_bytes=False)[test_index]
     else:
-        (x_train, y_train), (x_test, y_test) = (x_all, y_all), _load_split(plan.test)
+        (x_train, y_train, t_train), (x_test, y_test, t_test) = (x_all, y_all, t_all), _load_split(plan.test)
         if plan.test.codes is not None:
             codes_test = _load_samples(plan.test.codes, scale_bytes=False)
     extras = {}
@@ -357,20 +452,23 @@ def file(
         y_test=torch.from_numpy(y_test) if labelled else None,
         num_classes=_num_classes(y_train, y_test) if labelled else None,
         extras=extras,
+        target_train=_tensor(t_train),
+        target_test=_tensor(t_test),
     )
 
 
-def _describe_file(path, labels, test, test_labels, x, y, *, base_dir):
-    plan = _plan_file(path, labels, test, test_labels, x, y, base_dir)
+def _describe_file(path, labels, test, test_labels, x, y, target, target_file, test_target_file, *, base_dir):
+    plan = _plan_file(path, labels, test, test_labels, x, y, _Targets(target, target_file, test_target_file), base_dir)
     shape = _checked_shape(plan.train, plan.test)
     _check_truth_shape(plan, shape)
+    target_shape = _checked_target_shape(plan.train, plan.test)
     if plan.train.y is None:
-        return shape, None
+        return shape, None, target_shape
     label_arrays = [_load_labels(plan.train.y)]
     if plan.test is not None:
         label_arrays.append(_load_labels(plan.test.y))
-    return shape, _num_classes(*label_arrays)
+    return shape, _num_classes(*label_arrays), target_shape
 
 
 SOURCE = Source("file", load=file, describe=_describe_file, check=_check_file,
-                paths=("path", "labels", "test", "test_labels"))
+                paths=("path", "labels", "test", "test_labels", "target_file", "test_target_file"))

@@ -16,7 +16,7 @@ nothing.  Numbers, names and strings are kept exactly as written; lines are neve
 
   - ``const``, ``let``, ``graph``, ``pool``, ``pools`` and ``encoder`` statements of one
     keyword align their ``=``: ``const lam   = 0.01`` above ``const units = 400``;
-  - ``input``, ``label`` and ``latent`` pad their keyword so that the names align;
+  - ``input``, ``target``, ``label`` and ``latent`` pad their keyword so that the names align;
   - energy terms align their ``:``;
   - ``param`` statements align the column where their options start, two spaces after the
     longest head (``param NAME[shape]``); ``phase`` lines of ``train`` likewise after
@@ -57,7 +57,7 @@ BLOCK_INDENT = "  "
 COMMENT_GAP = "  "
 OPTION_GAP = "  "
 ASSIGNMENTS = {"const_stmt", "let_stmt", "graph_stmt", "pool_stmt", "pools_stmt", "encoder_stmt"}
-VARIABLES = {"input_stmt", "label_stmt", "latent_stmt"}
+VARIABLES = {"input_stmt", "target_stmt", "label_stmt", "latent_stmt"}
 NO_SPACE_BEFORE = {")", "]", ",", ".T"}
 NO_SPACE_AFTER = {"(", "["}
 

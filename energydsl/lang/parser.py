@@ -18,7 +18,7 @@ from energydsl.errors import WHOLE_SPEC, Span, SpecError, did_you_mean
 from energydsl.lang import spec as S
 
 STATEMENT_KEYWORDS = (
-    "model", "data", "const", "input", "label", "latent", "param", "graph", "let",
+    "model", "data", "const", "input", "target", "label", "latent", "param", "graph", "let",
     "pool", "pools", "encoder", "energy", "infer", "train",
 )  # fmt: skip
 OPERATORS = {"+", "-", "*", "/", "@", "**", ".T"}
@@ -199,6 +199,10 @@ class _ToSpec(Transformer):
         name, shape, *options = children
         return "inputs", (_ident(name), _span(meta), shape, options)
 
+    def target_stmt(self, meta, children):
+        name, shape = children
+        return "targets", S.TargetDecl(span=_span(meta), name=_ident(name), shape=shape)
+
     def label_stmt(self, meta, children):
         name, classes = children
         return "labels", S.LabelDecl(span=_span(meta), name=_ident(name), classes=classes)
@@ -338,7 +342,7 @@ class _ToSpec(Transformer):
 
 # ---------------------------------------------------------------- assembly
 
-_REPEATABLE = {"consts", "inputs", "labels", "latents", "params", "graphs", "lets", "pools", "encoders"}
+_REPEATABLE = {"consts", "inputs", "targets", "labels", "latents", "params", "graphs", "lets", "pools", "encoders"}
 
 
 def _setting_span(value) -> Span:
@@ -505,6 +509,26 @@ def _unknown_word(token: Token, accepted: set[str], source: str, path: str) -> S
     return SpecError(f"unknown {kind} '{token}'", _token_span(token), path=path, source=source, hint=hint)
 
 
+def _cut_short_before_target(token: Token, source: str, path: str) -> SpecError | None:
+    """The error of a statement cut short right before a line that opens with 'target', or None.
+
+    'target' reads as a name wherever an expression may go (l0's option ``target = L``), so after a
+    dangling ``let a = b +`` the error would fall on the name after it; the source cut before that
+    line gives the parser's own message about the statement that stopped short.
+    """
+    previous = _previous_token(source, token.start_pos)
+    if previous is None or str(previous) != "target":
+        return None
+    cut = source[: previous.start_pos]
+    if cut.rstrip(" \t")[-1:] not in ("\n", ""):  # 'target' inside a line: a name, as the user meant
+        return None
+    try:
+        _lark().parse(cut)
+    except UnexpectedInput as error:
+        return _syntax_error(error, cut, path)
+    return None
+
+
 def _syntax_error(error: UnexpectedInput, source: str, path: str) -> SpecError:
     if isinstance(error, UnexpectedCharacters):
         char = source[error.pos_in_stream]
@@ -512,6 +536,9 @@ def _syntax_error(error: UnexpectedInput, source: str, path: str) -> SpecError:
         return SpecError(message, _point(error.line, error.column), path=path, source=source)
     assert isinstance(error, UnexpectedToken)
     token = error.token
+    cut_short = _cut_short_before_target(token, source, path) if token.type != "$END" else None
+    if cut_short is not None:
+        return cut_short
     accepted = _accepted_terminals(error)
     expected = _describe_expected(accepted)
     if token.type == "NAME" and "MODEL" in accepted:

@@ -111,6 +111,13 @@ class InputDecl(Node):
     normalize: Ident | None = None
 
 
+class TargetDecl(Node):
+    """``target y[e]``: a transcoder's target, the observed vector the energy reconstructs."""
+
+    name: Ident
+    shape: tuple[Expr, ...] | None  # None: taken from the data
+
+
 class LabelDecl(Node):
     name: Ident
     classes: Expr | None  # None: taken from the data
@@ -240,6 +247,7 @@ class Spec(BaseModel):
     data: SourceDecl | None = None
     consts: tuple[ConstDecl, ...] = ()
     inputs: tuple[InputDecl, ...] = ()
+    targets: tuple[TargetDecl, ...] = ()
     labels: tuple[LabelDecl, ...] = ()
     latents: tuple[LatentDecl, ...] = ()
     params: tuple[ParamDecl, ...] = ()

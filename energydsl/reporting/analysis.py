@@ -59,8 +59,8 @@ PART_BELOW, CATEGORICAL_ABOVE = 0.5, 0.7  # radians, the paper's thresholds
 def unit_angles(model: EnergyModel) -> torch.Tensor | None:
     """Per unit, the angle in radians between its encoder row and its decoder column."""
     encoder, decoder = model.program.roles.encoder, model.program.roles.decoder
-    if encoder is None or decoder is None:
-        return None
+    if encoder is None or decoder is None or model.program.target is not None:
+        return None  # a transcoder's encoder reads the input, its decoder writes the target: no angle
     rows = model.params[encoder].detach().double()
     columns = model.params[decoder].detach().double().T
     cosine = (rows * columns).sum(dim=1) / (rows.norm(dim=1) * columns.norm(dim=1)).clamp_min(1e-30)
@@ -86,12 +86,16 @@ def unit_kinds(model: EnergyModel, alive: torch.Tensor | None = None) -> dict[st
 
 
 @torch.no_grad()
-def infer_all(model: EnergyModel, x: torch.Tensor, batch: int = 1024) -> torch.Tensor:
-    """The inferred codes of ``x``, a batch at a time.  Without a warning for samples that stop at
-    the step cap: a run's metrics report those (``infer.capped``), not one line per batch."""
+def infer_all(model: EnergyModel, x: torch.Tensor, batch: int = 1024,
+              target: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """The inferred codes of ``x`` (with their ``target``, a transcoder's), a batch at a time.  Without a
+    warning for samples that stop at the step cap: a run's metrics report those (``infer.capped``), not
+    one line per batch."""
+    parts = range(0, x.shape[0], batch)
+    targets = [None if target is None else target[start : start + batch] for start in parts]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InferenceCapWarning)
-        return torch.cat([model.infer(x[start : start + batch]) for start in range(0, x.shape[0], batch)])
+        return torch.cat([model.infer(x[start : start + batch], target=t) for start, t in zip(parts, targets)])
 
 
 def run_metrics(model: EnergyModel, z: torch.Tensor) -> dict[str, float]:

@@ -103,6 +103,7 @@ def _measure(model: EnergyModel) -> Costs:
     generator = torch.Generator().manual_seed(MEASURE_SEED)
     xp = model.preprocess(torch.randn((batch,) + tuple(program.sample_shape), generator=generator))
     train_y = torch.zeros(batch, dtype=torch.long) if program.label is not None else None
+    target = torch.randn((batch,) + program.target.shape, generator=generator) if program.target is not None else None
     encoder = None
     if program.encoder is not None and any(m.solver.runs_encoder for m in program.methods):
         with torch.no_grad():
@@ -113,13 +114,13 @@ def _measure(model: EnergyModel) -> Costs:
         """Phases with the same terms in inference share one measurement."""
         key = (y is not None, tuple(t.name for t in model.active_terms(names, y is not None) if t.degree > 0))
         if key not in solvers:
-            solvers[key] = _solver_cost(model, xp, y, names)
+            solvers[key] = _solver_cost(model, xp, y, names, target)
         return solvers[key]
 
     solver = solver_for(None, None)
     phases = {}
     for phase in program.training.phases:
-        phases[phase.name] = _phase_cost(model, xp, train_y, phase.terms, encoder, solver_for)
+        phases[phase.name] = _phase_cost(model, xp, train_y, phase.terms, encoder, solver_for, target)
     return Costs(batch, encoder, solver, inference_flops(program, encoder, solver), phases)
 
 
@@ -131,17 +132,17 @@ def inference_flops(program: Program, encoder: int | None, solver: SolverCost | 
     return total
 
 
-def _solver_cost(model: EnergyModel, xp, y, names) -> SolverCost | None:
+def _solver_cost(model: EnergyModel, xp, y, names, target=None) -> SolverCost | None:
     """One FISTA/ISTA solve's FLOPs, by running its pieces as :func:`energydsl.solvers.fista.fista` does."""
     if by_exact_path(model.program):
-        problem = model.problem(xp, y, names)
+        problem = model.problem(xp, y, names, target)
         z = xp.new_zeros((xp.shape[0],) + model.program.latent.shape)
         setup, _ = _flops(lambda: affine_gradient(problem, z))
         return SolverCost(True, True, setup, 0, 0, 0, 0)
     if fista_method(model.program) is None:
         return None
     # code maps estimate L inside _problem (a few samples' power iteration): counted as it runs
-    problem_setup, problem = _flops(lambda: model.problem(xp, y, names))
+    problem_setup, problem = _flops(lambda: model.problem(xp, y, names, target))
     generator = torch.Generator().manual_seed(MEASURE_SEED)
     z = torch.randn((xp.shape[0],) + model.program.latent.shape, generator=generator)
     autograd, _ = _flops(lambda: smooth_and_grad(problem, z))
@@ -166,24 +167,24 @@ def _solver_cost(model: EnergyModel, xp, y, names) -> SolverCost | None:
                       prox * xp.shape[0])  # fmt: skip
 
 
-def _phase_cost(model: EnergyModel, xp, y, names, encoder: int | None, solver_for) -> PhaseCost:
+def _phase_cost(model: EnergyModel, xp, y, names, encoder: int | None, solver_for, target=None) -> PhaseCost:
     """One training step of a phase: inference, then the energy and its gradient, as train_step runs them."""
     if all(m.solver.runs_encoder for m in model.program.methods):
         # the code keeps its graph: the energy's gradient flows back through the encoder
-        total, _ = _flops(lambda: _energy_backward(model, xp, y, names, None))
+        total, _ = _flops(lambda: _energy_backward(model, xp, y, names, None, target))
         return PhaseCost(encoder, total - encoder, total)
     solver = solver_for(y, names)
     inference = inference_flops(model.program, encoder, solver)
     generator = torch.Generator().manual_seed(MEASURE_SEED + 1)
     z = torch.randn((xp.shape[0],) + model.program.latent.shape, generator=generator)
-    energy, _ = _flops(lambda: _energy_backward(model, xp, y, names, z))
+    energy, _ = _flops(lambda: _energy_backward(model, xp, y, names, z, target))
     return PhaseCost(inference, energy, inference + energy)
 
 
-def _energy_backward(model: EnergyModel, xp, y, names, z) -> None:
+def _energy_backward(model: EnergyModel, xp, y, names, z, target=None) -> None:
     if z is None:
-        z = model.infer_prepared(xp, y, names, differentiable=True)
-    loss = model.energy_of(xp, z, y, names).mean()
+        z = model.infer_prepared(xp, y, names, differentiable=True, target=target)
+    loss = model.energy_of(xp, z, y, names, target=target).mean()
     if loss.requires_grad:
         loss.backward()
     for p in model.params.values():

@@ -107,6 +107,10 @@ def _variables(program: Program) -> list[str]:
     x = program.input
     note = "  normalised to unit l2 norm inside the model" if program.normalize == "l2" else ""
     lines.append(f"  input   {_shape(x.name, x.shape):<14} {_count(math.prod(x.shape))} values per sample{note}")
+    if program.target is not None:
+        t = program.target
+        lines.append(f"  target  {_shape(t.name, t.shape):<14} {_count(math.prod(t.shape))} values per sample, "
+                     "reconstructed from the code of the input")  # fmt: skip
     if program.label is not None:
         lines.append(f"  label   {program.label.name:<14} one of {program.classes} classes per sample")
     z = program.latent
@@ -265,7 +269,8 @@ def _value_shape(program: Program, model: EnergyModel, closure: Callable) -> str
         x = torch.zeros((batch,) + program.input.shape)
         z = torch.zeros((batch,) + program.latent.shape)
         y = torch.zeros(batch, dtype=torch.long) if program.label is not None else None
-        shapes.append(tuple(torch.as_tensor(closure(model.env(x, z, y, detach=True))).shape))
+        target = torch.zeros((batch,) + program.target.shape) if program.target is not None else None
+        shapes.append(tuple(torch.as_tensor(closure(model.env(x, z, y, detach=True, target=target))).shape))
     if shapes[0][:1] == (1,) and shapes[1][:1] == (2,) and shapes[0][1:] == shapes[1][1:]:
         return f"[{', '.join(map(str, shapes[0][1:]))}] per sample"
     return f"[{', '.join(map(str, shapes[0]))}]" if shapes[0] else "a scalar"

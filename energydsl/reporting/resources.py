@@ -175,6 +175,7 @@ def estimate(program: Program, samples: int = 0, dtype: torch.dtype | None = Non
     eval_batch = min(EVAL_BATCH, samples) if samples else EVAL_BATCH
     activations = max(_activations(program, batch, True), _activations(program, eval_batch, False))
     per_sample = math.prod(program.sample_shape) * DATA_BYTES + (INT64 if program.label else 0)
+    per_sample += math.prod(program.target.shape) * DATA_BYTES if program.target else 0  # a transcoder's targets
     parts = {
         "parameters": values * size,
         "masks": masks * size,
@@ -241,6 +242,7 @@ def _activations(program: Program, batch: int, training: bool) -> int:
     d, m = math.prod(program.input.shape), program.latent.shape[0]
     graph = 2 * sum(_term_width(program, term) for term in program.terms)  # per sample
     values = 2 * d  # the minibatch and its preprocessed copy
+    values += 2 * math.prod(program.target.shape) if program.target else 0  # and a transcoder's targets
     if _uses_prox(program):
         values += FISTA_TENSORS * m + (0 if _gram_path(program) else 2 * graph)
     if program.encoder is not None:
@@ -255,8 +257,9 @@ def _activations(program: Program, batch: int, training: bool) -> int:
 def _term_width(program: Program, term) -> int:
     """Values per sample of a term's first argument, the size of its part of the graph."""
     m = program.latent.shape[0]
-    if term.first_arg == program.input.name:
-        return math.prod(program.input.shape)
+    observed = {variable.name: variable for variable in (program.input, program.reconstructed)}  # x, a target
+    if term.first_arg in observed:
+        return math.prod(observed[term.first_arg].shape)
     if term.term.needs_label:
         return m + (program.classes or 0)
     if term.term.prox_kind == "group":

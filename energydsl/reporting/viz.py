@@ -39,7 +39,7 @@ def write_pictures(model, directory: Path, history: list[dict] | None = None, z=
     decoder = roles.decoder
     if decoder is not None:
         path = directory / "filters.png"
-        filters_png(model.params[decoder].detach().cpu().numpy(), path, model.program.input.shape,
+        filters_png(model.params[decoder].detach().cpu().numpy(), path, model.program.reconstructed.shape,
                     _layout_structure(model))  # fmt: skip
         written.append(path)
     kernel = roles.kernel_decoder if decoder is None else None

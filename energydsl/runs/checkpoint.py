@@ -148,11 +148,19 @@ def save_model(directory: Path, model, source: str) -> None:
         "data": program.data.text(),
         "sample_shape": list(program.sample_shape),
         "num_classes": program.classes,
+        "target_shape": list(program.target.shape) if program.target is not None else None,
         "parameters": {name: list(p.shape) for name, p in model.params.items()},
         "versions": {"energydsl": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     atomic_write_json(directory / META_FILE, meta)
+
+
+def data_info(meta: dict) -> tuple:
+    """The description of the data a run trained on, as the compiler takes it: (sample shape, classes,
+    target shape; None: no targets, as in runs saved before targets existed)."""
+    target = meta.get("target_shape")
+    return tuple(meta["sample_shape"]), meta["num_classes"], None if target is None else tuple(target)
 
 
 def read_meta(directory: Path) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ def load_run(directory: str | Path, device: str | torch.device | None = None) ->
     source = meta.get("spec_source", "")
     try:
         spec = parse(source, str(directory / checkpoint.SPEC_FILE))
-        program = compile_spec(spec, data_info=(tuple(meta["sample_shape"]), meta["num_classes"]))
+        program = compile_spec(spec, data_info=checkpoint.data_info(meta))
     except SpecError as error:
         raise RunError(f"{directory}: the saved spec does not compile: {error}") from None
     model = EnergyModel(program, train_x=None)
@@ -54,7 +55,8 @@ def run_dataset(directory: str | Path, model: EnergyModel | None = None, data: s
                            "if it has moved, pass it with --data SOURCE (data= in Python)") from None  # fmt: skip
     shown = data if isinstance(data, str) else "data"
     if isinstance(data, str):
-        info = (program.sample_shape, program.classes)  # the data is described below, by loading it
+        target_shape = program.target.shape if program.target is not None else None
+        info = (program.sample_shape, program.classes, target_shape)  # the data is described below, by loading it
         try:
             call = compile_program(program.spec, program.constants, data, data_info=info).data
         except SpecError as error:
@@ -65,4 +67,10 @@ def run_dataset(directory: str | Path, model: EnergyModel | None = None, data: s
                        f"trained on samples of shape {list(program.sample_shape)}")  # fmt: skip
     if program.label is not None and data.num_classes is None:
         raise RunError(f"--data {shown}: has no labels, but this run's spec declares label {program.label.name}")
+    target = program.target
+    if target is not None and data.target_shape is None:
+        raise RunError(f"--data {shown}: has no targets, but this run's spec declares target {target.name}")
+    if target is not None and math.prod(data.target_shape) != math.prod(target.shape):
+        raise RunError(f"--data {shown}: targets of shape {list(data.target_shape)}, but this run's target "
+                       f"{target.name} is {list(target.shape)}")  # fmt: skip
     return data

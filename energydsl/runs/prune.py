@@ -41,7 +41,7 @@ def prune_run(directory: str | Path, threshold: float, out: str | Path) -> dict:
     kept = kept_units(tree, frequency, threshold)
     source = _pruned_source(model, name, tree, kept)
     spec = parse(source, str(out / checkpoint.SPEC_FILE))
-    program = compile_spec(spec, data_info=(tuple(meta["sample_shape"]), meta["num_classes"]))
+    program = compile_spec(spec, data_info=checkpoint.data_info(meta))
     pruned = EnergyModel(program, train_x=None)
     index = torch.tensor(kept)
     with torch.no_grad():

@@ -28,6 +28,13 @@ input is folded into SAELens's ``constant_norm_rescale`` (which scales each inpu
 √d_in and the reconstruction back): the latents are the model's, the reconstruction is the
 model's reconstruction of the unit-norm input times ‖x‖.
 
+A transcoder's spec (``target y``: the decoder writes another activation than the encoder reads)
+is exported as one of SAELens's transcoders, ``transcoder`` (a ReLU encoder) or
+``jumprelu_transcoder``, with ``d_out``, the target's size: they compute ``pre = x @ W_enc + b_enc``
+(no ``b_dec`` subtracted: it lives in the target's space) and ``ŷ = z @ W_dec + b_dec``; SAELens has
+no TopK transcoder, so a TopK transcoder is refused.  ``normalize l2`` on its input becomes
+constant_norm_rescale of the input alone (SAELens does not rescale a transcoder's output).
+
 Before anything is written the export is checked: encode and decode are recomputed from the
 bytes about to be written, the way SAELens computes them, and compared with the model on
 random inputs; a difference refuses the export.
@@ -56,6 +63,8 @@ CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 SAELENS_FORMAT = "6.0.0"  # the config layout written (SAELens reads older ones through a converter)
 CHECK_SAMPLES = 512  # random inputs the export is checked on
+# SAELens's transcoders by their activation (it has no TopK or gated transcoder)
+TRANSCODERS = {"standard": "transcoder", "jumprelu": "jumprelu_transcoder"}
 TOLERANCE = 1e-5  # relative to the scale of the compared values
 
 
@@ -64,7 +73,7 @@ class SaelensSAE:
     """What SAELens needs: its architecture, its tensors (SAELens's names and layouts) and
     the settings of ``cfg.json``."""
 
-    architecture: str  # standard | topk | jumprelu | gated
+    architecture: str  # standard | topk | jumprelu | gated, or transcoder | jumprelu_transcoder
     W_enc: torch.Tensor  # (d_in, d_sae)
     b_enc: torch.Tensor  # (d_sae,)
     W_dec: torch.Tensor  # (d_sae, d_in)
@@ -84,11 +93,24 @@ class SaelensSAE:
             named["threshold"] = self.threshold
         return {name: t.detach().to(torch.float32).contiguous() for name, t in named.items()}
 
+    @property
+    def transcoder(self) -> bool:
+        """Whether the decoder writes another activation than the encoder reads (W_dec is (d_sae, d_out))."""
+        return self.architecture in TRANSCODERS.values()
+
+    @property
+    def activation(self) -> str:
+        """The encoder's activation, as an SAE of that architecture computes it: standard, topk, jumprelu, gated."""
+        return {name: activation for activation, name in TRANSCODERS.items()}.get(self.architecture, self.architecture)
+
     def config(self) -> dict:
-        d_sae, d_in = self.W_dec.shape
+        d_in, (d_sae, d_out) = self.W_enc.shape[0], self.W_dec.shape
         cfg = {"architecture": self.architecture, "d_in": d_in, "d_sae": d_sae, "dtype": "float32",
-               "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": self.normalize_activations,
-               "reshape_activations": "none", "metadata": {"sae_lens_version": SAELENS_FORMAT, **self.metadata}}  # fmt: skip
+               "device": "cpu", "apply_b_dec_to_input": not self.transcoder,
+               "normalize_activations": self.normalize_activations, "reshape_activations": "none",
+               "metadata": {"sae_lens_version": SAELENS_FORMAT, **self.metadata}}  # fmt: skip
+        if self.transcoder:
+            cfg["d_out"] = d_out
         if self.architecture == "topk":
             cfg.update(k=self.k, rescale_acts_by_decoder_norm=False)
         return cfg
@@ -100,9 +122,9 @@ class SaelensSAE:
 def saelens_encode(sae: SaelensSAE, x: torch.Tensor) -> torch.Tensor:
     """The latents SAELens computes from ``x`` (its ``encode``)."""
     pre = pre_activation(sae, x)
-    if sae.architecture == "standard":
+    if sae.activation == "standard":
         return pre.relu()
-    if sae.architecture == "jumprelu":
+    if sae.activation == "jumprelu":
         return pre.relu() * (pre > sae.threshold)
     if sae.architecture == "topk":
         top = pre.topk(sae.k, dim=-1, sorted=False)
@@ -115,16 +137,17 @@ def saelens_encode(sae: SaelensSAE, x: torch.Tensor) -> torch.Tensor:
 
 
 def pre_activation(sae: SaelensSAE, x: torch.Tensor) -> torch.Tensor:
-    """The pre-activation (a gated SAE's: its gate's)."""
+    """The pre-activation (a gated SAE's: its gate's); a transcoder's b_dec is not the input's to subtract."""
     bias = sae.gate[0] if sae.gate is not None else sae.b_enc
-    return (_rescaled(sae, x) - sae.b_dec) @ sae.W_enc + bias
+    return (_rescaled(sae, x) - (0.0 if sae.transcoder else sae.b_dec)) @ sae.W_enc + bias
 
 
 def saelens_decode(sae: SaelensSAE, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """SAELens's ``decode`` of ``z``, the latents of ``x`` (constant_norm_rescale scales the
-    reconstruction back by the norm of the input just encoded)."""
+    """SAELens's ``decode`` of ``z``, the latents of ``x`` (constant_norm_rescale scales an SAE's
+    reconstruction back by the norm of the input just encoded, not a transcoder's)."""
     out = z @ sae.W_dec + sae.b_dec
-    return out / _norm_coefficient(sae, x) if sae.normalize_activations == "constant_norm_rescale" else out
+    rescaled = sae.normalize_activations == "constant_norm_rescale" and not sae.transcoder
+    return out / _norm_coefficient(sae, x) if rescaled else out
 
 
 def _rescaled(sae: SaelensSAE, x: torch.Tensor) -> torch.Tensor:
@@ -192,12 +215,27 @@ def to_saelens(model: EnergyModel) -> SaelensSAE:
     activation = _recognise(probe, program.spec.encoders[0].value)
     W_enc, b_enc_raw = probe.affine(activation.pre, "the encoder's pre-activation")
     W_dec, b_dec = _decoder(probe)
+    if program.target is not None:
+        return _transcoder(program, activation, W_enc, b_enc_raw, W_dec, b_dec)
     sae = SaelensSAE(activation.architecture, W_enc, b_enc_raw + b_dec @ W_enc, W_dec, b_dec,
                      activation.threshold, activation.k)  # fmt: skip
     if activation.magnitude is not None:
         sae.gate = _gate(probe, sae, activation.magnitude)
     if program.normalize == "l2":
         _fold_l2_normalisation(sae)
+    return sae
+
+
+def _transcoder(program, activation: _Activation, W_enc, b_enc, W_dec, b_dec) -> SaelensSAE:
+    """A transcoder's export: its encoder reads the input as it is (no b_dec to subtract, SAELens's
+    b_enc is the model's), its decoder writes the target."""
+    if activation.architecture not in TRANSCODERS:
+        raise RunError(f"target '{program.target.name}': SAELens's transcoders have a relu or a jumprelu encoder "
+                       f"({', '.join(TRANSCODERS.values())}), not {activation.architecture}")  # fmt: skip
+    sae = SaelensSAE(TRANSCODERS[activation.architecture], W_enc, b_enc, W_dec, b_dec, activation.threshold)
+    if program.normalize == "l2":  # the model reads x/‖x‖, SAELens √d·x/‖x‖; the output is not rescaled
+        sae.W_enc = sae.W_enc / sae.W_enc.shape[0] ** 0.5
+        sae.normalize_activations = "constant_norm_rescale"
     return sae
 
 
@@ -339,6 +377,9 @@ class _Probe:
     def env(self, x: torch.Tensor, z: torch.Tensor | None = None) -> Env:
         tensors = {name: p.detach().double() for name, p in self.model.params.items()}
         tensors.update({self.program.input.name: x, "batch_size": x.shape[0], "reference": x})
+        target = self.program.target
+        if target is not None:  # read by the reconstruction term, whose estimate alone is exported
+            tensors[target.name] = x.new_zeros((x.shape[0],) + target.shape)
         if z is not None:
             tensors[self.program.latent.name] = z
         return Env(tensors)
@@ -421,7 +462,8 @@ def _depends_on_sample(node: S.Expr, probe: _Probe) -> bool:
     """Whether the expression reads the input or the latent (following lets)."""
     node = probe.resolve(node)
     if node.kind == "name":
-        return node.id in (probe.program.input.name, probe.program.latent.name)
+        target = probe.program.target
+        return node.id in (probe.program.input.name, probe.program.latent.name, target and target.name)
     children = {"binop": lambda: (node.left, node.right), "neg": lambda: (node.operand,),
                 "transpose": lambda: (node.operand,), "call": lambda: node.args}.get(node.kind, tuple)()  # fmt: skip
     return any(_depends_on_sample(child, probe) for child in children)
@@ -457,14 +499,15 @@ def check_against_model(model: EnergyModel, sae: SaelensSAE) -> None:
 def _check_inputs(model: EnergyModel, sae: SaelensSAE) -> torch.Tensor:
     """Half dictionary-like inputs (b_dec plus a few decoder rows, so units fire), half noise."""
     generator = torch.Generator().manual_seed(0)
-    n, units = CHECK_SAMPLES // 2, sae.W_dec.shape[0]
+    n, units, d_in = CHECK_SAMPLES // 2, sae.W_dec.shape[0], sae.W_enc.shape[0]
     active = (torch.rand(n, units, generator=generator) < min(1.0, 8 / units)).float()
     codes = active * torch.rand(n, units, generator=generator) * 2
-    atoms = sae.W_dec * (1.0 if sae.normalize_activations == "none" else sae.W_dec.shape[1] ** -0.5)
-    bias = sae.b_dec * (1.0 if sae.normalize_activations == "none" else sae.W_dec.shape[1] ** -0.5)
-    dictionary_like = bias + codes @ atoms
+    scale = 1.0 if sae.normalize_activations == "none" else d_in**-0.5
+    # a transcoder's decoder writes another space than the input's: its inputs go along the encoder's rows
+    atoms, bias = (sae.W_enc.T, 0.0) if sae.transcoder else (sae.W_dec, sae.b_dec)
+    dictionary_like = (bias + codes @ atoms) * scale
     rms = float(dictionary_like.pow(2).mean().sqrt()) or 1.0
-    noise = torch.randn(CHECK_SAMPLES - n, sae.W_dec.shape[1], generator=generator) * rms
+    noise = torch.randn(CHECK_SAMPLES - n, d_in, generator=generator) * rms
     return torch.cat([dictionary_like, noise]).to(model.dtype)
 
 
@@ -475,7 +518,7 @@ def _ambiguous(sae: SaelensSAE, x: torch.Tensor, scale) -> torch.Tensor:
     if sae.architecture == "topk" and sae.k < pre.shape[1]:
         top = pre.topk(sae.k + 1, dim=1).values
         return (top[:, -2] - top[:, -1]).abs() <= margin
-    if sae.architecture == "jumprelu":
+    if sae.activation == "jumprelu":
         return ((pre - sae.threshold).abs() <= margin).any(dim=1)
     if sae.architecture == "gated":
         return (pre.abs() <= margin).any(dim=1)
@@ -483,9 +526,10 @@ def _ambiguous(sae: SaelensSAE, x: torch.Tensor, scale) -> torch.Tensor:
 
 
 def _model_reconstruction(model: EnergyModel, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """The model's reconstruction of x from z, at the input's scale."""
-    xp = model.preprocess(x)
-    recon = model.program.reconstruction.reconstruction(model.env(xp, z))[1].reshape(x.shape[0], -1)
-    if model.program.normalize == "l2":
+    """The model's reconstruction of x (or a transcoder's target) from z, at the input's scale."""
+    xp, target = model.preprocess(x), model.program.target
+    unread = None if target is None else xp.new_zeros((x.shape[0],) + target.shape)  # the estimate does not read it
+    recon = model.program.reconstruction.reconstruction(model.env(xp, z, target=unread))[1].reshape(x.shape[0], -1)
+    if model.program.normalize == "l2" and target is None:
         recon = recon * x.norm(dim=1, keepdim=True)
     return recon

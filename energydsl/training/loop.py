@@ -113,9 +113,10 @@ def initial_state(model: EnergyModel, seed: int | None = None) -> LoopState:
 
 
 def train_step(model: EnergyModel, optimizers: Optimizers, x, y, terms, workers: Workers = SINGLE,
-               batch_size: int | None = None, convergence: list | None = None) -> float:  # fmt: skip
+               batch_size: int | None = None, convergence: list | None = None, target=None) -> float:  # fmt: skip
     """One minibatch of the generic loop; returns the batch's mean energy.  The inference
     appends to ``convergence`` (when given) how each iterative method ended on each sample.
+    ``target``: the samples' targets, for a transcoder (as the data give them, like ``x``).
 
     With several workers, ``x`` is this worker's shard of a global batch of
     ``batch_size`` samples, and the gradients are summed over the workers.
@@ -124,19 +125,19 @@ def train_step(model: EnergyModel, optimizers: Optimizers, x, y, terms, workers:
     The activity tracker counts the batch's codes once the energy is computed, so
     the step's terms see the dead units as they were before it.
     """
-    xp = model.preprocess(x)
+    xp, tp = model.preprocess(x), model.preprocess_target(target)
     by_encoder = all(m.solver.runs_encoder for m in model.program.methods)
     with model.learning_step():
-        z = model.infer_prepared(xp, y, terms, differentiable=by_encoder, convergence=convergence)
-        loss = model.energy_of(xp, z, y, terms).sum() / (batch_size or x.shape[0])
+        z = model.infer_prepared(xp, y, terms, differentiable=by_encoder, convergence=convergence, target=tp)
+        loss = model.energy_of(xp, z, y, terms, target=tp).sum() / (batch_size or x.shape[0])
     activity.track(model, z, batch_size or x.shape[0], workers)
     value = workers.sum_(loss.detach().clone()).item()
     if not math.isfinite(value):
         check_parameters(model)  # a parameter the previous step broke is the likelier cause
-        raise NumericalError(f"the energy is {value}: {_nonfinite_terms(model, xp, z, y, terms)}")
+        raise NumericalError(f"the energy is {value}: {_nonfinite_terms(model, xp, z, y, terms, tp)}")
     optimizers.zero_grad()
     if isinstance(optimizers.descent, BlockCoordinateDictionary):
-        _accumulate_dictionary_statistics(model, optimizers.descent, xp, z, y, terms, batch_size or x.shape[0])
+        _accumulate_dictionary_statistics(model, optimizers.descent, xp, z, y, terms, batch_size or x.shape[0], tp)
         workers.sum_all_(optimizers.descent.statistics())
     else:
         loss.backward()
@@ -157,9 +158,9 @@ def check_parameters(model: EnergyModel) -> None:
 
 @torch.no_grad()
 def _accumulate_dictionary_statistics(model: EnergyModel, optimizer: BlockCoordinateDictionary, xp, z, y, terms,
-                                      batch_size: int) -> None:  # fmt: skip
+                                      batch_size: int, target=None) -> None:  # fmt: skip
     """Give bcd each active dictionary's batch statistics: its term's target and the codes."""
-    env = model.env(xp, z.detach(), y, detach=True)
+    env = model.env(xp, z.detach(), y, detach=True, target=target)
     for name, term_name in model.program.training.decoders:
         if term_name in terms:
             term = next(t for t in model.program.terms if t.name == term_name)
@@ -167,10 +168,10 @@ def _accumulate_dictionary_statistics(model: EnergyModel, optimizer: BlockCoordi
 
 
 @torch.no_grad()
-def _nonfinite_terms(model: EnergyModel, xp, z, y, terms) -> str:
+def _nonfinite_terms(model: EnergyModel, xp, z, y, terms, target=None) -> str:
     if not bool(z.isfinite().all()):
         return f"the inferred {model.program.latent.name} holds nan or inf"
-    env = model.env(xp, z, y, detach=True)
+    env = model.env(xp, z, y, detach=True, target=target)
     names = [t.name for t in model.active_terms(terms, y is not None) if not bool(t.energy(env).isfinite().all())]
     return f"term {', '.join(repr(n) for n in names)} is not finite" if names else "the terms' sum overflows"
 
@@ -230,6 +231,7 @@ def train(
     activity.set_default_window(model, data.x_train.shape[0])
     x_train = data.x_train.to(device)
     y_train = data.y_train.to(device) if data.y_train is not None and model.program.label else None
+    target_train = data.target_train.to(device) if model.program.target else None
     plan = epoch_plan(model)
     schedules = model.program.schedules
     with _deferred_interrupts() as interrupted, _final_values_after(schedules):
@@ -246,13 +248,14 @@ def train(
                 follow_schedules(schedules, state, len(batches))
                 mine = workers.shard(batch)
                 y = None if y_train is None else y_train[mine]
+                target = None if target_train is None else target_train[mine]
                 reports = []
                 try:
                     energy = train_step(model, state.optimizers, x_train[mine], y, phase.terms, workers, len(batch),
-                                        reports)  # fmt: skip
+                                        reports, target)  # fmt: skip
                     if training.resampling is not None and (state.step + 1) % training.resampling.every == 0:
                         resample_dead_units(model, (state.optimizers.descent, state.optimizers.ascent), x_train,
-                                            state.generator, workers)  # fmt: skip
+                                            state.generator, workers, target_train)  # fmt: skip
                     stopping = workers.any(interrupted())
                     due = checkpoint_every and (state.step + 1) % checkpoint_every == 0
                     if stopping or due or state.batch + 1 == len(batches):
@@ -308,11 +311,16 @@ def follow_schedules(schedules, state: LoopState, batches: int) -> None:
 
 
 def check_enough_data(model: EnergyModel, data: Dataset) -> None:
-    """At least one batch of training samples (checked before a run directory is written)."""
+    """At least one batch of training samples, and the targets a transcoder reconstructs (checked before
+    a run directory is written)."""
     batch = model.program.training.batch
     if data.x_train.shape[0] < batch:
         raise DataError(f"{data.name}: {data.x_train.shape[0]} training samples, fewer than one batch of {batch}; "
                         "lower 'batch' in the spec's train block (or --set it through a const) or give more data")  # fmt: skip
+    target = model.program.target
+    if target is not None and data.target_train is None:
+        raise DataError(f"{data.name}: no targets, but spec '{model.name}' reconstructs its target '{target.name}' "
+                        "(give paired data)")  # fmt: skip
 
 
 @contextmanager

@@ -3,7 +3,8 @@
 Per sample, then summed over the held-out set and divided by its size N:
 
 - ``energy`` and ``term.NAME``: the energy and each term; ``l0``: the nonzero codes;
-- ``recon_error``: Σ‖x − x̂‖² / Σ‖x‖², the reconstruction term's error relative to the input's energy;
+- ``recon_error``: Σ‖x − x̂‖² / Σ‖x‖², the reconstruction term's error relative to the input's energy
+  (x: what the reconstruction term reconstructs, a transcoder's target);
 - ``fvu``, the fraction of variance unexplained, Σ‖x − x̂‖² / Σ‖x − x̄‖² with x̄ the held-out mean,
   and ``explained_variance`` = 1 − fvu.  x is the reconstruction term's target, x̂ its estimate
   (:func:`reconstruction`).  Σ‖x − x̄‖² comes in the same pass: each batch's mean and spread are
@@ -71,6 +72,7 @@ def held_out(model: EnergyModel, data: Dataset, split: str = "test") -> HeldOut:
     x = data.x_test if split == "test" and data.x_test.shape[0] else data.x_train
     labels = data.y_test if x is data.x_test else data.y_train
     labels = labels if model.program.label is not None else None
+    targets = (data.target_test if x is data.x_test else data.target_train) if model.program.target else None
     model.eval()
     sums: dict[str, float] = {}
     spread = Spread()
@@ -78,10 +80,11 @@ def held_out(model: EnergyModel, data: Dataset, split: str = "test") -> HeldOut:
     for start in range(0, x.shape[0], EVAL_BATCH):
         xb = x[start : start + EVAL_BATCH].to(model.device)
         yb = None if labels is None else labels[start : start + EVAL_BATCH].to(model.device)
+        tp = None if targets is None else model.preprocess_target(targets[start : start + EVAL_BATCH])
         xp = model.preprocess(xb)
         with model.batch_scope():
-            z = model.infer_prepared(xp)  # labels are unknown at test time
-            env = model.env(xp, z, yb)
+            z = model.infer_prepared(xp, target=tp)  # labels are unknown at test time, a transcoder's targets known
+            env = model.env(xp, z, yb, target=tp)
             recon = model.program.reconstruction
             pair = recon.reconstruction(env) if recon is not None else None
             for key, value in _batch_sums(model, env, xp, z, yb, pair).items():

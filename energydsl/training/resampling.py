@@ -9,8 +9,9 @@ the model reconstructs badly.
    reconstruction error e_i = ‖x_i − x̂_i‖² under the current model is computed (x the
    reconstruction term's target, x̂ its estimate, as for the FVU).
 2. Each dead unit j draws a sample i with probability e_i / Σ e (uniformly when every e_i is 0),
-   and with the direction u = x_i / ‖x_i‖:
-   - its decoder column D[:, j] ← u;
+   and with the direction u = x_i / ‖x_i‖ of its input, and v = y_i / ‖y_i‖ of what the model
+   reconstructs (y_i: a transcoder's target; x_i otherwise, v = u):
+   - its decoder column D[:, j] ← v;
    - its encoder row E[j] ← ρ u, with ρ = :data:`ENCODER_SCALE` times the mean norm of the
      alive units' encoder rows, so that the unit starts to fire on inputs like x_i without
      drowning the others;
@@ -45,42 +46,54 @@ ENCODER_SCALE = 0.2  # a restarted encoder row's norm, as a share of the alive r
 
 @torch.no_grad()
 def resample_dead_units(model: EnergyModel, optimizers: Iterable[torch.optim.Optimizer | None], x_train: torch.Tensor,
-                        generator: torch.Generator, workers: Workers = SINGLE) -> int:  # fmt: skip
-    """Restart every dead unit as the module docstring says; returns how many were."""
+                        generator: torch.Generator, workers: Workers = SINGLE,
+                        target_train: torch.Tensor | None = None) -> int:  # fmt: skip
+    """Restart every dead unit as the module docstring says; returns how many were.  ``target_train``:
+    the training samples' targets, for a transcoder."""
     dead = model.dead_units().nonzero().flatten()
     if not dead.numel():
         return 0  # no draw from the generator: the epochs' sample orders stay those of a run without resampling
     draws = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
     pool = torch.randperm(x_train.shape[0], generator=draws)[:POOL]
-    errors = _errors(model, x_train, pool, workers).cpu()
+    errors = _errors(model, x_train, target_train, pool, workers).cpu()
     weights = errors if float(errors.sum()) > 0 else torch.ones_like(errors)
-    chosen = pool[torch.multinomial(weights, dead.numel(), replacement=True, generator=draws)]
-    inputs = model.preprocess(x_train[chosen.to(x_train.device)]).flatten(1)
-    directions = inputs / inputs.norm(dim=1, keepdim=True).clamp_min(1e-12)  # (dead, inputs)
-    _restart(model, list(optimizers), dead.to(model.device), directions)
+    chosen = pool[torch.multinomial(weights, dead.numel(), replacement=True, generator=draws)].to(x_train.device)
+    inputs = _unit_rows(model.preprocess(x_train[chosen]))  # (dead, inputs)
+    outputs = inputs if target_train is None else _unit_rows(model.preprocess_target(target_train[chosen]))
+    _restart(model, list(optimizers), dead.to(model.device), inputs, outputs)
     return dead.numel()
 
 
-def _errors(model: EnergyModel, x_train: torch.Tensor, pool: torch.Tensor, workers: Workers) -> torch.Tensor:
+def _unit_rows(samples: torch.Tensor) -> torch.Tensor:
+    rows = samples.flatten(1)
+    return rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def _errors(model: EnergyModel, x_train: torch.Tensor, target_train: torch.Tensor | None, pool: torch.Tensor,
+            workers: Workers) -> torch.Tensor:  # fmt: skip
     """‖x − x̂‖² of each pooled sample (float64), the same on every worker."""
     term = model.program.reconstruction
     positions = workers.shard(torch.arange(pool.numel()))
     errors = torch.zeros(pool.numel(), dtype=torch.float64, device=workers.device)
     for part in positions.split(EVAL_BATCH):
-        xp = model.preprocess(x_train[pool[part].to(x_train.device)])
-        env = model.env(xp, model.infer_prepared(xp))
+        rows = pool[part].to(x_train.device)
+        xp = model.preprocess(x_train[rows])
+        tp = None if target_train is None else model.preprocess_target(target_train[rows])
+        env = model.env(xp, model.infer_prepared(xp, target=tp), target=tp)
         errors[part.to(workers.device)] = squared_errors(*term.reconstruction(env)).to(workers.device)
     return workers.sum_(errors)
 
 
-def _restart(model: EnergyModel, optimizers: list, dead: torch.Tensor, directions: torch.Tensor) -> None:
+def _restart(model: EnergyModel, optimizers: list, dead: torch.Tensor, inputs: torch.Tensor,
+             outputs: torch.Tensor) -> None:  # fmt: skip
+    """Restart the ``dead`` units: decoder columns from ``outputs``, encoder rows from ``inputs`` (unit rows)."""
     plan = model.program.training.resampling
     decoder = model.params[plan.decoder]
-    decoder[:, dead] = directions.T.to(decoder.dtype)
+    decoder[:, dead] = outputs.T.to(decoder.dtype)
     _reset_optimizer_state(optimizers, decoder, dead, axis=1)
     if plan.encoder is not None:
         encoder = model.params[plan.encoder]
-        encoder[dead] = (_alive_row_norm(encoder, dead) * ENCODER_SCALE * directions).to(encoder.dtype)
+        encoder[dead] = (_alive_row_norm(encoder, dead) * ENCODER_SCALE * inputs).to(encoder.dtype)
         _reset_optimizer_state(optimizers, encoder, dead, axis=0)
     if plan.encoder_bias is not None:
         bias = model.params[plan.encoder_bias]

@@ -14,7 +14,7 @@ import torch
 
 import energydsl
 from energydsl.cli import main
-from energydsl.data import SOURCES, DataError, Dataset, describe_source, load_data
+from energydsl.data import SOURCES, DataError, Dataset, Description, describe_source, load_data
 
 MNIST_CLASS_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -230,7 +230,7 @@ def test_npz_with_a_separate_test_file(tmp_path):
     assert data.x_train.shape == (4, 2) and data.x_test.tolist() == [[2.0, 2.0]] * 3
     assert data.y_test.tolist() == [1, 1, 5] and data.num_classes == 6
     described = describe_source("file", ["train.npz"], {"test": "test.npz"}, base_dir=tmp_path)
-    assert described == ((2,), 6)
+    assert described == Description((2,), 6)
 
 
 def ground_truth(samples: int, dim: int = 3, features: int = 5, seed: int = 0):
@@ -334,7 +334,7 @@ def test_describe_reads_headers_only(tmp_path):
     # gzipped, so its length is unknown until decompressed: only loading finds the data missing
     header = struct.pack(">BBBB", 0, 0, 0x08, 3) + struct.pack(">3I", 1_000_000, 28, 28)
     (tmp_path / "big-idx3-ubyte.gz").write_bytes(gzip.compress(header + bytes(100)))
-    assert describe_source("file", ["big-idx3-ubyte.gz"], base_dir=tmp_path) == ((28, 28), None)
+    assert describe_source("file", ["big-idx3-ubyte.gz"], base_dir=tmp_path) == Description((28, 28), None)
     with pytest.raises(DataError) as excinfo:
         load_data("file", ["big-idx3-ubyte.gz"], base_dir=tmp_path)
     assert "big-idx3-ubyte.gz" in error_text(excinfo) and "truncated" in error_text(excinfo)
@@ -502,8 +502,8 @@ def test_describe_agrees_with_load_for_every_source(tmp_path):
     for name, args, kwargs in calls:
         data = load_data(name, args, kwargs, base_dir=tmp_path)
         described = describe_source(name, args, kwargs, base_dir=tmp_path)
-        assert described == (data.sample_shape, data.num_classes), name
-    assert describe_source("file", ["d.npz"], base_dir=tmp_path) == ((2, 5), 7)
+        assert described == data.description, name
+    assert describe_source("file", ["d.npz"], base_dir=tmp_path) == Description((2, 5), 7)
 
 
 # --------------------------------------------------------------------------- arguments

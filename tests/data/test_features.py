@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import energydsl
-from energydsl.data import DataError, describe_source, load_data
+from energydsl.data import DataError, Description, describe_source, load_data
 
 
 def feature_data(**kwargs):
@@ -218,7 +218,7 @@ train
 
 
 def test_a_spec_names_the_source_with_bare_words_and_takes_its_width():
-    assert describe_source("features", kwargs={"dim": 12, "firing": "linear"}) == ((12,), None)
+    assert describe_source("features", kwargs={"dim": 12, "firing": "linear"}) == Description((12,), None)
     model = energydsl.load(SPEC)
     assert model.program.input.shape == (12,)
     assert model.dataset.extras["dictionary"].shape == (12, 24)

@@ -156,7 +156,7 @@ def test_any_layout_formats_idempotently_keeping_code_and_comments(path, random)
 @pytest.mark.parametrize("path", SPECS, ids=IDS)
 def test_formatted_spec_compiles_to_identical_parameters(path):
     described = compile_program(path)  # reads the data's shape only, never the data
-    data_info = (described.sample_shape, described.classes)
+    data_info = (described.sample_shape, described.classes, described.target and described.target.shape)
     train_x = torch.rand((32, *described.sample_shape), generator=torch.Generator().manual_seed(0))
     source = path.read_text()
     original = _model(source, data_info, train_x)

@@ -249,3 +249,10 @@ def test_an_encoder_with_a_sparsity_mechanism_says_what_it_does_and_what_it_keep
     assert "batchtopk_threshold (a scalar): the running threshold of the batchtopk(...) of line 11" in state
     plain = explain(compile_program(SPECS / "sparse_coding.energy")).split("\nState ")[1].split("\n\n")[0]
     assert "activity[" in plain and "batchtopk" not in plain  # every model tracks its units' firing
+
+
+def test_a_transcoder_shows_its_target_and_counts_its_encoder():
+    text = report("transcoder")
+    assert "  target  y[24]          24 values per sample, reconstructed from the code of the input" in text
+    assert "sqerr(y, yhat): y: [24] per sample; yhat: [24] per sample" in term_block(text, "recon")
+    assert cost_rows(text)["encoder, whole pass"] == (2 * 32 * 256, 2 * 32 * 256 * 256)  # E @ x, E [256, 32]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import energydsl
 from energydsl.cli import main
-from energydsl.data import DataError, describe_source, load_data
+from energydsl.data import DataError, Description, describe_source, load_data
 from energydsl.runs.stacking import ExportError
 
 LAYER1 = """
@@ -148,9 +148,9 @@ def test_the_stacked_spec_checks_before_the_first_layer_is_trained(runs, tmp_pat
     spec.write_text(source)
     program = energydsl.compile_program(str(spec))
     assert program.input.shape == (3, 4, 4) and program.sample_shape == (3, 4, 4)
-    assert describe_source("stacked", (str(runs / "run1"),), {"pooling": 4}) == ((3, 2, 2), 3)
+    assert describe_source("stacked", (str(runs / "run1"),), {"pooling": 4}) == Description((3, 2, 2), 3)
     later = (str(tmp_path / "not_trained_yet"), "layer1.energy", 2)
-    assert describe_source("stacked", later, base_dir=runs) == ((3, 4, 4), 3)  # from the spec alone
+    assert describe_source("stacked", later, base_dir=runs) == Description((3, 4, 4), 3)  # from the spec alone
     with pytest.raises(DataError) as info:
         energydsl.load(str(spec))
     assert str(info.value) == (

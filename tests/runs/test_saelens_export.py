@@ -252,3 +252,83 @@ def test_sae_lens_computes_every_shipped_spec_as_the_model_does(shipped_runs, tm
         xp = model.preprocess(x)
         expected = model.program.reconstruction.reconstruction(model.env(xp, z))[1]
         torch.testing.assert_close(sae.decode(z), expected, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- transcoders
+
+TRANSCODER = """
+model relu_transcoder
+data features(dim = 12, features = 20, count = 600, target_dim = 8, seed = 1)
+input  x[12]{normalize}
+target y[e]
+latent z[16] >= 0
+param D[e, 16]   init normal(0.3)
+param E[16, 12]  init normal(0.3)
+param b_enc[16]  init -0.05
+param b_dec[e]   init 0.1
+let pre = E @ x + b_enc
+encoder z = {encoder}
+energy
+  recon  : sqerr(y, D @ z + b_dec)
+  sparse : 0.01 * l1(z)
+infer z by encoder
+train
+  optimizer adam(lr = 0.01)
+  batch 64
+  epochs 1
+"""
+
+
+def transcoder_run(directory: Path, encoder: str = "relu(pre)", normalize: str = "") -> Path:
+    model = energydsl.load(TRANSCODER.format(encoder=encoder, normalize=normalize))
+    energydsl.train(model)
+    checkpoint.save_model(directory, model, checkpoint.resolved_source(model.program, {}, None))
+    return directory
+
+
+def transcoder_outputs(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's code of x and its estimate of the target."""
+    z = model.infer(x)
+    return z, z @ model.params["D"].detach().T + model.params["b_dec"].detach()
+
+
+@pytest.mark.parametrize(("encoder", "architecture"), [("relu(pre)", "transcoder"),
+                                                        ("jumprelu(pre, 0.05)", "jumprelu_transcoder")])
+def test_a_transcoder_exports_as_a_sae_lens_transcoder(tmp_path, encoder, architecture):
+    run = transcoder_run(tmp_path / "run", encoder)
+    out = export_saelens(run, tmp_path / "sae")
+    cfg = json.loads((out / CFG_FILE).read_text())
+    assert (cfg["architecture"], cfg["d_in"], cfg["d_out"], cfg["d_sae"]) == (architecture, 12, 8, 16)
+    assert cfg["apply_b_dec_to_input"] is False  # SAELens refuses a transcoder that subtracts b_dec
+    model = energydsl.load_run(run)
+    weights = load_file(out / WEIGHTS_FILE)
+    torch.testing.assert_close(weights["W_enc"], model.params["E"].detach().T)
+    torch.testing.assert_close(weights["b_enc"], model.params["b_enc"].detach())  # no b_dec folded in
+    sae = from_bytes((out / WEIGHTS_FILE).read_bytes(), (out / CFG_FILE).read_text())
+    x = random_inputs()
+    z, estimate = transcoder_outputs(model, x)
+    assert 0 < float((z != 0).float().mean()) < 1
+    torch.testing.assert_close(saelens_encode(sae, x), z, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(saelens_decode(sae, z, x), estimate, rtol=1e-5, atol=1e-5)
+
+
+def test_a_topk_transcoder_is_refused(tmp_path):
+    run = transcoder_run(tmp_path / "run", "topk(relu(pre), 3)")
+    with pytest.raises(RunError, match="target 'y': SAELens's transcoders have a relu or a jumprelu encoder "
+                                       r"\(transcoder, jumprelu_transcoder\), not topk"):  # fmt: skip
+        export_saelens(run, tmp_path / "sae")
+
+
+@pytest.mark.slow  # importing sae_lens takes 10 s and more
+@pytest.mark.parametrize("normalize", ["", " normalize l2"])
+def test_sae_lens_computes_a_transcoder_as_the_model_does(tmp_path, normalize):
+    sae_lens = pytest.importorskip("sae_lens")
+    run = transcoder_run(tmp_path / "run", normalize=normalize)
+    sae = sae_lens.SAE.load_from_disk(export_saelens(run, tmp_path / "sae"))
+    assert type(sae).__name__ == "Transcoder"
+    model = energydsl.load_run(run)
+    x = random_inputs() * 3.0
+    z, estimate = transcoder_outputs(model, x)
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(x), z, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sae.decode(z), estimate, rtol=1e-5, atol=1e-5)

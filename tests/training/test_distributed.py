@@ -25,6 +25,24 @@ from energydsl.training.loop import Interrupted
 # tight inference, so that sharded and whole-batch solves agree to float32 rounding
 FISTA_SPEC = SPARSE_ADAM.replace("fista(steps = 100, tol = 1e-5)", "fista(steps = 500, tol = 1e-7)").replace(
     "epochs 4", "epochs 2")
+# a transcoder inferred by FISTA: each worker's inference and energy read its shard of the targets
+TRANSCODER_SPEC = """
+data features(dim = 8, features = 12, count = 600, target_dim = 5, seed = 1)
+input  x[d]
+target y[e]
+latent z[12]
+param D[e, 12]  init normal(0.3)  constrain col_norm <= 1
+param E[12, d]  init normal(0.3)
+energy
+  recon  : 0.5 * sqerr(y, D @ z)
+  fit    : 0.5 * sqerr(z, E @ x)
+  sparse : 0.05 * l1(z)
+infer z by fista(steps = 500, tol = 1e-7)
+train
+  optimizer adam(lr = 0.01)
+  batch 64
+  epochs 2
+"""
 
 
 def final_params(directory) -> dict[str, torch.Tensor]:
@@ -47,11 +65,11 @@ def assert_close(a: dict, b: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source", ["fista", "drsae"])
+@pytest.mark.parametrize("source", ["fista", "drsae", "transcoder"])
 def test_two_workers_reach_the_parameters_of_one(tmp_path, source, drsae_source):
-    """FISTA inference (sharded solves) and an encoder with labels (sharded labels)."""
+    """FISTA inference (sharded solves), an encoder with labels (sharded labels), a transcoder (sharded targets)."""
     spec = tmp_path / f"{source}.energy"
-    spec.write_text(FISTA_SPEC if source == "fista" else drsae_source)
+    spec.write_text({"fista": FISTA_SPEC, "drsae": drsae_source, "transcoder": TRANSCODER_SPEC}[source])
     alone = tmp_path / "one"
     energydsl.train(energydsl.load(spec), out=alone)
     run_workers(spec, tmp_path / "two")
