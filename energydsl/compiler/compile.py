@@ -137,6 +137,7 @@ class Compiler(SchedulesStage, VariablesStage, StructuresStage, ParamsStage, Exp
             pools=pools,
             lets=lets,
             encoder=encoder,
+            sparse_codes=self.sparse_codes,
             terms=terms,
             methods=methods,
             training=training,

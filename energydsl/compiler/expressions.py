@@ -58,6 +58,8 @@ class ExpressionsStage:
         return entry.build(self, name, node, slots, latent)
 
     def _encoder(self, latent: Variable, model: ExprCompiler) -> Closure | None:
+        """The encoder's closure; sets ``self.sparse_codes`` when it returns sparse codes."""
+        self.sparse_codes = False
         decl = self._only(self.spec.encoders, "encoder", False)
         if decl is None:
             return None
@@ -74,6 +76,7 @@ class ExpressionsStage:
             reason = "a plain encoder cannot read the latent it computes; write recurrent(T) { ... } to iterate"
             value, fn = model.with_scope(without_latent, {**model.unavailable, latent.name: reason}).compile(decl.value)
             self._check_latent_shaped(value, latent, decl.value.span, "the encoder")
+            self.sparse_codes = value.sparse
         if latent.layout is not None:  # code maps are stored flat, as inference keeps them
             return lambda env: fn(env).flatten(1)
         return fn

@@ -148,6 +148,7 @@ class Program:
     pools: dict[str, PoolFamily]
     lets: dict[str, Closure]
     encoder: Closure | None
+    sparse_codes: bool  # the encoder returns a few units per sample (ops.sparse_codes), not dense codes
     terms: list[BoundTerm]
     methods: tuple[Method, ...]
     training: Training

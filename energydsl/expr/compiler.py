@@ -41,6 +41,7 @@ class Value:
     # For a per-sample ``W @ u (+ c)``: the closure of its unevaluated :class:`Affine`, from which a
     # mechanism choosing k units per sample (topk) computes only those (see ops.sparse_codes).
     affine: Closure | None = field(default=None, compare=False, repr=False)
+    sparse: bool = False  # its closure returns SparseCodes: each sample's few units, not a dense tensor
 
     @property
     def is_scalar(self) -> bool:

@@ -102,7 +102,7 @@ class BatchTopK(Mechanism):
             follow(threshold, kept, rate)
             return code
 
-        return Value(value.shape, batched=True, degree=latent_degree(value)), batchtopk
+        return Value(value.shape, batched=True, degree=latent_degree(value), sparse=sparse is not None), batchtopk
 
 
 def _rate(compiler: ExprCompiler, node: S.Call, slot: S.Expr | None) -> float:

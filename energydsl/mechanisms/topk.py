@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
@@ -53,6 +54,6 @@ class TopK(Mechanism):
         sparse = affine_form(compiler, slots[0])
         if sparse is not None:
             affine, relu = sparse
-            return result, lambda env: top_k_codes(affine(env), int(count(env)), relu)
+            return replace(result, sparse=True), lambda env: top_k_codes(affine(env), int(count(env)), relu)
         return result, lambda env: keep_largest(fn(env), int(count(env)))
 

@@ -270,7 +270,8 @@ def _value_shape(program: Program, model: EnergyModel, closure: Callable) -> str
         z = torch.zeros((batch,) + program.latent.shape)
         y = torch.zeros(batch, dtype=torch.long) if program.label is not None else None
         target = torch.zeros((batch,) + program.target.shape) if program.target is not None else None
-        shapes.append(tuple(torch.as_tensor(closure(model.env(x, z, y, detach=True, target=target))).shape))
+        value = closure(model.env(x, z, y, detach=True, target=target))
+        shapes.append(tuple(value.shape if hasattr(value, "shape") else torch.as_tensor(value).shape))
     if shapes[0][:1] == (1,) and shapes[1][:1] == (2,) and shapes[0][1:] == shapes[1][1:]:
         return f"[{', '.join(map(str, shapes[0][1:]))}] per sample"
     return f"[{', '.join(map(str, shapes[0]))}]" if shapes[0] else "a scalar"

@@ -71,6 +71,7 @@ MEMINFO = Path("/proc/meminfo")
 
 FISTA_TENSORS = 8  # (B, m) tensors alive in one FISTA iteration
 ENCODER_TENSORS = 4  # (B, m) temporaries of one encoder evaluation
+SPARSE_ENCODER_TENSORS = 2  # (B, m) of an encoder of sparse codes: its dense product and the selection's workspace
 DUAL_COPIES = 8  # float64 copies of the dual variables in the dual prox
 DUAL_VECTORS = 4  # float64 (B, m) vectors in the dual prox
 EXACT_EIGEN_LIMIT = 2048  # infer.largest_eigenvalue: exact up to this many units
@@ -245,7 +246,9 @@ def _activations(program: Program, batch: int, training: bool) -> int:
     values += 2 * math.prod(program.target.shape) if program.target else 0  # and a transcoder's targets
     if _uses_prox(program):
         values += FISTA_TENSORS * m + (0 if _gram_path(program) else 2 * graph)
-    if program.encoder is not None:
+    if program.encoder is not None and program.sparse_codes:
+        values += SPARSE_ENCODER_TENSORS * m  # the pre-activations without a gradient; the rest is O(k)
+    elif program.encoder is not None:
         values += ENCODER_TENSORS * m
         if training and all(method.solver.runs_encoder for method in program.methods):
             values += (program.roles.recurrent_steps + 1) * m  # stored for backprop

@@ -256,3 +256,9 @@ def test_a_transcoder_shows_its_target_and_counts_its_encoder():
     assert "  target  y[24]          24 values per sample, reconstructed from the code of the input" in text
     assert "sqerr(y, yhat): y: [24] per sample; yhat: [24] per sample" in term_block(text, "recon")
     assert cost_rows(text)["encoder, whole pass"] == (2 * 32 * 256, 2 * 32 * 256 * 256)  # E @ x, E [256, 32]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in SPECS.glob("*.energy")))
+def test_every_shipped_spec_explains(name):
+    text = report(name)
+    assert "Energy" in text and "Cost in FLOPs" in text
