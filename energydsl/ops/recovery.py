@@ -11,6 +11,11 @@ convention, so a flipped column is the same feature.
   ``mmcs(D, W)``, the other direction, is the mean over units of their best true match.
 - **MCC**, mean correlation coefficient: the mean |cos| over the one-to-one matching of
   units and features that maximises it (the Hungarian algorithm), min(U, F) pairs.
+  :func:`bounded_mcc` finds the same matching on a bounded matrix: with s = min(U, F), some
+  optimal matching pairs each column of the smaller side with one of its s best columns of the
+  larger side (if a were matched outside its s best, one of those is free — the others take at
+  most s − 1 — and no worse), so only the union of those lists, at most s² columns, is needed:
+  a 65,536-unit dictionary against 64 features is a 64 × ≤4,096 problem.
 - **Detection** (SAELens's classification metrics): unit u is matched to the feature
   m(u) = argmax_f |cos(W_u, D_f)|, and "z_u ≠ 0" is read as a prediction of "c_m(u) ≠ 0"
   over the samples.  With TP, FP, FN counted over samples, precision = TP / (TP + FP),
@@ -19,8 +24,9 @@ convention, so a flipped column is the same feature.
   **Feature F1**: for each true feature f, the best F1 of any unit as its detector,
   max_u 2 TP(u, f) / (n_u + n_f).
 
-Codes may be dense tensors or sparse ones (COO or CSR): only where they are nonzero
-matters, and that is all that is kept, so memory follows the firings, not samples × units.
+Codes may be dense tensors, sparse ones (COO or CSR) or firing matrices
+(:mod:`energydsl.ops.firing`): only where they are nonzero matters, and that is all that is
+kept, so memory follows the firings, not samples × units.
 """
 
 from __future__ import annotations
@@ -28,11 +34,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse
 import torch
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["Detection", "Matches", "abs_cosines", "best_matches", "detection", "mcc", "mmcs"]
+from energydsl.ops.firing import firings_per_unit, firing_matrix
+
+__all__ = ["Detection", "Matches", "abs_cosines", "best_matches", "bounded_mcc", "detection", "mcc", "mmcs"]
 
 _BLOCK_ENTRIES = 1 << 24  # the largest (rows x columns) block of cosines or co-firing counts at once
 
@@ -81,7 +88,39 @@ def mcc(learned: torch.Tensor, true: torch.Tensor) -> float:
 
     Memory U × F, time up to cubic: about 3 s for 4096 × 4096 on one core.
     """
-    cosines = abs_cosines(learned, true).cpu().numpy()
+    return _matched_mean(abs_cosines(learned, true).cpu().numpy())
+
+
+def bounded_mcc(learned: torch.Tensor, true: torch.Tensor, max_entries: int) -> float | None:
+    """:func:`mcc`, exactly, from a matrix of at most ``max_entries`` cosines; None where even the
+    smaller side's candidate lists (module docstring) need more."""
+    small, large = sorted((_unit_columns(learned), _unit_columns(true).to(learned.device)), key=lambda m: m.shape[1])
+    s, l = small.shape[1], large.shape[1]
+    if l <= s * s and s * l <= max_entries:
+        return _matched_mean((small.T @ large).abs().cpu().numpy())
+    if s * s > max_entries:
+        return None
+    candidates = _candidates(small, large, s)
+    if s * len(candidates) > max_entries:
+        return None
+    return _matched_mean((small.T @ large[:, candidates]).abs().cpu().numpy())
+
+
+def _candidates(small: torch.Tensor, large: torch.Tensor, count: int) -> torch.Tensor:
+    """The columns of ``large`` among the ``count`` best |cos| of some column of ``small``, a block of
+    ``large`` at a time (memory: small × (count + block) cosines)."""
+    best = torch.empty(small.shape[1], 0, dtype=small.dtype, device=small.device)
+    where = torch.empty(small.shape[1], 0, dtype=torch.long, device=small.device)
+    block = max(1, _BLOCK_ENTRIES // small.shape[1])
+    for start in range(0, large.shape[1], block):
+        cosines = (small.T @ large[:, start : start + block]).abs()
+        columns = torch.arange(start, start + cosines.shape[1], device=small.device).expand_as(cosines)
+        best, order = torch.cat([best, cosines], dim=1).topk(min(count, best.shape[1] + cosines.shape[1]), dim=1)
+        where = torch.cat([where, columns], dim=1).gather(1, order)
+    return where.unique().cpu()
+
+
+def _matched_mean(cosines: np.ndarray) -> float:
     rows, cols = linear_sum_assignment(cosines, maximize=True)
     return float(cosines[rows, cols].mean())
 
@@ -108,8 +147,8 @@ def detection(unit_codes: torch.Tensor, feature_codes: torch.Tensor, unit_match:
     """
     if unit_codes.shape[0] != feature_codes.shape[0]:
         raise ValueError(f"unit codes of {unit_codes.shape[0]} samples but feature codes of {feature_codes.shape[0]}")
-    units, features = _firing(unit_codes), _firing(feature_codes)
-    unit_counts, feature_counts = _column_counts(units), _column_counts(features)
+    units, features = firing_matrix(unit_codes).tocsc(), firing_matrix(feature_codes).tocsc()
+    unit_counts, feature_counts = firings_per_unit(units), firings_per_unit(features)
     match = unit_match.cpu().numpy()
     together = np.asarray(units.multiply(features[:, match]).sum(axis=0)).ravel()  # TP of each unit
     precision = _ratio(together, unit_counts)
@@ -132,20 +171,6 @@ def _best_f1(features, units, feature_counts, unit_counts) -> np.ndarray:
         f1 = 2 * together.data / (feature_counts[start + together.row] + unit_counts[together.col])
         np.maximum.at(best, start + together.row, f1)
     return best
-
-
-def _firing(codes: torch.Tensor) -> scipy.sparse.csc_matrix:
-    """Where ``codes`` ``(samples, k)`` is nonzero, as a 0/1 scipy matrix (by columns)."""
-    if codes.layout != torch.strided:
-        codes = codes.to_sparse_coo().coalesce()
-        rows, cols = codes.indices()[:, codes.values() != 0].cpu().numpy()
-    else:
-        rows, cols = (codes != 0).nonzero().T.cpu().numpy()
-    return scipy.sparse.csc_matrix((np.ones(len(rows)), (rows, cols)), shape=tuple(codes.shape))
-
-
-def _column_counts(firing: scipy.sparse.csc_matrix) -> np.ndarray:
-    return np.asarray(firing.sum(axis=0)).ravel()
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:

@@ -16,10 +16,12 @@ from energydsl.atomic import atomic_write
 REPORT_FILE = "report.html"
 
 CAPTIONS = {
-    "filters.png": "Decoder columns (dictionary atoms), laid out on the spec's map or tree when it has one.",
+    "filters.png": "Decoder columns (dictionary atoms), laid out on the spec's map or tree when it has one; "
+                   "at most 256 of them (the most used units, a window of the map around the most used unit, "
+                   "or the units of the tree nearest its root; the title says which).",
     "curves.png": "Held-out energy, each term and the errors after every epoch.",
     "sparsity.png": "Active units per held-out sample, and how often each unit is active.",
-    "tree.png": "The tree, each unit coloured by its activation frequency.",
+    "tree.png": "The tree, each unit coloured by its activation frequency (at most its 256 units nearest the root).",
     "firing.png": "Log-density histogram of unit firing: log10 of each unit's firing frequency on the held-out "
                   "set; units that never fired there in the red bin; dense units right of the dashed line (10 %).",
     "angles.png": "Angle between each unit's encoder row and decoder column: part units (< 0.5 rad) "
@@ -36,10 +38,14 @@ pre { background: #f8f8f8; padding: 1em; overflow-x: auto; }
 """
 
 
-def write_report(directory: Path, summary: dict, history: list[dict], pictures: list[Path], source: str) -> Path:
-    """Write ``report.html`` into the run directory; returns its path."""
+def write_report(directory: Path, summary: dict, history: list[dict], pictures: list[Path], source: str,
+                 notes: list[str] = ()) -> Path:
+    """Write ``report.html`` into the run directory; returns its path.  ``notes``: a line for each
+    figure of the summary left out or estimated (a wide model's bounded analyses)."""
     title = f"energydsl run: {summary.get('spec', directory.name)}"
     parts = [f"<h1>{html.escape(title)}</h1>", "<h2>Summary</h2>", _key_values(summary)]
+    if notes:
+        parts.append("<ul class='notes'>" + "".join(f"<li>{html.escape(note)}</li>" for note in notes) + "</ul>")
     if history:
         parts += ["<h2>Epochs</h2>", _epoch_table(history)]
     parts.append("<h2>Pictures</h2>")

@@ -11,6 +11,13 @@
 - ``tree.png``: the spec's tree drawn with networkx, units coloured by activation frequency;
 - ``angles.png``: DrSAE's encoder/decoder angle per unit (part vs categorical units).
 
+A picture draws at most :data:`PICTURED_UNITS` units one by one (a tile, a node, a row and
+column of a matrix), whatever the width: beyond, ``filters.png`` shows the most used units (by
+firing on the held-out set; the first ones when that is unknown), a window of the map around
+the most used unit, or the units of the tree nearest its root; a pictured (units × units) matrix
+its rows and columns of the most used units; ``tree.png`` the units nearest the root; a kernel
+its first maps.  The title says which.  The histograms and curves take every unit.
+
 Each picture is a :class:`matplotlib.figure.Figure` saved through the Agg canvas; pyplot
 is never imported, so matplotlib's backend stays as the user set it (a notebook keeps
 its inline plots).  matplotlib itself loads on the first picture, not on import.
@@ -22,25 +29,36 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from energydsl.ops.firing import firings_per_unit, firing_matrix
 from energydsl.ops.structures import Structure
 from energydsl.reporting.analysis import CATEGORICAL_ABOVE, PART_BELOW, unit_angles
+from energydsl.reporting.selection import map_window, most_used, nearest_root, part_of_tree
 from energydsl.training.metrics import DENSE_ABOVE
+
+PICTURED_UNITS = 256  # the most units a picture draws one by one
 
 
 def write_pictures(model, directory: Path, history: list[dict] | None = None, z=None, density=None) -> list[Path]:
     """Every picture that applies to this model; returns the files written.
 
-    ``history`` (the per-epoch metrics), ``z`` (codes of held-out samples) and ``density``
-    (each unit's firing frequency on the held-out set; else from ``z``) add the pictures that need them.
+    ``history`` (the per-epoch metrics), ``z`` (codes of held-out samples, or where they fire:
+    :func:`~energydsl.ops.firing.firing_matrix`) and ``density`` (each unit's firing frequency on
+    the held-out set; else from ``z``) add the pictures that need them.
     """
     written = []
     roles = model.program.roles
     decoder = roles.decoder
+    active = firing_matrix(z) if z is not None else None
+    if density is None and active is not None and active.shape[0]:
+        density = firings_per_unit(active) / active.shape[0]
+    if density is not None:
+        density = density.cpu().numpy() if hasattr(density, "cpu") else np.asarray(density)
     if decoder is not None:
         path = directory / "filters.png"
-        filters_png(model.params[decoder].detach().cpu().numpy(), path, model.program.reconstructed.shape,
-                    _layout_structure(model))  # fmt: skip
+        filters_png(model.params[decoder].detach(), path, model.program.reconstructed.shape,
+                    _layout_structure(model), density)  # fmt: skip
         written.append(path)
     kernel = roles.kernel_decoder if decoder is None else None
     if kernel is not None:
@@ -49,20 +67,16 @@ def write_pictures(model, directory: Path, history: list[dict] | None = None, z=
         written.append(path)
     for name, term in roles.pictured:
         path = directory / f"{name}.png"
-        matrix_png(model.params[name].detach().cpu().numpy(), path, title=f"{name} ({term})")
+        unit_matrix_png(model.params[name].detach(), path, f"{name} ({term})", density)
         written.append(path)
     if history:
         written.append(curves_png(history, directory / "curves.png"))
-    if z is not None and z.shape[0]:
-        active = (z != 0).cpu().numpy()
+    if active is not None and active.shape[0]:
         written.append(sparsity_png(active, directory / "sparsity.png"))
         trees = [s for s in model.program.structures.values() if s.kind == "tree" and s.size == active.shape[1]]
         if trees:
-            written.append(tree_png(trees[0], active.mean(axis=0), directory / "tree.png"))
-        if density is None:
-            density = active.mean(axis=0)
+            written.append(tree_png(trees[0], firings_per_unit(active) / active.shape[0], directory / "tree.png"))
     if density is not None:
-        density = density.cpu().numpy() if hasattr(density, "cpu") else np.asarray(density)
         written.append(firing_png(density, directory / "firing.png", int(model.dead_units().sum())))
     angles = unit_angles(model)
     if angles is not None:
@@ -95,14 +109,15 @@ def curves_png(history: list[dict], path: Path) -> Path:
     return path
 
 
-def sparsity_png(active: np.ndarray, path: Path) -> Path:
-    """How many units each sample uses, and how often each unit is used."""
+def sparsity_png(active, path: Path) -> Path:
+    """How many units each sample uses, and how often each unit is used; ``active``: where the
+    codes of some samples fire (dense 0/1 or a sparse matrix)."""
     figure, (left, right) = _figure(1, 2, figsize=(11, 4))
-    l0 = active.sum(axis=1)
+    l0 = np.asarray(active.sum(axis=1)).ravel()
     left.hist(l0, bins=min(50, max(int(l0.max()) + 1, 1)), color="C0")
     left.set_xlabel("active units per sample (L0)")
     left.set_title(f"L0: mean {l0.mean():.1f}")
-    frequency = np.sort(active.mean(axis=0))[::-1]
+    frequency = np.sort(np.asarray(active.sum(axis=0), dtype=np.float64).ravel() / active.shape[0])[::-1]
     right.plot(frequency, color="C1")
     right.set_ylim(bottom=0)
     right.set_xlabel("unit (sorted)")
@@ -137,9 +152,13 @@ def firing_png(density: np.ndarray, path: Path, dead: int | None = None) -> Path
 
 
 def tree_png(tree: Structure, frequency: np.ndarray, path: Path) -> Path:
-    """The tree (laid out by its structure), each unit coloured by how often it is active."""
+    """The tree (laid out by its structure), each unit coloured by how often it is active; at most
+    :data:`PICTURED_UNITS` units, those nearest the root."""
     from matplotlib.collections import LineCollection
 
+    whole = tree
+    tree, kept = nearest_root(whole, PICTURED_UNITS, frequency)
+    frequency = np.asarray(frequency)[kept]  # the subtree's unit i is the tree's kept[i]
     positions = tree.positions()
     figure, axes = _figure(figsize=(min(24, 0.3 * tree.size + 3), 4))
     # drawn here rather than with networkx's drawing functions, which import pyplot
@@ -149,7 +168,7 @@ def tree_png(tree: Structure, frequency: np.ndarray, path: Path) -> Path:
                          c=frequency[units], cmap="viridis", vmin=0, zorder=2)  # fmt: skip
     figure.colorbar(nodes, ax=axes, label="activation frequency")
     axes.set_axis_off()
-    axes.set_title(f"tree {tree.name}")
+    axes.set_title(f"tree {tree.name}" + part_of_tree(tree.size, whole.size))
     _save(figure, path)
     return path
 
@@ -194,22 +213,37 @@ def _tiles(decoder: np.ndarray, shape) -> list[np.ndarray]:
     return tiles
 
 
-def filters_png(decoder: np.ndarray, path: Path, input_shape, layout: Structure | None = None) -> None:
-    """Decoder columns as tiles: on the map, along the tree, or in a square-ish grid."""
+def filters_png(decoder, path: Path, input_shape, layout: Structure | None = None, density=None) -> None:
+    """Decoder columns (a ``(values, units)`` array or tensor) as tiles: on the map, along the
+    tree, or in a square-ish grid; at most :data:`PICTURED_UNITS` of them, chosen by ``density``
+    (each unit's firing frequency) when there are more (module docstring)."""
+    decoder = decoder if isinstance(decoder, np.ndarray) else decoder.detach().cpu().numpy()
     shape = _tile_shape(tuple(input_shape))
     if shape is None:  # not an image: show the matrix itself
-        matrix_png(decoder, path, title="decoder")
+        chosen = most_used(decoder.shape[1], density, PICTURED_UNITS)
+        aspect = "auto" if chosen.words else None  # a few rows of many columns: stretched to be seen
+        matrix_png(decoder[:, chosen.units], path, _titled("decoder", chosen.words), aspect)
         return
-    tiles = _tiles(decoder, shape)
     if layout is not None and layout.kind == "tree":
-        _tree_figure(tiles, layout, path)
+        tree, kept = nearest_root(layout, PICTURED_UNITS, density)
+        title = f"decoder columns on the tree {layout.name}" + part_of_tree(tree.size, layout.size)
+        _tree_figure(_tiles(decoder[:, kept], shape), tree, path, title)
         return
     if layout is not None and layout.shape is not None:
-        rows, cols = layout.shape
+        window = map_window(layout.shape, density, PICTURED_UNITS)
+        units, rows, cols = window.units(layout.shape[1]), window.rows, window.cols
+        title = _titled(f"decoder columns on the {layout.kind} {layout.name}", window.words)
     else:
-        cols = math.ceil(math.sqrt(len(tiles)))
-        rows = math.ceil(len(tiles) / cols)
-    h, w = shape
+        chosen = most_used(decoder.shape[1], density, PICTURED_UNITS)
+        units, cols = chosen.units, math.ceil(math.sqrt(len(chosen.units)))
+        rows = math.ceil(len(units) / cols)
+        title = _titled("decoder columns", chosen.words)
+    _tile_figure(_tiles(decoder[:, units], shape), rows, cols, title, path)
+
+
+def _tile_figure(tiles: list[np.ndarray], rows: int, cols: int, title: str, path: Path) -> None:
+    """The tiles row by row on a rows × cols grid, one pixel of gap between them."""
+    h, w = tiles[0].shape if tiles else (1, 1)
     canvas = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1), np.nan)
     for unit, tile in enumerate(tiles):
         r, c = divmod(unit, cols)
@@ -217,9 +251,12 @@ def filters_png(decoder: np.ndarray, path: Path, input_shape, layout: Structure 
     figure, axes = _figure(figsize=(min(16, 0.4 * cols + 1), min(16, 0.4 * rows + 1)))
     axes.imshow(canvas, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
     axes.set_axis_off()
-    title = f"decoder columns on the {layout.kind} {layout.name}" if layout is not None else "decoder columns"
     axes.set_title(title)
     _save(figure, path)
+
+
+def _titled(title: str, words: str) -> str:
+    return f"{title}: {words}" if words else title
 
 
 def kernel_grid(kernel: np.ndarray) -> np.ndarray:
@@ -247,7 +284,13 @@ def kernel_grid(kernel: np.ndarray) -> np.ndarray:
 
 
 def kernel_png(kernel: np.ndarray, path: Path, title: str) -> None:
-    """The filters of a convolutional or locally connected kernel, each scaled to [-1, 1]."""
+    """The filters of a convolutional or locally connected kernel, each scaled to [-1, 1]; its first
+    maps only where all of them would be more than :data:`PICTURED_UNITS` tiles."""
+    maps = kernel.shape[0]
+    per_map = math.prod(kernel.shape[1:3]) if kernel.ndim == 6 else kernel.shape[1]
+    shown = max(1, min(maps, PICTURED_UNITS // per_map))
+    if shown < maps:
+        kernel, title = kernel[:shown], f"{title}: maps 0–{shown - 1} of {maps:,}"
     grid = kernel_grid(kernel)
     rows, cols, h, w = grid.shape
     scale = np.abs(np.nan_to_num(grid)).max(axis=(2, 3), keepdims=True)  # gap tiles stay NaN
@@ -263,7 +306,7 @@ def kernel_png(kernel: np.ndarray, path: Path, title: str) -> None:
     _save(figure, path)
 
 
-def _tree_figure(tiles, tree: Structure, path: Path) -> None:
+def _tree_figure(tiles, tree: Structure, path: Path, title: str) -> None:
     positions = tree.positions()
     xs = [p[0] for p in positions.values()]
     depth = int(tree.depths.max())
@@ -277,13 +320,25 @@ def _tree_figure(tiles, tree: Structure, path: Path) -> None:
     axes.set_xlim(min(xs) - 1, max(xs) + 1)
     axes.set_ylim(-depth - 0.6, 0.6)
     axes.set_axis_off()
-    axes.set_title(f"decoder columns on the tree {tree.name}")
+    axes.set_title(title)
     _save(figure, path)
 
 
-def matrix_png(matrix: np.ndarray, path: Path, title: str) -> None:
+def unit_matrix_png(matrix: torch.Tensor, path: Path, title: str, density=None) -> None:
+    """A matrix over the units (an inhibition's S) as a heat map; an axis longer than
+    :data:`PICTURED_UNITS` keeps the most used units (by ``density``), in unit order."""
+    words = ""
+    for axis, length in enumerate(matrix.shape):
+        chosen = most_used(length, density if density is not None and len(density) == length else None, PICTURED_UNITS)
+        if chosen.words:
+            matrix = matrix.index_select(axis, torch.as_tensor(np.sort(chosen.units), device=matrix.device))
+            words = chosen.words
+    matrix_png(matrix.cpu().numpy(), path, _titled(title, words))
+
+
+def matrix_png(matrix: np.ndarray, path: Path, title: str, aspect: str | None = None) -> None:
     figure, axes = _figure(figsize=(6, 5))
-    image = axes.imshow(matrix, cmap="viridis", interpolation="nearest")
+    image = axes.imshow(matrix, cmap="viridis", interpolation="nearest", aspect=aspect)
     figure.colorbar(image, ax=axes)
     axes.set_title(title)
     _save(figure, path)

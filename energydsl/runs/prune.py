@@ -22,8 +22,7 @@ from energydsl.model import EnergyModel
 from energydsl.ops.structures import Structure
 from energydsl.runs import checkpoint
 from energydsl.runs.directory import load_run, run_dataset
-
-INFER_BATCH = 1024
+from energydsl.training.metrics import eval_rows
 
 
 def prune_run(directory: str | Path, threshold: float, out: str | Path) -> dict:
@@ -77,9 +76,9 @@ def _the_tree(model: EnergyModel) -> tuple[str, Structure]:
 
 @torch.no_grad()
 def activation_frequency(model: EnergyModel, x: torch.Tensor) -> torch.Tensor:
-    """Share of samples on which each unit is non-zero."""
+    """Share of samples on which each unit is non-zero, a bounded batch of codes at a time."""
     active = torch.zeros(model.program.latent.shape[0])
-    for batch in x.split(INFER_BATCH):
+    for batch in x.split(eval_rows(active.numel())):
         active += (model.infer(batch) != 0).sum(dim=0).cpu()
     return active / x.shape[0]
 

@@ -16,22 +16,36 @@ Per sample, then summed over the held-out set and divided by its size N:
 - ``test_error``: the classifier's error, where there are labels.
 
 Each unit's firing density (its share of held-out samples with a nonzero code) is kept for the
-pictures, not written with the metrics.
+pictures, not written with the metrics, and so, when asked, is where the codes of the first
+held-out samples fire (a sparse matrix, :mod:`energydsl.ops.firing`) for the analyses after training.
+
+Memory: a batch holds at most :data:`EVAL_BATCH` samples and, on a wide latent, at most
+:data:`EVAL_ENTRIES` code values (256 samples at 65,536 units), so evaluation never holds a
+dense (held-out samples × units) tensor.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import scipy.sparse
 import torch
 
 from energydsl.data import Dataset
 from energydsl.expr.compiler import Env
 from energydsl.model import EnergyModel
+from energydsl.ops.firing import FiringRecorder
 from energydsl.ops.sparse_codes import firing_counts, nonzero_count
 
 EVAL_BATCH = 1024
+EVAL_ENTRIES = 1 << 24  # code values of one evaluation batch at most (64 MiB of float32)
+FIRING_ENTRIES = 1 << 24  # firings kept for the analyses at most (about 200 MiB with their sparse matrix)
 DENSE_ABOVE = 0.1  # a unit firing on more than a tenth of the samples is dense (the field's usual line)
+
+
+def eval_rows(units: int) -> int:
+    """The samples of one evaluation batch: :data:`EVAL_BATCH`, fewer where ``units`` is large."""
+    return max(1, min(EVAL_BATCH, EVAL_ENTRIES // max(units, 1)))
 
 
 def squared_errors(target: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
@@ -64,11 +78,14 @@ class HeldOut:
 
     metrics: dict
     density: torch.Tensor
+    firing: scipy.sparse.csr_matrix | None = None  # where the first ``keep`` samples' codes fire
 
 
 @torch.no_grad()
-def held_out(model: EnergyModel, data: Dataset, split: str = "test") -> HeldOut:
-    """The metrics of the module docstring on the test split (the training split when there is none)."""
+def held_out(model: EnergyModel, data: Dataset, split: str = "test", keep: int = 0) -> HeldOut:
+    """The metrics of the module docstring on the test split (the training split when there is none);
+    with ``keep``, also where the codes of its first ``keep`` samples fire (fewer samples where
+    those firings would pass :data:`FIRING_ENTRIES`: see ``HeldOut.firing.shape[0]``)."""
     x = data.x_test if split == "test" and data.x_test.shape[0] else data.x_train
     labels = data.y_test if x is data.x_test else data.y_train
     labels = labels if model.program.label is not None else None
@@ -77,10 +94,12 @@ def held_out(model: EnergyModel, data: Dataset, split: str = "test") -> HeldOut:
     sums: dict[str, float] = {}
     spread = Spread()
     firing = torch.zeros(model.program.latent.shape, dtype=torch.float64)
-    for start in range(0, x.shape[0], EVAL_BATCH):
-        xb = x[start : start + EVAL_BATCH].to(model.device)
-        yb = None if labels is None else labels[start : start + EVAL_BATCH].to(model.device)
-        tp = None if targets is None else model.preprocess_target(targets[start : start + EVAL_BATCH])
+    recorder = FiringRecorder(keep, FIRING_ENTRIES)
+    rows = eval_rows(firing.numel())
+    for start in range(0, x.shape[0], rows):
+        xb = x[start : start + rows].to(model.device)
+        yb = None if labels is None else labels[start : start + rows].to(model.device)
+        tp = None if targets is None else model.preprocess_target(targets[start : start + rows])
         xp = model.preprocess(xb)
         with model.batch_scope():
             z = model.infer_prepared(xp, target=tp)  # labels are unknown at test time, a transcoder's targets known
@@ -92,6 +111,8 @@ def held_out(model: EnergyModel, data: Dataset, split: str = "test") -> HeldOut:
         if pair is not None:
             spread.add(pair[0])
         firing += firing_counts(z).double().cpu()
+        if keep:
+            recorder.add(z)
     count = x.shape[0]
     metrics = {key: value / count for key, value in sums.items() if not key.startswith("_")}
     if "_target_energy" in sums:
@@ -104,7 +125,7 @@ def held_out(model: EnergyModel, data: Dataset, split: str = "test") -> HeldOut:
     metrics["units.dead"] = int(model.dead_units().sum())
     metrics["units.dense"] = int((density > DENSE_ABOVE).sum())
     metrics["units.unused"] = int((firing == 0).sum())
-    return HeldOut(metrics, density)
+    return HeldOut(metrics, density, recorder.matrix() if keep else None)
 
 
 def evaluate(model: EnergyModel, data: Dataset, split: str = "test") -> dict:

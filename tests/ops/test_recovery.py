@@ -70,6 +70,29 @@ def test_mcc_is_the_best_one_to_one_matching_found_by_enumeration():
     assert mcc(learned, true[:, :3]) == pytest.approx(best, abs=1e-12)
 
 
+def test_bounded_mcc_is_the_hungarian_matching_of_the_whole_matrix_from_the_candidates_alone(monkeypatch):
+    monkeypatch.setattr(recovery, "_BLOCK_ENTRIES", 50)  # candidate lists merged over blocks of 10 columns
+    for seed, (units, features) in enumerate([(300, 5), (7, 120), (40, 6), (12, 12)]):
+        learned, true = unit_columns(6, units, 20 + seed), unit_columns(6, features, 40 + seed)
+        exact = mcc(learned, true)
+        assert recovery.bounded_mcc(learned, true, max_entries=units * features) == pytest.approx(exact, abs=1e-12)
+        small = min(units, features)
+        if small * small < max(units, features):  # the candidates (at most small²) make a smaller matrix
+            assert recovery.bounded_mcc(learned, true, max_entries=small**3) == pytest.approx(exact, abs=1e-12)
+        assert recovery.bounded_mcc(learned, true, max_entries=small * small - 1) is None
+
+
+def test_bounded_mcc_of_a_wide_dictionary_holds_no_units_by_features_matrix(monkeypatch):
+    true = unit_columns(8, 16, 50)
+    learned = torch.cat([shuffled_copy(true, 51), unit_columns(8, 65_536 - 16, 52)], dim=1)
+    monkeypatch.setattr(recovery, "_BLOCK_ENTRIES", 1 << 14)  # blocks of 1024 units
+    products = []
+    matmul = torch.Tensor.__matmul__
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: products.append(matmul(a, b).numel()) or matmul(a, b))
+    assert recovery.bounded_mcc(learned, true, max_entries=1 << 12) == pytest.approx(1.0, abs=1e-9)
+    assert max(products) <= recovery._BLOCK_ENTRIES and 65_536 * 16 not in products
+
+
 def test_a_random_dictionary_scores_between_the_chance_cosine_and_the_largest_of_chance_cosines():
     dim, count = 256, 64
     chance = math.gamma(dim / 2) / (math.sqrt(math.pi) * math.gamma((dim + 1) / 2))  # E|cos| of random directions
