@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from energydsl.ops.firing import firings_per_unit, firing_matrix
+from energydsl.ops.firing import firing_matrix, firings_per_unit
 
 __all__ = ["Detection", "Matches", "abs_cosines", "best_matches", "bounded_mcc", "detection", "mcc", "mmcs"]
 

@@ -27,12 +27,12 @@ import torch
 
 from energydsl.errors import InferenceCapWarning
 from energydsl.model import EnergyModel
-from energydsl.ops.firing import firings_per_unit, firing_matrix
+from energydsl.ops.firing import firing_matrix, firings_per_unit
 from energydsl.ops.structures import Structure
 from energydsl.training.metrics import eval_rows
 
 EXACT_PAIRS_UNITS = 4096  # above, the mean |cos| over all pairs of units is estimated from random pairs
-PAIR_SAMPLES = 1 << 20  # the random pairs (the estimate's standard error: about 0.1 % of the mean)
+PAIR_SAMPLES = 1 << 20  # the random pairs (the estimate's standard error: the standard deviation of |cos| / 1024)
 _CHUNK_VALUES = 1 << 22  # values of one chunk of gathered columns or of cosines
 
 

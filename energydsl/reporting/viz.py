@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from energydsl.ops.firing import firings_per_unit, firing_matrix
+from energydsl.ops.firing import firing_matrix, firings_per_unit
 from energydsl.ops.structures import Structure
 from energydsl.reporting.analysis import CATEGORICAL_ABOVE, PART_BELOW, unit_angles
 from energydsl.reporting.selection import map_window, most_used, nearest_root, part_of_tree

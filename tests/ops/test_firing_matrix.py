@@ -7,7 +7,8 @@ import pytest
 import scipy.sparse
 import torch
 
-from energydsl.ops.firing import FiringRecorder, firings_per_unit, firing_matrix
+from energydsl.ops.firing import FiringRecorder, firing_matrix, firings_per_unit
+from energydsl.ops.sparse_codes import SparseCodes
 
 CODES = torch.tensor([[0.0, 2.0, 0.0, -1.0], [0.0, 0.0, 0.0, 0.0], [3.0, 0.5, 0.0, 0.0], [0.0, 0.0, 7.0, 1e-30]])
 FIRES = (CODES != 0).numpy()
@@ -27,6 +28,18 @@ def test_every_layout_gives_the_same_zero_one_matrix():
     assert firings_per_unit(firing_matrix(CODES)).tolist() == [1.0, 2.0, 1.0, 2.0]
     image = CODES.reshape(4, 1, 2, 2)  # an image latent: its values flattened
     assert np.array_equal(firing_matrix(image).toarray(), FIRES)
+
+
+def test_sparse_codes_give_their_firings_without_being_made_dense():
+    values = torch.tensor([[-1.0, 2.0], [0.0, 0.0], [3.0, 0.5], [7.0, 1e-30]])  # a 0 is stored, not fired
+    units = torch.tensor([[3, 1], [0, 2], [0, 1], [2, 3]])
+    codes = SparseCodes.from_indices(values, units, width=4)
+    densified = SparseCodes.densified
+    assert np.array_equal(firing_matrix(codes).toarray(), FIRES)
+    recorder = FiringRecorder(samples=3, entries=100)
+    recorder.add(codes)
+    assert np.array_equal(recorder.matrix().toarray(), FIRES[:3])
+    assert SparseCodes.densified == densified
 
 
 def test_the_recorder_keeps_the_first_samples_in_order_across_batches():

@@ -28,6 +28,7 @@ import energydsl
 from energydsl import api
 from energydsl.ops.firing import firing_matrix
 from energydsl.ops.recovery import best_matches, detection
+from energydsl.ops.sparse_codes import SparseCodes
 from energydsl.ops.structures import balanced_tree, grid, tree_from_edges
 from energydsl.reporting import analysis, viz
 from energydsl.reporting.analysis import neighbour_cosine_ratio, related_coactive_share, rooted_fraction
@@ -117,6 +118,7 @@ def test_a_65536_unit_run_is_evaluated_analysed_and_pictured_within_bounds(tmp_p
     assert model.dataset.x_test.shape[0] * UNITS > EVAL_ENTRIES  # the held-out codes would not fit the bound
     history = energydsl.train(model)  # two steps
     drawn = DrawnUnits(monkeypatch)
+    densified = SparseCodes.densified
     tracemalloc.start()
     try:
         with LargestTensor() as largest:
@@ -124,6 +126,7 @@ def test_a_65536_unit_run_is_evaluated_analysed_and_pictured_within_bounds(tmp_p
         _, numpy_peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    assert SparseCodes.densified == densified  # the TopK codes were read as they are, never made dense
     assert largest.numel <= EVAL_ENTRIES, f"{largest.op} made a tensor of shape {largest.shape}"
     assert numpy_peak < 64 << 20  # one (held-out × units) array of bytes: 32 MiB; of float32: 128 MiB
 
