@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from energydsl.compiler.program import BoundTerm, Variable
 from energydsl.errors import WHOLE_SPEC, SpecError, SpecWarning, did_you_mean, one_of
-from energydsl.expr.compiler import FUNCTIONS, Closure, ExprCompiler
+from energydsl.expr.compiler import Closure, ExprCompiler
+from energydsl.expr.functions import FUNCTIONS
 from energydsl.lang import spec as S
 from energydsl.ops.pools import PoolFamily
 from energydsl.terms import TERMS, VaryingWeight

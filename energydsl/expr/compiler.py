@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from energydsl.errors import SpecError, did_you_mean, one_of
+from energydsl.expr.functions import ELEMENTWISE, FUNCTIONS, SCALAR_MATH, l2_normalize
 from energydsl.expr.syntax import children, hoist
 from energydsl.lang import spec as S
 from energydsl.ops import conv
@@ -109,57 +110,6 @@ class Symbol:
     # why a constant has no fixed value (e.g. "ramp at line 12"): model expressions read its
     # current value at run time; anywhere a fixed number is needed it is an error
     changes: str | None = None
-
-
-# ---------------------------------------------------------------- elementwise functions
-
-
-def _l2_normalize(v):
-    flat = v.flatten(1)
-    norm = flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return (flat / norm).view_as(v)
-
-
-# elementwise functions: on a tensor, and on a compile-time number
-ELEMENTWISE: dict[str, Callable] = {
-    "relu": torch.relu,
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "abs": torch.abs,
-    "exp": torch.exp,
-    "log": torch.log,
-    "sqrt": torch.sqrt,
-    "softplus": torch.nn.functional.softplus,
-}
-SCALAR_MATH = {"relu": lambda a: max(a, 0.0), "tanh": math.tanh, "abs": abs, "exp": math.exp,
-               "log": math.log, "sqrt": math.sqrt,
-               "sigmoid": lambda a: 1 / (1 + math.exp(-a)), "softplus": lambda a: math.log1p(math.exp(a))}  # fmt: skip
-FUNCTIONS = sorted(ELEMENTWISE) + ["flatten", "normalize", "shrink", "detach", "col_norm"] + list(conv.OPERATORS)
-# One line per function, for the language reference (reference.py).
-FUNCTION_DESCRIPTIONS = {
-    "abs": "``abs(v)``: |v|, elementwise",
-    "exp": "``exp(v)``: eᵛ, elementwise",
-    "log": "``log(v)``: the natural logarithm, elementwise",
-    "relu": "``relu(v)``: max(v, 0), elementwise",
-    "sigmoid": "``sigmoid(v)``: 1 / (1 + e⁻ᵛ), elementwise",
-    "softplus": "``softplus(v)``: log(1 + eᵛ), elementwise",
-    "sqrt": "``sqrt(v)``: the square root, elementwise",
-    "tanh": "``tanh(v)``: the hyperbolic tangent, elementwise",
-    "flatten": "``flatten(v)``: each sample as one vector",
-    "normalize": "``normalize(v)``: each sample scaled to unit l2 norm",
-    "shrink": (
-        "``shrink(value, threshold)``: soft-thresholding, sign(v)·max(|v| − θ, 0), with θ a scalar or shaped like v"
-    ),
-    "detach": (
-        "``detach(v)``: v, through which no gradient flows (a frozen copy: the gated auto-encoder's auxiliary "
-        "loss decodes with ``detach(D)``)"
-    ),
-    "col_norm": (
-        "``col_norm(D)``: the l2 norm of each column of a matrix, a vector (an l1 penalty weighted by the "
-        "decoder's column norms: ``lam * l1(z * col_norm(D))``)"
-    ),
-    **{name: text for name, (_, text) in conv.OPERATORS.items()},
-}
 
 
 class ExprCompiler:
@@ -444,7 +394,7 @@ class ExprCompiler:
             raise SpecError("normalize() scales each sample to unit l2 norm: it needs a per-sample value",
                             node.span)  # fmt: skip
         degree = 0 if value.degree == 0 else INF
-        return Value(value.shape, True, degree=degree), lambda env: _l2_normalize(fn(env))
+        return Value(value.shape, True, degree=degree), lambda env: l2_normalize(fn(env))
 
     def _flatten(self, node: S.Call):
         slots = self.arguments(node, 1)

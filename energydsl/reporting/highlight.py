@@ -35,7 +35,7 @@ from energydsl.compiler.pools import POOL_FAMILIES
 from energydsl.compiler.structures import STRUCTURES
 from energydsl.compiler.variables import NORMALIZATIONS
 from energydsl.data import SOURCES
-from energydsl.expr.compiler import FUNCTIONS
+from energydsl.expr.functions import FUNCTIONS
 from energydsl.ops.constraints import CONSTRAINTS
 from energydsl.optim import OPTIMIZERS
 from energydsl.reporting.reference import (

@@ -29,7 +29,7 @@ from energydsl.compiler.structures import STRUCTURES
 from energydsl.compiler.training import SCHEDULES
 from energydsl.compiler.variables import NORMALIZATIONS
 from energydsl.data import SOURCES
-from energydsl.expr.compiler import FUNCTION_DESCRIPTIONS, FUNCTIONS
+from energydsl.expr.functions import FUNCTION_DESCRIPTIONS, FUNCTIONS
 from energydsl.mechanisms import MECHANISMS
 from energydsl.ops import constraints
 from energydsl.ops.constraints import CONSTRAINTS

@@ -53,7 +53,8 @@ from safetensors.torch import save as save_safetensors
 from energydsl._version import __version__
 from energydsl.atomic import atomic_write
 from energydsl.errors import RunError
-from energydsl.expr.compiler import ELEMENTWISE, Env
+from energydsl.expr.compiler import Env
+from energydsl.expr.functions import ELEMENTWISE
 from energydsl.lang import spec as S
 from energydsl.model import EnergyModel
 from energydsl.runs.directory import load_run

@@ -7,7 +7,8 @@ import torch
 
 import energydsl
 from energydsl.api import compile_program
-from energydsl.expr.compiler import FUNCTION_DESCRIPTIONS, FUNCTIONS, INF
+from energydsl.expr.compiler import INF
+from energydsl.expr.functions import FUNCTION_DESCRIPTIONS, FUNCTIONS
 
 SPEC = """
 data synthetic(dim = 8, atoms = 12, count = 100, k = 2, seed = 1)

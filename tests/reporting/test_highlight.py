@@ -10,7 +10,7 @@ from pygments.token import Comment, Error, Keyword, Name, Number, Operator, Punc
 from energydsl.compiler.pools import POOL_FAMILIES
 from energydsl.compiler.structures import STRUCTURES
 from energydsl.data import SOURCES
-from energydsl.expr.compiler import FUNCTIONS
+from energydsl.expr.functions import FUNCTIONS
 from energydsl.lang.parser import STATEMENT_KEYWORDS
 from energydsl.ops.constraints import CONSTRAINTS
 from energydsl.reporting.highlight import EnergyLexer, vocabulary

@@ -14,7 +14,7 @@ from energydsl.compiler.pools import POOL_FAMILIES
 from energydsl.compiler.structures import STRUCTURES
 from energydsl.compiler.training import SCHEDULES
 from energydsl.data import SOURCES
-from energydsl.expr.compiler import FUNCTION_DESCRIPTIONS, FUNCTIONS
+from energydsl.expr.functions import FUNCTION_DESCRIPTIONS, FUNCTIONS
 from energydsl.lang.parser import STATEMENT_KEYWORDS
 from energydsl.mechanisms import MECHANISMS
 from energydsl.ops.constraints import CONSTRAINTS
