@@ -34,6 +34,7 @@ from collections.abc import Iterable
 
 import torch
 
+from energydsl.data import Samples
 from energydsl.model import EnergyModel
 from energydsl.training.activity import counts
 from energydsl.training.distributed import SINGLE, Workers
@@ -44,7 +45,7 @@ ENCODER_SCALE = 0.2  # a restarted encoder row's norm, as a share of the alive r
 
 
 @torch.no_grad()
-def resample_dead_units(model: EnergyModel, optimizers: Iterable[torch.optim.Optimizer | None], x_train: torch.Tensor,
+def resample_dead_units(model: EnergyModel, optimizers: Iterable[torch.optim.Optimizer | None], x_train: torch.Tensor | Samples,
                         generator: torch.Generator, workers: Workers = SINGLE) -> int:  # fmt: skip
     """Restart every dead unit as the module docstring says; returns how many were."""
     dead = model.dead_units().nonzero().flatten()
@@ -55,19 +56,19 @@ def resample_dead_units(model: EnergyModel, optimizers: Iterable[torch.optim.Opt
     errors = _errors(model, x_train, pool, workers).cpu()
     weights = errors if float(errors.sum()) > 0 else torch.ones_like(errors)
     chosen = pool[torch.multinomial(weights, dead.numel(), replacement=True, generator=draws)]
-    inputs = model.preprocess(x_train[chosen.to(x_train.device)]).flatten(1)
+    inputs = model.preprocess(x_train[chosen.to(x_train.device)].to(model.device)).flatten(1)
     directions = inputs / inputs.norm(dim=1, keepdim=True).clamp_min(1e-12)  # (dead, inputs)
     _restart(model, list(optimizers), dead.to(model.device), directions)
     return dead.numel()
 
 
-def _errors(model: EnergyModel, x_train: torch.Tensor, pool: torch.Tensor, workers: Workers) -> torch.Tensor:
+def _errors(model: EnergyModel, x_train: torch.Tensor | Samples, pool: torch.Tensor, workers: Workers) -> torch.Tensor:
     """‖x − x̂‖² of each pooled sample (float64), the same on every worker."""
     term = model.program.reconstruction
     positions = workers.shard(torch.arange(pool.numel()))
     errors = torch.zeros(pool.numel(), dtype=torch.float64, device=workers.device)
     for part in positions.split(EVAL_BATCH):
-        xp = model.preprocess(x_train[pool[part].to(x_train.device)])
+        xp = model.preprocess(x_train[pool[part].to(x_train.device)].to(model.device))  # samples on disk: read here
         env = model.env(xp, model.infer_prepared(xp))
         errors[part.to(workers.device)] = squared_errors(*term.reconstruction(env)).to(workers.device)
     return workers.sum_(errors)
