@@ -28,8 +28,9 @@ from energydsl.data.streamed import BLOCK, READ_AHEAD, WINDOW, StreamedSamples, 
 SUFFIXES = (".npy", ".safetensors")
 _NPY_MAGIC = b"\x93NUMPY"
 _SAFETENSORS_HEADER_LIMIT = 100 * 2**20  # the safetensors format's own bound on its JSON header
-# storage type → (the type its bytes are read as, how it is called in messages)
-_SAFETENSORS_TYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"), "F64": np.dtype("<f8")}
+# a safetensors type → (the type its bytes are read as, its name in messages)
+_SAFETENSORS_TYPES = {"F32": (np.dtype("<f4"), "float32"), "F16": (np.dtype("<f2"), "float16"),
+                      "BF16": (np.dtype("<u2"), "bfloat16"), "F64": (np.dtype("<f8"), "float64")}  # fmt: skip
 _NPY_KINDS = {np.dtype("f4"): "float32", np.dtype("f2"): "float16", np.dtype("f8"): "float64"}
 
 
@@ -165,11 +166,10 @@ def _safetensors_header(stream, path: Path, name: str, tensor: str | None, size:
     if dtype not in _SAFETENSORS_TYPES:
         raise DataError(f"{name}: tensor '{tensor}' holds {dtype} values; expected F32, F16, BF16 or F64")
     rows, width = _matrix_shape(shape, name)
-    raw = _SAFETENSORS_TYPES[dtype]
+    raw, kind = _SAFETENSORS_TYPES[dtype]
     if end - begin != rows * width * raw.itemsize:
         raise DataError(f"{name}: not a valid safetensors file (tensor '{tensor}' of shape {list(shape)} "
                         f"spans {end - begin} bytes)")  # fmt: skip
-    kind = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}[dtype]
     return Shard(path, name, 8 + length + begin, rows, width, raw, kind)
 
 
@@ -208,7 +208,7 @@ class ShardSet:
         unique, inverse = np.unique(rows, return_inverse=True)
         which = np.searchsorted(self.starts, unique, side="right") - 1
         raw = np.empty((len(unique), self.width), dtype=self.raw)
-        # a run: consecutive rows of one file (the first row of the set, -2 + 1 and -1 + 1, starts one)
+        # a run of rows read at once: each row follows the one before, in the same file
         new_run = (np.diff(unique, prepend=-2) != 1) | (np.diff(which, prepend=-1) != 0)
         run_starts = np.flatnonzero(new_run)
         run_stops = np.append(run_starts[1:], len(unique))
@@ -221,7 +221,8 @@ class ShardSet:
         row_bytes = self.width * self.raw.itemsize
         buffer = memoryview(raw).cast("B")
         shards = which[run_starts]
-        offsets = np.array([s.offset for s in self.shards])[shards] + (unique[run_starts] - self.starts[shards]) * row_bytes
+        first_rows = unique[run_starts] - self.starts[shards]
+        offsets = np.array([s.offset for s in self.shards])[shards] + first_rows * row_bytes
         files: dict[int, int] = {}
         try:
             for shard, offset, start, stop in zip(shards.tolist(), offsets.tolist(), run_starts.tolist(),

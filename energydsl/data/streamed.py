@@ -199,10 +199,12 @@ class StreamBatches(Sequence):
 
 
 def read_ahead(samples: StreamedSamples, items: Iterable[T], positions: Callable[[T], torch.Tensor] = lambda item: item,
-               depth: int = READ_AHEAD) -> Iterator[tuple[T, torch.Tensor]]:  # fmt: skip
+               depth: int | None = None) -> Iterator[tuple[T, torch.Tensor]]:  # fmt: skip
     """Each item with the samples at its ``positions(item)``, in order, read by one background thread
-    up to ``depth`` items ahead of the one the caller holds (so at most ``depth + 1`` batches are in
-    memory).  A read that fails raises here, at its item; closing the generator stops the thread."""
+    up to ``depth`` (default :data:`READ_AHEAD`) items ahead of the one the caller holds, so at most
+    ``depth + 1`` batches are in memory.  A read that fails raises here, at its item; closing the
+    generator stops the thread."""
+    depth = READ_AHEAD if depth is None else depth
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="energydsl-read-ahead")
     pending: deque = deque()
     try:

@@ -40,8 +40,11 @@ def epoch_batches(order: Order, size: int, device: torch.device) -> Sequence[tor
     return order.to(device).split(size)
 
 
+Fed = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # a global batch, this worker's part, its samples
+
+
 def worker_batches(x_train: torch.Tensor | Samples, batches: Sequence[torch.Tensor], start: int,
-                   workers: Workers, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # fmt: skip
+                   workers: Workers, device: torch.device) -> Iterator[Fed]:  # fmt: skip
     """From batch ``start`` on: each global batch, this worker's part of it, and that part's samples
     on ``device``.  Samples on disk are read ahead; an in-memory set is indexed as each batch comes."""
     if isinstance(x_train, torch.Tensor):
@@ -49,6 +52,7 @@ def worker_batches(x_train: torch.Tensor | Samples, batches: Sequence[torch.Tens
             mine = workers.shard(batch)
             yield batch, mine, x_train[mine]
         return
-    parts = ((batches[i], workers.shard(batches[i])) for i in range(start, len(batches)))
+    remaining = (batches[i] for i in range(start, len(batches)))  # computed as they come, not all at once
+    parts = ((batch, workers.shard(batch)) for batch in remaining)
     for (batch, mine), x in read_ahead(x_train, parts, positions=lambda part: part[1]):
         yield batch, mine, x.to(device)

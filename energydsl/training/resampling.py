@@ -45,8 +45,9 @@ ENCODER_SCALE = 0.2  # a restarted encoder row's norm, as a share of the alive r
 
 
 @torch.no_grad()
-def resample_dead_units(model: EnergyModel, optimizers: Iterable[torch.optim.Optimizer | None], x_train: torch.Tensor | Samples,
-                        generator: torch.Generator, workers: Workers = SINGLE) -> int:  # fmt: skip
+def resample_dead_units(model: EnergyModel, optimizers: Iterable[torch.optim.Optimizer | None],
+                        x_train: torch.Tensor | Samples, generator: torch.Generator,
+                        workers: Workers = SINGLE) -> int:  # fmt: skip
     """Restart every dead unit as the module docstring says; returns how many were."""
     dead = model.dead_units().nonzero().flatten()
     if not dead.numel():

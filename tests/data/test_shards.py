@@ -144,8 +144,11 @@ def bad_files(tmp_path):
     }
 
 
-@pytest.mark.parametrize("case", ["empty glob", "missing file", "empty directory", "bad header", "not a shard", "1-D",
-                                  "3-D", "integers", "width", "dtype", "truncated", "one shard", "too few"])  # fmt: skip
+BAD_CASES = ["empty glob", "missing file", "empty directory", "bad header", "not a shard", "1-D", "3-D", "integers",
+             "width", "dtype", "truncated", "one shard", "too few"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
 def test_a_bad_file_is_a_one_line_error(tmp_path, case):
     setup, args, phrases = bad_files(tmp_path)[case]
     setup()
