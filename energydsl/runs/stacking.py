@@ -221,6 +221,9 @@ def stacked(run: str, spec: str | None = None, pooling: int = DEFAULT_POOL, *, b
     directory = _existing_run(run, spec, base_dir)
     network = nn.Sequential(*layers(directory), L2Pool(pooling)).eval()
     source = run_dataset(directory, load_run(directory))
+    if not isinstance(source.x_train, torch.Tensor):
+        raise DataError(f"data source 'stacked': run '{run}' streams its samples from disk ({source.name}); "
+                        "stacking would hold the features of all of them in memory")  # fmt: skip
 
     empty = torch.zeros((0,) + _pooled_shape(network[-2].output_shape, pooling))
 

@@ -299,22 +299,30 @@ def test_a_resumed_run_continues_at_the_same_place_of_the_stream_bitwise(sae_spe
     assert (reference.params["b"] > -0.5).any()  # resampling restarted units
 
 
-def test_the_cli_runs_and_checks_a_spec_on_shards(sae_spec, tmp_path, capsys):
-    sae_spec.write_text(SAE.replace("epochs 3", "epochs 1"))
+@pytest.fixture
+def two_shards(tmp_path):
     (tmp_path / "dir").mkdir()
     np.save(tmp_path / "dir" / "part_0.npy", activations(300, seed=1))
     np.save(tmp_path / "dir" / "part_1.npy", activations(200, seed=2))
-    data = 'shards("dir/", split = "shard")'
-    assert main(["check", str(sae_spec), "--data", data]) == 0
+    return 'shards("dir/", split = "shard")'
+
+
+def test_the_cli_checks_a_spec_on_shards_and_a_bad_glob_is_one_line(sae_spec, two_shards, tmp_path, capsys):
+    assert main(["check", str(sae_spec), "--data", two_shards]) == 0
     assert "shards('dir/', split='shard')" in capsys.readouterr().out
+    assert main(["check", str(sae_spec), "--data", 'shards("nothing/*.npy")']) == 2
+    assert capsys.readouterr().err == f"data source 'shards': no file matches nothing/*.npy (looked for " \
+                                      f"{tmp_path / 'nothing/*.npy'})\n"  # fmt: skip
+    assert main(["run", str(sae_spec), "--data", 'shards("nothing/*.npy")', "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "r").exists()
+
+
+def test_the_cli_runs_a_spec_on_shards(sae_spec, two_shards, tmp_path):
+    sae_spec.write_text(SAE.replace("epochs 3", "epochs 1"))
     out = tmp_path / "run"
-    assert main(["run", str(sae_spec), "--data", data, "--out", str(out), "--quiet"]) == 0
+    assert main(["run", str(sae_spec), "--data", two_shards, "--out", str(out), "--quiet"]) == 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
     assert f'shards("{(tmp_path / "dir").as_posix()}", split = "shard")' in (out / "spec.energy").read_text()
-    capsys.readouterr()
-    assert main(["run", str(sae_spec), "--data", 'shards("nothing/*.npy")', "--out", str(tmp_path / "r2")]) != 0
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no file matches nothing/*.npy" in err and "Traceback" not in err
 
 
 # --------------------------------------------------------------------------- memory
@@ -389,3 +397,22 @@ def test_peak_memory_does_not_grow_with_the_set(tmp_path):
         peaks.append(peak_rss_of_a_run(folder))
     growth, data = peaks[1] - peaks[0], sizes[1] - sizes[0]
     assert growth < 0.1 * data, f"peak resident memory {peaks[0]:,} B then {peaks[1]:,} B for files {sizes} B"
+
+
+def test_a_bad_sample_met_in_training_stops_the_run_in_one_line(sae_spec, tmp_path, capsys):
+    x = activations(300)
+    x[101, 0] = np.inf  # a training sample (101 % 5 != 0), read by the background thread
+    np.save(tmp_path / "acts.npy", x)
+    sae_spec.write_text(SAE.replace("init samples(x)", "init normal(0.1)").replace("init mean(x)", "init zeros"))
+    assert main(["run", str(sae_spec), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == "acts.npy: sample 101 holds NaN or infinite values; expected finite numbers\n"
+
+
+def test_stacking_on_a_streamed_run_is_refused_in_one_line(sae_spec, tmp_path, monkeypatch):
+    sae_spec.write_text(SAE.replace("epochs 3", "epochs 1"))
+    energydsl.train(energydsl.load(sae_spec), out=tmp_path / "layer1")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as excinfo:
+        load_data("stacked", ("layer1",), {"pooling": 1})
+    assert one_line(excinfo).startswith("data source 'stacked': run 'layer1' streams its samples from disk")
