@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from energydsl.building import compile_program, load_dataset, read_spec
+from energydsl.building import compile_program, dataset_footprint, load_dataset, read_spec
 from energydsl.data import Dataset
 from energydsl.errors import RunError
 from energydsl.model import EnergyModel
@@ -52,12 +52,13 @@ def load(
     """
     if isinstance(data, Dataset):
         program = compile_program(spec, set, data_info=data.description)
+        check_fits(program, samples=0)  # the data is loaded, so the memory still available excludes it
         dataset = data
     else:
         program = compile_program(spec, set, data)
+        check_fits(program, samples=0, data_bytes=dataset_footprint(program))  # before the data is read
         dataset = load_dataset(program)
-    check_fits(program, samples=0)  # the data is loaded, so the memory still available excludes it
-    model = EnergyModel(program, dataset.x_train, seed=seed)
+    model = EnergyModel(program, dataset.x_train, seed=seed)  # samples on disk: initialisers read a sample
     model.dataset = dataset
     model.overrides = {k: float(v) for k, v in (set or {}).items()}
     model.data_text = data if isinstance(data, str) else None

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from energydsl.compiler import DataCall, Program, compile_spec, spec_dir
-from energydsl.data import Dataset, describe_source, load_data
+from energydsl.data import Dataset, data_footprint, describe_source, load_data
 from energydsl.lang.parser import parse, parse_file, parse_source_call
 from energydsl.lang.spec import Spec
 
@@ -46,3 +46,11 @@ def load_dataset(program: Program, base_dir: Path | None = None) -> Dataset:
     call = program.data
     base = base_dir if base_dir is not None else spec_dir(program.spec.path)
     return load_data(call.name, call.args, dict(call.kwargs), base_dir=base)
+
+
+def dataset_footprint(program: Program, base_dir: Path | None = None) -> int | None:
+    """The bytes :func:`load_dataset` will hold at its peak, from the data's headers (None: its source
+    does not say); see :attr:`energydsl.data.Source.footprint`."""
+    call = program.data
+    base = base_dir if base_dir is not None else spec_dir(program.spec.path)
+    return data_footprint(call.name, call.args, dict(call.kwargs), base_dir=base, batch=program.training.batch)

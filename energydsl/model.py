@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from energydsl.compiler import Program
+from energydsl.data import Samples
 from energydsl.errors import InferenceCapWarning
 from energydsl.expr.compiler import Env
 from energydsl.ops.sparse_codes import as_dense
@@ -36,7 +37,7 @@ class EnergyModel(nn.Module):
     ``model.params["W"]`` is the parameter named ``W`` in the spec.
     """
 
-    def __init__(self, program: Program, train_x: torch.Tensor | None = None, seed: int | None = None):
+    def __init__(self, program: Program, train_x: torch.Tensor | Samples | None = None, seed: int | None = None):
         super().__init__()
         self.program = program
         self.params = nn.ParameterDict()
@@ -51,12 +52,13 @@ class EnergyModel(nn.Module):
 
     # ------------------------------------------------------------ construction
 
-    def _initialize(self, train_x: torch.Tensor | None, generator: torch.Generator) -> None:
+    def _initialize(self, train_x: torch.Tensor | Samples | None, generator: torch.Generator) -> None:
         """Evaluate every init expression, in declaration order, then project.
 
         Without data (``train_x`` None, e.g. when loading a checkpoint) an
         initialiser that draws samples cannot run; parameters are then zeros,
-        to be overwritten by the loaded values.
+        to be overwritten by the loaded values.  Of samples on disk, an initialiser
+        that reads the data reads a bounded sample of them.
         """
         reference = torch.zeros(())
         for plan in self.program.params:

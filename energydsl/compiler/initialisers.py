@@ -12,6 +12,7 @@ from typing import ClassVar
 import torch
 
 from energydsl.compiler.program import Variable
+from energydsl.data.streamed import in_memory
 from energydsl.errors import SpecError
 from energydsl.expr.compiler import Closure, Env, Value
 from energydsl.lang import spec as S
@@ -112,7 +113,8 @@ class Uniform(Initialiser):
 class Samples(Initialiser):
     """``samples(x)``: random training samples of the input, scaled to unit norm, as the columns
     (or rows) of the matrix; for a kernel [out, channels, kh, kw] of an image input, random
-    kh×kw patches of the training images (the most contrasted of several draws), unit norm."""
+    kh×kw patches of the training images (the most contrasted of several draws), unit norm.  From
+    samples read from disk (``shards``) it draws from an evenly spread sample of at most 32 MiB."""
 
     name = "samples"
 
@@ -157,7 +159,7 @@ class _SampleStatistic(Initialiser):
                             f"[{sample}]; this parameter is [{', '.join(map(str, target.shape))}]", node.span)  # fmt: skip
 
         def build(env: Env) -> torch.Tensor:
-            rows = env["train_x"].flatten(1)
+            rows = in_memory(env["train_x"]).flatten(1)  # samples on disk: a bounded sample of them
             if target.normalize == "l2":  # as the model's input holds them
                 rows = rows.to(torch.float64)
                 rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -167,7 +169,8 @@ class _SampleStatistic(Initialiser):
 
 
 class Mean(_SampleStatistic):
-    """``mean(x)``: the mean training sample of the input (after its normalisation, if any)."""
+    """``mean(x)``: the mean training sample of the input (after its normalisation, if any); of samples
+    read from disk (``shards``), the mean of an evenly spread sample of at most 32 MiB."""
 
     name = "mean"
 
@@ -185,7 +188,8 @@ class Median(_SampleStatistic):
     normalisation, if any): the point m that minimises Σᵢ ‖xᵢ − m‖, robust to outlying samples.
     Weiszfeld's iterations from the mean, in float64, until a step moves m by less than 1e-7 of
     the samples' mean distance to it (at most 500); on at most 20,000 samples, drawn with the
-    spec's seed when there are more."""
+    spec's seed when there are more (of samples read from disk, ``shards``: from an evenly spread sample
+    of at most 32 MiB)."""
 
     name = "median"
 
@@ -310,7 +314,7 @@ INITIALISERS.register(GridInhibition)
 def _draw_samples(env: Env, shape, dim: int) -> torch.Tensor:
     """Columns (or rows) of random training samples, each scaled to unit norm.  A blank
     sample (a flat patch is 0 once centred) has no direction: it is drawn again."""
-    data = env["train_x"].flatten(1)
+    data = in_memory(env["train_x"]).flatten(1)  # samples on disk: a bounded sample of them
     count = shape[1] if shape[0] == dim else shape[0]
     index = torch.randint(0, data.shape[0], (count,), generator=env["generator"])
     norms = data.norm(dim=1)
@@ -332,7 +336,7 @@ def _draw_patches(env: Env, shape, image: tuple[int, ...]) -> torch.Tensor:
     scaled to unit norm; of four candidates per filter the largest-norm ones are kept, so that
     few filters start from a blank corner."""
     out, _, kh, kw = shape
-    data = env["train_x"].reshape((-1,) + tuple(image))
+    data = in_memory(env["train_x"]).reshape((-1,) + tuple(image))
     generator = env["generator"]
     count = 4 * out
     index = torch.randint(0, data.shape[0], (count,), generator=generator)

@@ -6,13 +6,25 @@ registered by :mod:`energydsl.runs`.  A source from another package registers th
 ``energydsl.data`` entry point group instead.
 """
 
-from energydsl.data import features, files, mnist, patches, synthetic
-from energydsl.data.base import SOURCES, DataError, Dataset, Description, Source, describe_source, load_data
+from energydsl.data import features, files, mnist, patches, shards, synthetic
+from energydsl.data.base import (
+                                 SOURCES,
+                                 DataError,
+                                 Dataset,
+                                 Description,
+                                 Samples,
+                                 Source,
+                                 data_footprint,
+                                 describe_source,
+                                 load_data,
+)
 
 SOURCES.register(mnist.SOURCE)
 SOURCES.register(patches.SOURCE)
 SOURCES.register(synthetic.SOURCE)
 SOURCES.register(files.SOURCE)
 SOURCES.register(features.SOURCE)
+SOURCES.register(shards.SOURCE)
 
-__all__ = ["SOURCES", "DataError", "Dataset", "Description", "Source", "describe_source", "load_data"]
+__all__ = ["SOURCES", "DataError", "Dataset", "Description", "Samples", "Source", "data_footprint", "describe_source",
+           "load_data"]

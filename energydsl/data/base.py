@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ import torch
 from energydsl.errors import UserError
 from energydsl.registry import Registry
 
-__all__ = ["SOURCES", "DataError", "Dataset", "Source", "describe_source", "load_data"]
+__all__ = ["SOURCES", "DataError", "Dataset", "Samples", "Source", "data_footprint", "describe_source", "load_data"]
 
 
 
@@ -55,6 +55,17 @@ class DataError(UserError):
         super().__init__(" ".join(line.strip() for line in str(message).splitlines()))
 
 
+class Samples(Protocol):
+    """Samples that stay on disk until asked for (:class:`energydsl.data.streamed.StreamedSamples`):
+    indexed like a float32 tensor ``(count, *sample_shape)``, ``x[index]`` reads those samples."""
+
+    shape: tuple[int, ...]
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index) -> torch.Tensor: ...
+
+
 @dataclass(frozen=True, eq=False)
 class Dataset:
     """A train/test pair of float32 sample tensors with optional int64 class labels and, for paired data
@@ -62,11 +73,12 @@ class Dataset:
 
     ``extras`` carries source-specific tensors such as the ground-truth dictionary of
     synthetic data or the whitening matrix of image patches.  (``eq=False``: tensors
-    have no single truth value, so datasets compare by identity.)
+    have no single truth value, so datasets compare by identity.)  The training samples of
+    a set too large for memory (the ``shards`` source) are :class:`Samples` read on demand.
     """
 
     name: str
-    x_train: torch.Tensor
+    x_train: torch.Tensor | Samples
     x_test: torch.Tensor
     y_train: torch.Tensor | None
     y_test: torch.Tensor | None
@@ -107,6 +119,9 @@ class Source:
     :func:`describe_source` run ``check`` first; ``load``, which Python code may call
     directly, checks its arguments itself.  ``paths`` names the arguments that are file
     paths relative to ``base_dir``: a run directory records them as absolute paths.
+    ``footprint`` takes the training batch and what ``load`` takes, and returns the bytes the
+    load will hold at its peak, from what ``describe`` reads (headers, counts, types), so that
+    a set that does not fit is refused before it is read; None: the source does not say.
     """
 
     name: str
@@ -114,6 +129,7 @@ class Source:
     describe: Callable[..., Description]
     check: Callable[..., object]
     paths: tuple[str, ...] = ()
+    footprint: Callable[..., int] | None = None
 
     @property
     def doc(self) -> str:
@@ -286,3 +302,11 @@ def describe_source(name: str, args: Sequence = (), kwargs: Mapping[str, object]
     source, bound = _bind(name, args, kwargs, base_dir)
     shape, classes, *target = source.describe(**bound)
     return Description(tuple(shape), classes, tuple(target[0]) if target and target[0] is not None else None)
+
+
+def data_footprint(name: str, args: Sequence = (), kwargs: Mapping[str, object] | None = None,
+                   base_dir: Path | None = None, batch: int = 1) -> int | None:  # fmt: skip
+    """The bytes that :func:`load_data` will hold at its peak, trained with batches of ``batch``
+    samples (None when the source does not say); reads what :func:`describe_source` reads."""
+    source, bound = _bind(name, args, kwargs, base_dir)
+    return source.footprint(batch, **bound) if source.footprint is not None else None

@@ -214,7 +214,16 @@ def _describe_features(dim, target_dim=0, **_):
     return (dim,), None, (target_dim,) if target_dim else None
 
 
-SOURCE = Source("features", load=features, describe=_describe_features, check=_check_features)
+def _footprint_features(batch, dim, features, count, max_prob, test, **_):
+    """The float32 samples, a few blocks' temporaries, the float64 directions (and their copies while
+    they are orthogonalised), and the held-out codes as a sparse tensor (at most ``max_prob`` of them
+    nonzero: a float32 value and two int64 indices each, twice while they are converted)."""
+    held_codes = round(count * test) * features * max_prob
+    return count * dim * 4 + 4 * _BLOCK_ENTRIES * 8 + 4 * dim * features * 8 + int(held_codes * 2 * (4 + 16))
+
+
+SOURCE = Source("features", load=features, describe=_describe_features, check=_check_features,
+                footprint=_footprint_features)
 
 
 # --------------------------------------------------------------------------- the structure

@@ -470,5 +470,27 @@ def _describe_file(path, labels, test, test_labels, x, y, target, target_file, t
     return shape, _num_classes(*label_arrays), target_shape
 
 
+def _footprint_file(batch, path, labels, test, test_labels, x, y, target, target_file, test_target_file, *,
+                    base_dir) -> int:  # fmt: skip
+    """The arrays at their peak while they load (see :func:`_peak_bytes`), as if all at once."""
+    plan = _plan_file(path, labels, test, test_labels, x, y, _Targets(target, target_file, test_target_file), base_dir)
+    total = _peak_bytes(plan.dictionary, labels=False) if plan.dictionary is not None else 0
+    for split in (plan.train, plan.test) if plan.test is not None else (plan.train,):
+        for ref, is_labels in ((split.x, False), (split.y, True), (split.codes, False), (split.target, False)):
+            total += _peak_bytes(ref, is_labels) if ref is not None else 0
+    return total
+
+
+def _peak_bytes(ref: ArrayRef, labels: bool) -> int:
+    """An array's bytes at the peak of its load: as stored and converted (float32 samples, int64
+    labels), or converted twice over once the split copies it out; uint8 pixels, divided by 255,
+    hold one more float32 copy."""
+    shape, dtype = ref.header()
+    loaded = 8 if labels else 4
+    extra = 4 if dtype == np.uint8 and not labels else 0
+    return math.prod(shape) * (max(2 * loaded, dtype.itemsize + loaded) + extra)
+
+
 SOURCE = Source("file", load=file, describe=_describe_file, check=_check_file,
-                paths=("path", "labels", "test", "test_labels", "target_file", "test_target_file"))
+                paths=("path", "labels", "test", "test_labels", "target_file", "test_target_file"),
+                footprint=_footprint_file)

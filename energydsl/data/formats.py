@@ -93,6 +93,10 @@ class ArrayRef:
         Comparing the header with the file's length catches a truncated file at
         ``energydsl check`` time, before anything is loaded.
         """
+        return self.header()[0]
+
+    def header(self) -> tuple[tuple[int, ...], np.dtype]:
+        """The array's shape and type, from its header (checked like :meth:`shape`)."""
         try:
             shape, dtype, data_start, length = self._header()
         except (*READ_ERRORS, KeyError) as exc:  # KeyError: an .npz member without .npy
@@ -103,7 +107,7 @@ class ArrayRef:
                 f"{self.name}: truncated: its header declares shape {shape} of {dtype}, "
                 f"which needs {needed} bytes, but the {'member' if self.member else 'file'} has {length}"
             )
-        return shape
+        return shape, dtype
 
     def _header(self) -> tuple[tuple[int, ...], np.dtype, int, int | None]:
         """Shape, dtype, where the data starts, and the data's full length (None if unknown)."""

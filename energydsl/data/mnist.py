@@ -11,6 +11,9 @@ from energydsl.data.base import Args, Dataset, Source, bundled, float_tensor, in
 from energydsl.data.formats import read_idx
 
 _MNIST_TRAIN = 8000  # samples in the MNIST training split (i % 5 != 0 of 10,000)
+_MNIST_TEST = 2000
+_MNIST_ALL = 10000
+_PIXELS = 784
 
 
 @functools.cache
@@ -62,4 +65,11 @@ def _describe_mnist(count):
     return (784,), 10
 
 
-SOURCE = Source("mnist", load=mnist, describe=_describe_mnist, check=_check_mnist)
+def _footprint_mnist(batch, count):
+    """The bundled digits (uint8, kept), and per loaded image its uint8 copy, the division's float32
+    result and the tensor's float32 copy; one int64 label twice."""
+    images = (count or _MNIST_TRAIN) + _MNIST_TEST
+    return _MNIST_ALL * (_PIXELS + 8) + images * (_PIXELS * 9 + 16)
+
+
+SOURCE = Source("mnist", load=mnist, describe=_describe_mnist, check=_check_mnist, footprint=_footprint_mnist)

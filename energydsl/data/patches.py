@@ -140,4 +140,14 @@ def _describe_patches(size, count, whiten, center, test, seed, eps):
     return (size * size,), None
 
 
-SOURCE = Source("patches", load=patches, describe=_describe_patches, check=_check_patches)
+_IMAGES_BYTES = 16 * 2**20  # the bundled photographs as float64 (9 MiB)
+
+
+def _footprint_patches(batch, size, count, whiten, center, test, seed, eps):
+    """The photographs, and per patch its float64 values, their whitened float64 copy and the float32
+    tensor's copy."""
+    return _IMAGES_BYTES + count * size * size * (8 + 8 + 4)
+
+
+SOURCE = Source("patches", load=patches, describe=_describe_patches, check=_check_patches,
+                footprint=_footprint_patches)

@@ -93,4 +93,11 @@ def _describe_synthetic(dim, atoms, count, k, noise, test, nonneg, seed):
     return (dim,), None
 
 
-SOURCE = Source("synthetic", load=synthetic, describe=_describe_synthetic, check=_check_synthetic)
+def _footprint_synthetic(batch, dim, atoms, count, k, noise, test, nonneg, seed):
+    """Per sample: the float64 draws that choose the supports, their argsort and the codes (3 × atoms
+    values of 8 bytes), the float64 samples, noise and sum (3 × dim), and the float32 copies of both."""
+    return count * (atoms * (3 * 8 + 4) + dim * (3 * 8 + 4)) + dim * atoms * 12
+
+
+SOURCE = Source("synthetic", load=synthetic, describe=_describe_synthetic, check=_check_synthetic,
+                footprint=_footprint_synthetic)

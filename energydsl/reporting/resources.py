@@ -38,8 +38,12 @@ float32; ``B``: the training batch; ``B_eval``: the evaluation batch, at most
   of the two batches.
 * **pool tables**: the group prox's index tables, as built (exact), and their
   copies in the model's dtype.
-* **dataset**: samples × d float32 values, and one int64 label per sample when
-  the spec has a label.  (Loading may briefly hold one more copy.)
+* **dataset**: what the data source says its load holds at its peak, from its headers
+  and arguments before a byte is read (:attr:`energydsl.data.Source.footprint`: a file
+  loaded whole counts its stored values and two float32 copies of them; ``shards`` counts
+  its held-out samples, the batches read ahead and the sample initialisers may read);
+  given a sample count instead, samples × d float32 values and one int64 label per
+  sample when the spec has a label.
 
 Parts are added as if all were alive at once.  What the formula leaves out (the C
 library's and torch's allocator slack, caches, the transient copies made while data
@@ -91,6 +95,8 @@ _REMEDIES = {
     "pool tables": "fewer pools",
     "dataset": "fewer samples",
 }
+STREAM_REMEDY = 'stream the samples from disk with data shards("...") (.npy or safetensors files)'
+
 
 
 class ResourceError(UserError):
@@ -163,10 +169,13 @@ def available_memory() -> tuple[int | None, str]:
     return None, "unknown"
 
 
-def estimate(program: Program, samples: int = 0, dtype: torch.dtype | None = None) -> Estimate:
+def estimate(program: Program, samples: int = 0, dtype: torch.dtype | None = None,
+             data_bytes: int | None = None) -> Estimate:  # fmt: skip
     """The bytes ``program`` will hold when trained on ``samples`` samples (0: data not counted).
 
     ``dtype`` is the model's (default: torch's default dtype, as :class:`EnergyModel` uses).
+    ``data_bytes``, when given, is the data's part (what its source says it holds) in place of
+    the ``samples`` count's.
     """
     size = (dtype or torch.get_default_dtype()).itemsize
     values = sum(math.prod(p.shape) for p in program.params)
@@ -186,33 +195,43 @@ def estimate(program: Program, samples: int = 0, dtype: torch.dtype | None = Non
         "gram": _gram_bytes(program, size),
         "dual variables": 0,
         "pool tables": 0,
-        "dataset": samples * per_sample,
+        "dataset": samples * per_sample if data_bytes is None else data_bytes,
     }
     for part, count in _entries_memory(program, max(batch, eval_batch), size):
         parts[part] = parts.get(part, 0) + count
     return Estimate(parts)
 
 
-def check_fits(program: Program, samples: int, available: int | None = None) -> Estimate:
+def check_fits(program: Program, samples: int, available: int | None = None,
+               data_bytes: int | None = None) -> Estimate:  # fmt: skip
     """Raise :class:`ResourceError` when ``program`` needs more memory than is available.
 
     ``samples``: how many samples the run will load; pass 0 when the dataset is
     already in memory (the available memory then already accounts for it).
-    ``available``: bytes (default: :func:`available_memory`).  Returns the estimate;
-    when the available memory cannot be found, nothing is refused.
+    ``data_bytes``: what the data source says its load will hold (:func:`estimate`), to
+    check before it is read.  ``available``: bytes (default: :func:`available_memory`).
+    Returns the estimate; when the available memory cannot be found, nothing is refused.
     """
-    needed = estimate(program, samples)
+    needed = estimate(program, samples, data_bytes=data_bytes)
     source = "given"
     if available is None:
         available, source = available_memory()
     if available is not None and needed.total > available:
-        remedy = _REMEDIES.get(needed.largest(1)[0][0], "a smaller batch or fewer latent units")
+        remedy = _remedy(program, needed.largest(1)[0][0])
         override = f"raise {LIMIT_VARIABLE}" if source == LIMIT_VARIABLE else f"set {LIMIT_VARIABLE} (e.g. 64G)"
         raise ResourceError(
             f"spec '{program.name}' needs {needed} but {format_bytes(available)} of memory is available "
             f"({source}); try {remedy}, or {override} to override"
         )
     return needed
+
+
+def _remedy(program: Program, part: str) -> str:
+    """What to change when ``part`` is the largest: for data loaded whole, streaming it."""
+    if part == "dataset":
+        streamed = program.data is not None and program.data.name == "shards"
+        return "a smaller batch or test_samples" if streamed else f"fewer samples, or {STREAM_REMEDY}"
+    return _REMEDIES.get(part, "a smaller batch or fewer latent units")
 
 
 # ---------------------------------------------------------------- the parts

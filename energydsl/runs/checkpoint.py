@@ -7,7 +7,8 @@ A run directory holds
 - ``model.json``: the sidecar — spec source and hash, constants, data, shapes, versions;
 - ``metrics.jsonl``: one line per epoch; ``summary.json``: the final metrics;
 - ``checkpoint.safetensors``: the training state to resume from — parameters,
-  optimizer state, random generators, position in the data — in ONE file, so
+  optimizer state, random generators, position in the data (the epoch's order, or
+  for samples read from disk the seed it follows from) — in ONE file, so
   that a crash can never pair parameters with the optimizer state of another step.
 
 Every file is written atomically (temporary file, flush, fsync, rename), so a run
@@ -30,6 +31,7 @@ from energydsl._version import __version__
 from energydsl.atomic import atomic_write, atomic_write_json
 from energydsl.compiler import Program, spec_dir
 from energydsl.data import SOURCES
+from energydsl.data.streamed import StreamOrder
 from energydsl.errors import RunError, Span
 from energydsl.lang import spec as S
 from energydsl.lang.parser import parse_source_call
@@ -215,7 +217,7 @@ def save_state(directory: Path, model, state, source: str) -> None:
     tensors.update({f"state/{name}": t.detach().cpu().contiguous() for name, t in model.state.items()})
     tensors["rng/order"] = state.generator.get_state()
     tensors["rng/torch"] = torch.get_rng_state()
-    if state.order is not None:
+    if isinstance(state.order, torch.Tensor):
         tensors["order"] = state.order.cpu()
     if model.step_size_estimate.vector is not None:  # the warm start of code maps' step size
         tensors["power_iteration"] = model.step_size_estimate.vector.cpu()
@@ -226,6 +228,8 @@ def save_state(directory: Path, model, state, source: str) -> None:
             optimizers[direction] = _optimizer_state(optimizer.state_dict(), f"optim/{direction}", tensors)
     position = {"step": state.step, "epoch": state.epoch, "batch": state.batch, "history": state.history,
                 "optimizers": optimizers}  # fmt: skip
+    if isinstance(state.order, StreamOrder):  # samples on disk: the seed their order follows from, not the order
+        position["stream_order"] = state.order.as_dict()
     metadata = {"format": str(FORMAT), "spec_sha256": _sha256(source), "state": json.dumps(position)}
     atomic_write(directory / CHECKPOINT_FILE, safetensors.torch.save(tensors, metadata=metadata))
 
@@ -274,7 +278,7 @@ def load_state(directory: Path, model, state, source: str) -> None:
         getattr(state.optimizers, direction).load_state_dict(_restored(saved, f"optim/{direction}", tensors))
     state.generator.set_state(tensors["rng/order"])
     torch.set_rng_state(tensors["rng/torch"])
-    state.order = tensors.get("order")
+    state.order = StreamOrder(**position["stream_order"]) if "stream_order" in position else tensors.get("order")
     if "power_iteration" in tensors:
         model.step_size_estimate.vector = tensors["power_iteration"].to(model.device)
     state.step, state.epoch, state.batch = position["step"], position["epoch"], position["batch"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from energydsl.compiler import compile_spec
+from energydsl.data.streamed import in_memory
 from energydsl.errors import RunError
 from energydsl.lang import spec as S
 from energydsl.lang.parser import parse
@@ -36,7 +37,7 @@ def prune_run(directory: str | Path, threshold: float, out: str | Path) -> dict:
         name, tree = _the_tree(model)
     except RunError as error:
         raise RunError(f"{directory}: {error}") from None
-    frequency = activation_frequency(model, run_dataset(directory, model).x_train)
+    frequency = activation_frequency(model, in_memory(run_dataset(directory, model).x_train))  # shards: a sample
     kept = kept_units(tree, frequency, threshold)
     source = _pruned_source(model, name, tree, kept)
     spec = parse(source, str(out / checkpoint.SPEC_FILE))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import math
 import warnings
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from torch import nn
 
 from energydsl.building import compile_program
 from energydsl.compiler import spec_dir
-from energydsl.data import DataError, Dataset, describe_source
+from energydsl.data import DataError, Dataset, data_footprint, describe_source
 from energydsl.data.base import Args, Source
 from energydsl.errors import SpecError, UserError
 from energydsl.expr.compiler import Env
@@ -220,6 +221,9 @@ def stacked(run: str, spec: str | None = None, pooling: int = DEFAULT_POOL, *, b
     directory = _existing_run(run, spec, base_dir)
     network = nn.Sequential(*layers(directory), L2Pool(pooling)).eval()
     source = run_dataset(directory, load_run(directory))
+    if not isinstance(source.x_train, torch.Tensor):
+        raise DataError(f"data source 'stacked': run '{run}' streams its samples from disk ({source.name}); "
+                        "stacking would hold the features of all of them in memory")  # fmt: skip
 
     empty = torch.zeros((0,) + _pooled_shape(network[-2].output_shape, pooling))
 
@@ -247,10 +251,28 @@ def _check_stacked(run, spec, pooling) -> None:
 def describe_stacked(run: str, spec: str | None, pooling: int, *, base_dir: Path | None):
     """(sample shape, classes) of :func:`stacked`, from the run's files, or from its spec
     when it has not been trained yet (so that ``energydsl check`` works before training)."""
+    program, data_dir = _program_below(run, spec, base_dir)
+    shape = tuple(program.latent.layout or program.latent.shape)
+    return _pooled_shape(shape, pooling), _classes_of(program, data_dir)
+
+
+def footprint_stacked(batch: int, run: str, spec: str | None, pooling: int, *, base_dir: Path | None) -> int:
+    """The data of the run below, as its own source holds it, and the features beside it: that many
+    bytes again, scaled by a feature's values over a sample's (the code maps go through in chunks)."""
+    program, data_dir = _program_below(run, spec, base_dir)
+    shape = _pooled_shape(tuple(program.latent.layout or program.latent.shape), pooling)
+    call = program.data
+    below = data_footprint(call.name, call.args, dict(call.kwargs), base_dir=data_dir, batch=batch) or 0
+    return below + below * math.prod(shape) // math.prod(program.sample_shape)
+
+
+def _program_below(run: str, spec: str | None, base_dir: Path | None):
+    """The program of the run to stack on (from its files, else from its spec) and the folder its
+    data paths start from."""
     directory = Path(run)
     if (directory / "model.json").is_file():
         program = load_run(directory).program
-        classes = _classes_of(program, spec_dir(checkpoint.read_meta(directory)["spec_path"]))
+        data_dir = spec_dir(checkpoint.read_meta(directory)["spec_path"])
     elif spec is not None:
         path = (base_dir or Path.cwd()) / spec
         if not path.is_file():
@@ -259,16 +281,16 @@ def describe_stacked(run: str, spec: str | None, pooling: int, *, base_dir: Path
             program = compile_program(path)
         except SpecError as error:  # about the other spec: its own location, in one line
             raise DataError(f"data source 'stacked': {error.render().splitlines()[0]}") from None
-        classes = _classes_of(program, spec_dir(str(path)))
+        data_dir = spec_dir(str(path))
     else:
         raise _missing_run(run, spec, base_dir)
     if program.encoder is None:
         raise DataError(f"data source 'stacked': spec '{program.name}' has no encoder to stack on")
-    shape = tuple(program.latent.layout or program.latent.shape)
-    return _pooled_shape(shape, pooling), classes
+    return program, data_dir
 
 
-STACKED = Source("stacked", load=stacked, describe=describe_stacked, check=_check_stacked, paths=("spec",))
+STACKED = Source("stacked", load=stacked, describe=describe_stacked, check=_check_stacked, paths=("spec",),
+                 footprint=footprint_stacked)
 """The ``stacked`` data source, registered in :data:`energydsl.data.SOURCES` by :mod:`energydsl.runs`."""
 
 

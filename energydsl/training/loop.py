@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +26,7 @@ from energydsl.model import EnergyModel
 from energydsl.optim.bcd import BlockCoordinateDictionary
 from energydsl.training import activity
 from energydsl.training.distributed import SINGLE, Workers
+from energydsl.training.feed import Order, epoch_batches, epoch_order, resident, worker_batches
 from energydsl.training.metrics import evaluate
 from energydsl.training.resampling import resample_dead_units
 
@@ -94,7 +95,8 @@ class LoopState:
     """Everything the loop needs to continue exactly where it stopped.
 
     ``order`` is the current epoch's sample order, kept so that a resumed epoch
-    visits the remaining batches in the same order.
+    visits the remaining batches in the same order: a permutation of an in-memory set, or
+    the :class:`~energydsl.data.streamed.StreamOrder` (a seed) of samples read from disk.
     """
 
     generator: torch.Generator
@@ -103,7 +105,7 @@ class LoopState:
     step: int = 0  # optimizer steps taken
     epoch: int = 0  # epochs finished
     batch: int = 0  # batches finished in the current epoch
-    order: torch.Tensor | None = None
+    order: Order | None = None
 
 
 def initial_state(model: EnergyModel, seed: int | None = None) -> LoopState:
@@ -229,30 +231,30 @@ def train(
     device = model.device
     check_enough_data(model, data)
     activity.set_default_window(model, data.x_train.shape[0])
-    x_train = data.x_train.to(device)
+    x_train = resident(data.x_train, device)
     y_train = data.y_train.to(device) if data.y_train is not None and model.program.label else None
-    target_train = data.target_train.to(device) if model.program.target else None
+    target_train = resident(data.target_train, device) if model.program.target else None
     plan = epoch_plan(model)
     schedules = model.program.schedules
-    with _deferred_interrupts() as interrupted, _final_values_after(schedules):
+    with _deferred_interrupts() as interrupted, _final_values_after(schedules), ExitStack() as readers:
         while state.epoch < len(plan):
             phase, k = plan[state.epoch]
             _set_learning_rates(state.optimizers, schedule_factor(phase, k))
             start = time.perf_counter()
             model.train()
             if state.order is None:
-                state.order = torch.randperm(x_train.shape[0], generator=state.generator)
-            batches = state.order.to(device).split(training.batch)
+                state.order = epoch_order(x_train, state.generator)
+            batches = epoch_batches(state.order, training.batch, device)
             capped = torch.zeros(2, dtype=torch.float64, device=device)  # samples capped at the step cap, inferred
-            for batch in batches[state.batch :]:
+            feed = readers.enter_context(closing(worker_batches(x_train, batches, state.batch, workers, device)))
+            for batch, mine, x in feed:
                 follow_schedules(schedules, state, len(batches))
-                mine = workers.shard(batch)
                 y = None if y_train is None else y_train[mine]
-                target = None if target_train is None else target_train[mine]
+                target = None if target_train is None else target_train[mine].to(device)  # streamed: read here
                 reports = []
                 try:
-                    energy = train_step(model, state.optimizers, x_train[mine], y, phase.terms, workers, len(batch),
-                                        reports, target)  # fmt: skip
+                    energy = train_step(model, state.optimizers, x, y, phase.terms, workers, len(batch), reports,
+                                        target)  # fmt: skip
                     if training.resampling is not None and (state.step + 1) % training.resampling.every == 0:
                         resample_dead_units(model, (state.optimizers.descent, state.optimizers.ascent), x_train,
                                             state.generator, workers, target_train)  # fmt: skip

@@ -35,6 +35,7 @@ from collections.abc import Iterable
 
 import torch
 
+from energydsl.data import Samples
 from energydsl.model import EnergyModel
 from energydsl.training.activity import counts
 from energydsl.training.distributed import SINGLE, Workers
@@ -45,8 +46,8 @@ ENCODER_SCALE = 0.2  # a restarted encoder row's norm, as a share of the alive r
 
 
 @torch.no_grad()
-def resample_dead_units(model: EnergyModel, optimizers: Iterable[torch.optim.Optimizer | None], x_train: torch.Tensor,
-                        generator: torch.Generator, workers: Workers = SINGLE,
+def resample_dead_units(model: EnergyModel, optimizers: Iterable[torch.optim.Optimizer | None],
+                        x_train: torch.Tensor | Samples, generator: torch.Generator, workers: Workers = SINGLE,
                         target_train: torch.Tensor | None = None) -> int:  # fmt: skip
     """Restart every dead unit as the module docstring says; returns how many were.  ``target_train``:
     the training samples' targets, for a transcoder."""
@@ -58,8 +59,8 @@ def resample_dead_units(model: EnergyModel, optimizers: Iterable[torch.optim.Opt
     errors = _errors(model, x_train, target_train, pool, workers).cpu()
     weights = errors if float(errors.sum()) > 0 else torch.ones_like(errors)
     chosen = pool[torch.multinomial(weights, dead.numel(), replacement=True, generator=draws)].to(x_train.device)
-    inputs = _unit_rows(model.preprocess(x_train[chosen]))  # (dead, inputs)
-    outputs = inputs if target_train is None else _unit_rows(model.preprocess_target(target_train[chosen]))
+    inputs = _unit_rows(model.preprocess(x_train[chosen].to(model.device)))  # (dead, inputs); samples on disk: read here
+    outputs = inputs if target_train is None else _unit_rows(model.preprocess_target(target_train[chosen].to(model.device)))
     _restart(model, list(optimizers), dead.to(model.device), inputs, outputs)
     return dead.numel()
 
@@ -69,7 +70,7 @@ def _unit_rows(samples: torch.Tensor) -> torch.Tensor:
     return rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def _errors(model: EnergyModel, x_train: torch.Tensor, target_train: torch.Tensor | None, pool: torch.Tensor,
+def _errors(model: EnergyModel, x_train: torch.Tensor | Samples, target_train: torch.Tensor | None, pool: torch.Tensor,
             workers: Workers) -> torch.Tensor:  # fmt: skip
     """‖x − x̂‖² of each pooled sample (float64), the same on every worker."""
     term = model.program.reconstruction
@@ -77,8 +78,8 @@ def _errors(model: EnergyModel, x_train: torch.Tensor, target_train: torch.Tenso
     errors = torch.zeros(pool.numel(), dtype=torch.float64, device=workers.device)
     for part in positions.split(EVAL_BATCH):
         rows = pool[part].to(x_train.device)
-        xp = model.preprocess(x_train[rows])
-        tp = None if target_train is None else model.preprocess_target(target_train[rows])
+        xp = model.preprocess(x_train[rows].to(model.device))  # samples on disk: read here
+        tp = None if target_train is None else model.preprocess_target(target_train[rows].to(model.device))
         env = model.env(xp, model.infer_prepared(xp, target=tp), target=tp)
         errors[part.to(workers.device)] = squared_errors(*term.reconstruction(env)).to(workers.device)
     return workers.sum_(errors)

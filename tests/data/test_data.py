@@ -509,8 +509,8 @@ def test_describe_agrees_with_load_for_every_source(tmp_path):
 # --------------------------------------------------------------------------- arguments
 
 
-def test_registry_holds_the_six_sources():
-    assert set(SOURCES) == {"mnist", "patches", "synthetic", "features", "file", "stacked"}
+def test_registry_holds_the_seven_sources():
+    assert set(SOURCES) == {"mnist", "patches", "synthetic", "features", "file", "shards", "stacked"}
 
 
 def test_unknown_source_lists_sources_and_suggests_the_closest():

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -238,3 +239,61 @@ def test_lars_counts_its_gram_matrix_and_factor_workspaces():
     m = program.latent.shape[0]
     workspaces = torch.get_num_threads() * m * m * 8  # one float64 Cholesky factor per thread
     assert estimate(program).parts["gram"] == 4 * m * m * 4 + workspaces  # H read off, its copy (float32)
+
+
+# A small model on a file of 200,000 × 16 float32 samples (12.2 MiB on disk).
+FILE_SPEC = """
+model acts
+data file("acts.npy")
+input x[16]
+latent z[8]
+param D[16, 8] constrain col_norm <= 1
+energy
+  recon  : 0.5 * sqerr(x, D @ z)
+  sparse : 0.1 * l1(z)
+infer z by ista(steps = 5)
+train
+  batch 64
+"""
+
+
+@pytest.fixture
+def acts_spec(tmp_path):
+    np.save(tmp_path / "acts.npy", np.zeros((200_000, 16), np.float32))
+    spec = tmp_path / "acts.energy"
+    spec.write_text(FILE_SPEC)
+    return spec
+
+
+def test_data_loaded_whole_is_refused_before_it_is_read_and_shards_are_suggested(acts_spec, monkeypatch, capsys):
+    from energydsl.data import formats
+
+    def no_reading(self):
+        raise AssertionError(f"{self.name} was read")
+
+    monkeypatch.setattr(formats.ArrayRef, "load", no_reading)
+    monkeypatch.setenv("ENERGYDSL_MEMORY_LIMIT", "20M")
+    with pytest.raises(ResourceError) as excinfo:
+        energydsl.load(acts_spec)
+    text = str(excinfo.value)
+    assert "\n" not in text and "(dataset 24.4 MiB, " in text  # stored float32, and two float32 copies
+    assert 'try fewer samples, or stream the samples from disk with data shards("...")' in text
+    assert main(["run", str(acts_spec), "--out", str(acts_spec.parent / "run")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    streamed = energydsl.load(acts_spec, data='shards("acts.npy")')  # the same samples, streamed, fit
+    assert len(streamed.dataset.x_train) == 160_000
+
+
+def test_the_footprint_of_shards_counts_the_batches_read_ahead_and_the_held_out_samples(acts_spec):
+    from energydsl.data import data_footprint
+    from energydsl.data.streamed import READ_AHEAD
+
+    def footprint(batch=64, **kwargs):
+        return data_footprint("shards", ("acts.npy",), kwargs, base_dir=acts_spec.parent, batch=batch)
+
+    per_sample = 16 * (4 + 8)  # stored, as float32, and the copy in the order asked for
+    big = 50_000  # batches whose read-ahead outweighs the sample that initialisers may read
+    assert footprint(batch=big + 100) - footprint(batch=big) == (READ_AHEAD + 1) * 100 * per_sample
+    assert footprint(batch=64) == footprint(batch=128)  # small batches: the initialisers' sample weighs more
+    assert footprint(test_samples=1000) - footprint(test_samples=500) == 500 * per_sample
+    assert footprint(test_samples=10**6) == footprint(test_samples=40_000)  # at most every held-out sample

@@ -7,11 +7,13 @@ reach the same parameters up to float32 rounding (the order of the sums differs)
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
@@ -19,7 +21,9 @@ from conftest import SPARSE_ADAM
 
 import energydsl
 from energydsl.cli import main
+from energydsl.data.streamed import StreamedSamples
 from energydsl.training.distributed import Workers
+from energydsl.training.feed import epoch_batches, epoch_order, worker_batches
 from energydsl.training.loop import Interrupted
 
 # tight inference, so that sharded and whole-batch solves agree to float32 rounding
@@ -161,3 +165,57 @@ def test_cuda_run_matches_cpu(tmp_path):
     energydsl.train(energydsl.load(spec), out=tmp_path / "cpu")
     assert main(["run", str(spec), "--out", str(tmp_path / "gpu"), "--device", "cuda", "--quiet"]) == 0
     assert_close(final_params(tmp_path / "gpu"), final_params(tmp_path / "cpu"))
+
+
+# A TopK auto-encoder on activations streamed from two shards (the last one held out).
+SHARDS_SPEC = """
+model streamed
+data shards("acts", split = "shard", block = 32, window = 2)
+input x[12]
+latent z[24] >= 0
+param D[12, 24] init samples(x) constrain col_norm == 1
+param E[24, 12] init 0.1 * D.T
+param b[24] init zeros
+encoder z = topk(relu(E @ x + b), 3)
+energy
+  recon : sqerr(x, D @ z)
+infer z by encoder
+train
+  optimizer adam(lr = 1e-2)
+  batch 40
+  epochs 2
+"""
+
+
+@pytest.mark.slow
+def test_two_workers_on_shards_reach_the_held_out_energy_of_one(tmp_path):
+    (tmp_path / "acts").mkdir()
+    rng = np.random.default_rng(0)
+    for part, rows in enumerate((600, 200)):
+        np.save(tmp_path / "acts" / f"part_{part}.npy", rng.standard_normal((rows, 12), dtype=np.float32))
+    spec = tmp_path / "streamed.energy"
+    spec.write_text(SHARDS_SPEC)
+    alone = energydsl.train(energydsl.load(spec), out=tmp_path / "one")
+    run_workers(spec, tmp_path / "two")
+    two = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["energy"] for m in two] == pytest.approx([m["energy"] for m in alone], abs=1e-4)
+    assert_close(final_params(tmp_path / "two"), final_params(tmp_path / "one"))
+
+
+def test_each_worker_reads_only_its_part_of_every_batch():
+    read = []
+
+    def reader(positions):
+        read.extend(positions.tolist())
+        return np.zeros((len(positions), 3), np.float32)
+
+    samples = StreamedSamples("test", 100, (3,), reader, block=10, window=2)
+    batches = epoch_batches(epoch_order(samples, torch.Generator().manual_seed(0)), 16, torch.device("cpu"))
+    parts = {}
+    for rank in (0, 1):
+        read.clear()
+        fed = list(worker_batches(samples, batches, 0, Workers(rank=rank, size=2), torch.device("cpu")))
+        assert [len(x) for _, _, x in fed] == [len(mine) for _, mine, _ in fed] == [8] * 6 + [2]
+        parts[rank] = sorted(read)
+        assert parts[rank] == sorted(torch.cat([mine for _, mine, _ in fed]).tolist())
+    assert sorted(parts[0] + parts[1]) == list(range(100))  # together, every sample once
