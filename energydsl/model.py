@@ -21,7 +21,7 @@ from torch import nn
 from energydsl.compiler import Program
 from energydsl.data import Samples
 from energydsl.errors import InferenceCapWarning
-from energydsl.expr.compiler import Env
+from energydsl.expr.compiler import Across, Env
 from energydsl.ops.sparse_codes import as_dense
 from energydsl.solvers import Batch, Convergence, Problem
 from energydsl.solvers.prox import make_prox
@@ -44,6 +44,7 @@ class EnergyModel(nn.Module):
         self.masks: dict[str, list[torch.Tensor]] = {}
         self.step_size_estimate = PowerIteration()  # FISTA's step for code maps, warm across batches
         self.learning = False  # inside a training step: the functions of the spec may update their state
+        self._across: Across | None = None  # inside a training step shared by several workers: the global batch
         self._shared: dict | None = None  # inside a batch scope: the latent-free values computed so far
         for slot in program.states:  # buffers: they follow the model's device and dtype
             self.register_buffer(STATE_PREFIX + slot.name, torch.full(slot.shape, float(slot.fill)))
@@ -113,15 +114,15 @@ class EnergyModel(nn.Module):
             self._shared = outer
 
     @contextmanager
-    def learning_step(self):
+    def learning_step(self, across: Across | None = None):
         """Within the block, the spec's functions update their state (a training step's forward pass);
-        it is a :meth:`batch_scope` too."""
-        self.learning = True
+        it is a :meth:`batch_scope` too.  ``across``: the global batch, when several workers share it."""
+        self.learning, self._across = True, across
         try:
             with self.batch_scope():
                 yield
         finally:
-            self.learning = False
+            self.learning, self._across = False, None
 
     @property
     def name(self) -> str:
@@ -180,7 +181,8 @@ class EnergyModel(nn.Module):
         program = self.program
         tensors = {name: (p.detach() if detach else p) for name, p in self.params.items()}
         tensors.update({program.input.name: x, "batch_size": x.shape[0], "reference": x, "detached": detach,
-                        "state": self.state, "training": self.learning, "dead": self.dead_units()})  # fmt: skip
+                        "state": self.state, "training": self.learning, "dead": self.dead_units(),
+                        "across": self._across})  # fmt: skip
         if z is not None:
             tensors[program.latent.name] = z
         if y is not None and program.label is not None:

@@ -88,6 +88,16 @@ class Env:
 
 
 @dataclass(frozen=True)
+class Across:
+    """A training batch that several workers share (``env["across"]``; None in one process): its global
+    size, and ``gather``, which returns the concatenation of one equal-length vector from every worker.
+    A function whose value depends on the whole batch (``batchtopk``) reads it to act as one process would."""
+
+    batch: int
+    gather: Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
 class StateSlot:
     """A tensor the model keeps between evaluations beside its parameters — a running threshold, a
     count — that a function of the spec declares when it is compiled.  It is saved with the model and

@@ -7,7 +7,7 @@ import math
 import torch
 
 from energydsl.errors import SpecError
-from energydsl.expr.compiler import Closure, Env, ExprCompiler, Value
+from energydsl.expr.compiler import Across, Closure, Env, ExprCompiler, Value
 from energydsl.lang import spec as S
 from energydsl.mechanisms.arguments import affine_form, call_arguments, kind, latent_degree, per_sample, unit_count
 from energydsl.mechanisms.base import Mechanism
@@ -44,6 +44,17 @@ def follow(threshold: torch.Tensor, kept: torch.Tensor, rate: float) -> None:
     threshold.copy_(torch.where(torch.isfinite(smallest), moved, threshold))
 
 
+@torch.no_grad()
+def largest_across(v: torch.Tensor, count: int, across: Across, relu: bool = False) -> torch.Tensor:
+    """The ``count`` largest entries of the batch that several workers share, this worker's part of it
+    ``v`` (of relu(v) with ``relu``), in decreasing order: the same on every worker, so that each keeps
+    its entries at least the last of them, and together they keep what one process would."""
+    flat = (torch.relu(v) if relu else v).flatten()
+    mine = flat.topk(min(count, flat.numel())).values
+    padded = torch.cat([mine, mine.new_full((count - mine.numel(),), -torch.inf)])
+    return across.gather(padded).topk(count).values
+
+
 class BatchTopK(Mechanism):
     """``batchtopk(v, k, rate = 0.01)``: while training, keep the k·B largest entries of a batch of B
     samples of ``v`` (over the whole batch: a sample may keep more or fewer than k); outside training,
@@ -53,7 +64,9 @@ class BatchTopK(Mechanism):
     are kept, the others set to 0, and the gradient reaches the kept entries.  Each training
     step then moves a running threshold θ (a state slot, ``batchtopk_threshold``, saved with the
     model) toward the smallest positive kept value m of the batch: θ ← (1 − rate)·θ + rate·m
-    (the first step sets θ = m).
+    (the first step sets θ = m).  With several workers (``--nproc``) B is the global batch: the
+    workers agree on the round(k·B)-th largest entry (one all-gather of k·B values a step), so that
+    they keep what one process would.
 
     Everywhere else (``model.encode``, inference, evaluation, a loaded run): a JumpReLU with the
     one shared threshold, batchtopk(v)ᵢ = vᵢ·1[vᵢ > θ], so that a sample's code does not depend on
@@ -87,20 +100,31 @@ class BatchTopK(Mechanism):
 
         def batchtopk(env: Env) -> torch.Tensor:
             threshold = env["state"][slot]
+            across = env.get("across")
             if sparse is not None:  # only the kept entries' values are computed (see ops.sparse_codes)
                 affine, relu = sparse
                 pre = affine(env)
                 if not env["training"]:
                     return codes_above(pre, threshold, relu)
-                codes = batch_top_k_codes(pre, max(1, round(count(env) * pre.shape[0])), relu)
-                follow(threshold, codes.values, rate)
-                return codes
+                kept = max(1, round(count(env) * (across.batch if across else pre.shape[0])))
+                if across is None:
+                    codes = batch_top_k_codes(pre, kept, relu)
+                    follow(threshold, codes.values, rate)
+                    return codes
+                largest = largest_across(pre.detached_dense(), kept, across, relu)
+                follow(threshold, largest, rate)
+                return codes_above(pre, largest[-1], relu, inclusive=True)
             v = fn(env)
             if not env["training"]:
                 return keep_above(v, threshold)
-            code, kept = keep_largest_in_batch(v, max(1, round(count(env) * v.shape[0])))
-            follow(threshold, kept, rate)
-            return code
+            kept = max(1, round(count(env) * (across.batch if across else v.shape[0])))
+            if across is None:
+                code, values = keep_largest_in_batch(v, kept)
+                follow(threshold, values, rate)
+                return code
+            largest = largest_across(v.detach(), kept, across)
+            follow(threshold, largest, rate)
+            return torch.where(v >= largest[-1], v, torch.zeros((), dtype=v.dtype, device=v.device))
 
         return Value(value.shape, batched=True, degree=latent_degree(value), sparse=sparse is not None), batchtopk
 

@@ -203,10 +203,11 @@ def batch_top_k_codes(pre: Affine, count: int, relu: bool) -> SparseCodes:
     return _codes_at(pre, Pattern.from_flat(flat, dense.shape[0], pre.width), relu)
 
 
-def codes_above(pre: Affine, threshold: torch.Tensor, relu: bool) -> SparseCodes:
-    """The entries of ``pre`` (of relu(pre) with ``relu``) above ``threshold``, as sparse codes."""
+def codes_above(pre: Affine, threshold: torch.Tensor, relu: bool, inclusive: bool = False) -> SparseCodes:
+    """The entries of ``pre`` (of relu(pre) with ``relu``) above ``threshold`` (or equal to it, with
+    ``inclusive``), as sparse codes; with ``relu`` the entries at 0 are not stored."""
     dense = pre.detached_dense()
-    kept = dense > threshold
+    kept = dense >= threshold if inclusive else dense > threshold
     if relu:
         kept &= dense > 0
     flat = kept.flatten().nonzero().squeeze(1)  # in order: sorted by sample, then unit

@@ -66,6 +66,14 @@ class Workers:
             return flag
         return bool(self.sum_(torch.tensor([float(flag)], device=self.device)).item())
 
+    def gather(self, vector: torch.Tensor) -> torch.Tensor:
+        """Every worker's ``vector`` (of the same length everywhere), concatenated in rank order."""
+        if self.size == 1:
+            return vector
+        parts = [torch.empty_like(vector) for _ in range(self.size)]
+        dist.all_gather(parts, vector.contiguous())
+        return torch.cat(parts)
+
     def barrier(self) -> None:
         if self.size > 1:
             dist.barrier()

@@ -22,6 +22,7 @@ import torch
 from energydsl.compiler import Phase, finish_schedules, set_schedules
 from energydsl.data import DataError, Dataset
 from energydsl.errors import NumericalError
+from energydsl.expr.compiler import Across
 from energydsl.model import EnergyModel
 from energydsl.optim.bcd import BlockCoordinateDictionary
 from energydsl.training import activity
@@ -129,7 +130,8 @@ def train_step(model: EnergyModel, optimizers: Optimizers, x, y, terms, workers:
     """
     xp, tp = model.preprocess(x), model.preprocess_target(target)
     by_encoder = all(m.solver.runs_encoder for m in model.program.methods)
-    with model.learning_step():
+    across = Across(batch_size or x.shape[0], workers.gather) if workers.size > 1 else None
+    with model.learning_step(across):
         z = model.infer_prepared(xp, y, terms, differentiable=by_encoder, convergence=convergence, target=tp)
         loss = model.energy_of(xp, z, y, terms, target=tp).sum() / (batch_size or x.shape[0])
     activity.track(model, z, batch_size or x.shape[0], workers)

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +30,10 @@ from energydsl.training.loop import Interrupted
 # tight inference, so that sharded and whole-batch solves agree to float32 rounding
 FISTA_SPEC = SPARSE_ADAM.replace("fista(steps = 100, tol = 1e-5)", "fista(steps = 500, tol = 1e-7)").replace(
     "epochs 4", "epochs 2")
+# a BatchTopK SAE: the k·B largest entries of the global batch, whichever worker holds them
+BATCHTOPK_SPEC = (Path(__file__).resolve().parents[2] / "specs" / "sae_batchtopk.energy").read_text().replace(
+    "count = 60000", "count = 3000").replace("const epochs = 5", "const epochs = 2").replace(
+    "const units  = 512", "const units  = 64")  # fmt: skip
 # a transcoder inferred by FISTA: each worker's inference and energy read its shard of the targets
 TRANSCODER_SPEC = """
 data features(dim = 8, features = 12, count = 600, target_dim = 5, seed = 1)
@@ -69,11 +74,14 @@ def assert_close(a: dict, b: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source", ["fista", "drsae", "transcoder"])
+@pytest.mark.parametrize("source", ["fista", "drsae", "transcoder", "batchtopk", "batchtopk_dense"])
 def test_two_workers_reach_the_parameters_of_one(tmp_path, source, drsae_source):
-    """FISTA inference (sharded solves), an encoder with labels (sharded labels), a transcoder (sharded targets)."""
+    """FISTA inference (sharded solves), an encoder with labels (sharded labels), a transcoder (sharded
+    targets), BatchTopK (a selection over the global batch) with sparse and with dense codes."""
     spec = tmp_path / f"{source}.energy"
-    spec.write_text({"fista": FISTA_SPEC, "drsae": drsae_source, "transcoder": TRANSCODER_SPEC}[source])
+    dense_batchtopk = BATCHTOPK_SPEC.replace("batchtopk(relu(pre), k)", "batchtopk(relu(pre) * 1, k)")
+    spec.write_text({"fista": FISTA_SPEC, "drsae": drsae_source, "transcoder": TRANSCODER_SPEC,
+                     "batchtopk": BATCHTOPK_SPEC, "batchtopk_dense": dense_batchtopk}[source])  # fmt: skip
     alone = tmp_path / "one"
     energydsl.train(energydsl.load(spec), out=alone)
     run_workers(spec, tmp_path / "two")
