@@ -11,7 +11,7 @@ from energydsl.expr.compiler import Across, Closure, Env, ExprCompiler, Value
 from energydsl.lang import spec as S
 from energydsl.mechanisms.arguments import affine_form, call_arguments, kind, latent_degree, per_sample, unit_count
 from energydsl.mechanisms.base import Mechanism
-from energydsl.ops.sparse_codes import batch_top_k_codes, codes_above
+from energydsl.ops.sparse_codes import Affine, SparseCodes, batch_top_k_codes, codes_above
 
 DEFAULT_RATE = 0.01  # the weight of each new batch in the running threshold
 
@@ -100,33 +100,44 @@ class BatchTopK(Mechanism):
 
         def batchtopk(env: Env) -> torch.Tensor:
             threshold = env["state"][slot]
-            across = env.get("across")
             if sparse is not None:  # only the kept entries' values are computed (see ops.sparse_codes)
-                affine, relu = sparse
-                pre = affine(env)
-                if not env["training"]:
-                    return codes_above(pre, threshold, relu)
-                kept = max(1, round(count(env) * (across.batch if across else pre.shape[0])))
-                if across is None:
-                    codes = batch_top_k_codes(pre, kept, relu)
-                    follow(threshold, codes.values, rate)
-                    return codes
-                largest = largest_across(pre.detached_dense(), kept, across, relu)
-                follow(threshold, largest, rate)
-                return codes_above(pre, largest[-1], relu, inclusive=True)
-            v = fn(env)
-            if not env["training"]:
-                return keep_above(v, threshold)
-            kept = max(1, round(count(env) * (across.batch if across else v.shape[0])))
-            if across is None:
-                code, values = keep_largest_in_batch(v, kept)
-                follow(threshold, values, rate)
-                return code
-            largest = largest_across(v.detach(), kept, across)
-            follow(threshold, largest, rate)
-            return torch.where(v >= largest[-1], v, torch.zeros((), dtype=v.dtype, device=v.device))
+                return _sparse_codes(affine=sparse[0](env), relu=sparse[1], threshold=threshold, env=env,
+                                     count=count, rate=rate)  # fmt: skip
+            return _dense_codes(fn(env), threshold, env, count, rate)
 
         return Value(value.shape, batched=True, degree=latent_degree(value), sparse=sparse is not None), batchtopk
+
+
+def _kept(env: Env, count, batch: int) -> int:
+    """round(k·B) for the batch of this step: the global one when several workers share it."""
+    across = env.get("across")
+    return max(1, round(count(env) * (across.batch if across is not None else batch)))
+
+
+def _sparse_codes(affine: Affine, relu: bool, threshold: torch.Tensor, env: Env, count, rate: float) -> SparseCodes:
+    if not env["training"]:
+        return codes_above(affine, threshold, relu)
+    kept, across = _kept(env, count, affine.shape[0]), env.get("across")
+    if across is None:
+        codes = batch_top_k_codes(affine, kept, relu)
+        follow(threshold, codes.values, rate)
+        return codes
+    largest = largest_across(affine.detached_dense(), kept, across, relu)
+    follow(threshold, largest, rate)
+    return codes_above(affine, largest[-1], relu, inclusive=True)
+
+
+def _dense_codes(v: torch.Tensor, threshold: torch.Tensor, env: Env, count, rate: float) -> torch.Tensor:
+    if not env["training"]:
+        return keep_above(v, threshold)
+    kept, across = _kept(env, count, v.shape[0]), env.get("across")
+    if across is None:
+        code, values = keep_largest_in_batch(v, kept)
+        follow(threshold, values, rate)
+        return code
+    largest = largest_across(v.detach(), kept, across)
+    follow(threshold, largest, rate)
+    return torch.where(v >= largest[-1], v, torch.zeros((), dtype=v.dtype, device=v.device))
 
 
 def _rate(compiler: ExprCompiler, node: S.Call, slot: S.Expr | None) -> float:
