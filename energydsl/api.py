@@ -47,7 +47,9 @@ def load(
     """Compile a spec (a path or source text) into an initialised :class:`EnergyModel`.
 
     ``set`` overrides named constants (``{"lam": 0.05}``); ``data`` replaces the
-    spec's data source, by name (``"patches(size=8)"``) or as a :class:`Dataset`.
+    spec's data source, by name (``"patches(size=8)"``; a relative file path starts from the
+    working directory, where in the spec's data line it starts from the spec's folder) or as a
+    :class:`Dataset`.
     The dataset is kept as ``model.dataset`` for :func:`train`.
     """
     if isinstance(data, Dataset):

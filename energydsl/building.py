@@ -33,18 +33,27 @@ def compile_program(
     """Parse and check a spec without allocating anything (``energydsl check``)."""
     parsed = spec if isinstance(spec, Spec) else read_spec(spec)
     data_node = parse_source_call(data) if data is not None else None
-    base = spec_dir(parsed.path)
+    # a data line's paths start from the spec's folder; data given here, where it is typed
+    base = Path.cwd().resolve() if data is not None else spec_dir(parsed.path)
 
     def describe(call: DataCall):
         return describe_source(call.name, call.args, dict(call.kwargs), base_dir=base)
 
-    return compile_spec(parsed, set, data_node, data_info, describe_data=describe)
+    program = compile_spec(parsed, set, data_node, data_info, describe_data=describe)
+    program.data_dir = base if data is not None else None
+    return program
+
+
+def data_dir(program: Program) -> Path:
+    """Where the relative paths of the program's data source start."""
+    return program.data_dir or spec_dir(program.spec.path)
 
 
 def load_dataset(program: Program, base_dir: Path | None = None) -> Dataset:
-    """The data a compiled spec names; file paths are relative to ``base_dir`` (default: the spec's folder)."""
+    """The data a compiled spec names; file paths are relative to ``base_dir`` (default: the working directory
+    for data given on the command line or to ``load``, else the spec's folder)."""
     call = program.data
-    base = base_dir if base_dir is not None else spec_dir(program.spec.path)
+    base = base_dir or data_dir(program)
     return load_data(call.name, call.args, dict(call.kwargs), base_dir=base)
 
 
@@ -52,5 +61,5 @@ def dataset_footprint(program: Program, base_dir: Path | None = None) -> int | N
     """The bytes :func:`load_dataset` will hold at its peak, from the data's headers (None: its source
     does not say); see :attr:`energydsl.data.Source.footprint`."""
     call = program.data
-    base = base_dir if base_dir is not None else spec_dir(program.spec.path)
+    base = base_dir or data_dir(program)
     return data_footprint(call.name, call.args, dict(call.kwargs), base_dir=base, batch=program.training.batch)

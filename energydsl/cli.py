@@ -308,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="train and evaluate a spec, write a run directory")
     run.add_argument("spec", help="path of a .energy file")
     run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a constant")
-    run.add_argument("--data", help="replace the spec's data source, e.g. 'patches(size=8)'")
+    run.add_argument("--data", help="replace the spec's data source, e.g. 'patches(size=8)' or 'file(\"acts.npy\")' "
+                                    "(a relative path starts from the working directory)")
     run.add_argument("--out", help="run directory (default: runs/<model name>)")
     run.add_argument("--seed", type=int, help="override the spec's seed")
     run.add_argument("--device", help="cpu, cuda or cuda:N (default: cpu)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from energydsl.compiler.roles import Roles
 from energydsl.compiler.schedules import Schedule
@@ -158,6 +159,9 @@ class Program:
     activity: Activity = Activity()  # the slots of the dead-unit tracker, among the states
     schedules: tuple[Schedule, ...] = ()  # the constants that ramps move during training (see schedules.py)
     target: Variable | None = None  # a transcoder's target, reconstructed from the code of the input
+    # where the data source's relative paths start: the working directory for data given on the command
+    # line or to load(data=...); None: the spec's folder (a data line of the spec)
+    data_dir: Path | None = None
     warnings: tuple[SpecWarning, ...] = ()  # what compiles but is probably a slip (check and run print them)
 
     @property

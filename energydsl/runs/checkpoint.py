@@ -51,10 +51,11 @@ def resolved_source(program: Program, overrides: dict[str, float], data_text: st
 
     Overridden constants and the data source are written in; a tree read from a file
     is written by its edges; data file paths become the absolute paths they were found at
-    (relative ones, in the spec or ``--data``, start from the spec's folder).
+    (relative ones start from the spec's folder in its data line, from the working directory in
+    ``--data``: ``program.data_dir``).
     """
     spec = program.spec
-    base = spec_dir(spec.path).resolve()
+    base = (program.data_dir or spec_dir(spec.path)).resolve()
     edits = [(decl.value.span, _number(overrides[decl.name.name])) for decl in spec.consts
              if decl.name.name in overrides]  # fmt: skip
     edits += _tree_file_edits(program)

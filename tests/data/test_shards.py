@@ -256,8 +256,9 @@ def sae_spec(tmp_path):
     return spec
 
 
-def test_initialisers_read_the_samples_the_file_source_gives(sae_spec):
+def test_initialisers_read_the_samples_the_file_source_gives(sae_spec, monkeypatch):
     streamed = energydsl.load(sae_spec)
+    monkeypatch.chdir(sae_spec.parent)  # a path in data= starts from the working directory
     whole = energydsl.load(sae_spec, data='file("acts.npy")')
     assert torch.equal(streamed.params["c"], whole.params["c"])  # mean(x) of the same training samples
     assert torch.equal(streamed.params["D"], whole.params["D"])  # samples(x): the same draws
@@ -300,7 +301,9 @@ def test_a_resumed_run_continues_at_the_same_place_of_the_stream_bitwise(sae_spe
 
 
 @pytest.fixture
-def two_shards(tmp_path):
+def two_shards(tmp_path, monkeypatch):
+    """Two shards in tmp_path/dir, and the working directory tmp_path, where --data's paths start."""
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "dir").mkdir()
     np.save(tmp_path / "dir" / "part_0.npy", activations(300, seed=1))
     np.save(tmp_path / "dir" / "part_1.npy", activations(200, seed=2))
@@ -474,3 +477,18 @@ def test_a_transcoder_trains_on_target_shards(tmp_path):
     assert summary["fvu"] < 0.1  # of y, held out: the map from the samples to their targets is learned
     reloaded = energydsl.load_run(out)
     assert reloaded.program.target.shape == (3,)
+
+
+def test_data_given_on_the_command_line_is_found_from_the_working_directory(tmp_path, monkeypatch):
+    """A data line's paths start from the spec's folder; --data's, from where the command is typed."""
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "work").mkdir()
+    spec = tmp_path / "specs" / "sae.energy"
+    spec.write_text(SAE.replace("epochs 3", "epochs 1"))
+    np.save(tmp_path / "work" / "mine.npy", activations(300))
+    monkeypatch.chdir(tmp_path / "work")
+    out = tmp_path / "run"
+    assert main(["run", str(spec), "--data", 'shards("mine.npy")', "--out", str(out), "--quiet"]) == 0
+    assert f'shards("{(tmp_path / "work" / "mine.npy").as_posix()}")' in (out / "spec.energy").read_text()
+    monkeypatch.chdir(tmp_path)  # the saved spec names the file absolutely: the run reopens from anywhere
+    assert main(["eval", str(out)]) == 0

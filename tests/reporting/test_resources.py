@@ -280,6 +280,7 @@ def test_data_loaded_whole_is_refused_before_it_is_read_and_shards_are_suggested
     assert 'try fewer samples, or stream the samples from disk with data shards("...")' in text
     assert main(["run", str(acts_spec), "--out", str(acts_spec.parent / "run")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+    monkeypatch.chdir(acts_spec.parent)  # a path in data= starts from the working directory
     streamed = energydsl.load(acts_spec, data='shards("acts.npy")')  # the same samples, streamed, fit
     assert len(streamed.dataset.x_train) == 160_000
 
