@@ -21,15 +21,7 @@ class VariablesStage:
 
     def _input(self, sample_shape) -> tuple[Variable, str | None]:
         decl = self._only(self.spec.inputs, "input", True)
-        if decl.shape is not None and self._binds_width(decl.shape):
-            self._declare_width(decl.shape[0], sample_shape)
-        shape = sample_shape if decl.shape is None else self._shape(decl.shape)
-        if math.prod(shape) != math.prod(sample_shape):
-            dims = ", ".join(map(str, sample_shape))
-            span = _join(decl.shape[0].span, decl.shape[-1].span)
-            raise SpecError(f"input '{decl.name.name}' has {math.prod(shape)} values per sample, but "
-                            f"{self.data_name} gives samples of shape [{dims}]", span,
-                            hint=f"write 'input {decl.name.name}' to take the shape from the data")  # fmt: skip
+        shape = self._observed_shape(decl, sample_shape, "input", "samples")
         normalize = None
         if decl.normalize is not None:
             normalize = decl.normalize.name
@@ -39,6 +31,20 @@ class VariablesStage:
         variable = Variable(decl.name.name, shape, decl.name.span)
         self._declare(decl.name, Symbol("input", Value(shape, batched=True), lambda env, n=variable.name: env[n]))
         return variable, normalize
+
+    def _observed_shape(self, decl, data_shape: tuple[int, ...], keyword: str, what: str) -> tuple[int, ...]:
+        """The shape of an ``input`` or ``target`` declaration, checked against the data's (``what``: the
+        data's name for them); a bare new name as its only dimension binds to the data's width."""
+        if decl.shape is not None and self._binds_width(decl.shape):
+            self._declare_width(decl.shape[0], data_shape)
+        shape = data_shape if decl.shape is None else self._shape(decl.shape)
+        if math.prod(shape) != math.prod(data_shape):
+            dims = ", ".join(map(str, data_shape))
+            span = _join(decl.shape[0].span, decl.shape[-1].span)
+            raise SpecError(f"{keyword} '{decl.name.name}' has {math.prod(shape)} values per sample, but "
+                            f"{self.data_name} gives {what} of shape [{dims}]", span,
+                            hint=f"write '{keyword} {decl.name.name}' to take the shape from the data")  # fmt: skip
+        return shape
 
     def _target(self, target_shape: tuple[int, ...] | None) -> Variable | None:
         """``target y[e]``: a transcoder's target, read by lets and terms like the input (never by the
@@ -52,15 +58,7 @@ class VariablesStage:
             raise SpecError(f"target '{name}' is declared, but {self.data_name} gives no targets", decl.span,
                             hint="give paired data, e.g. file(\"pairs.npz\", target = \"y\") or "
                                  "features(..., target_dim = 32)")  # fmt: skip
-        if decl.shape is not None and self._binds_width(decl.shape):
-            self._declare_width(decl.shape[0], target_shape)
-        shape = target_shape if decl.shape is None else self._shape(decl.shape)
-        if math.prod(shape) != math.prod(target_shape):
-            dims = ", ".join(map(str, target_shape))
-            span = _join(decl.shape[0].span, decl.shape[-1].span)
-            raise SpecError(f"target '{name}' has {math.prod(shape)} values per sample, but "
-                            f"{self.data_name} gives targets of shape [{dims}]", span,
-                            hint=f"write 'target {name}' to take the shape from the data")  # fmt: skip
+        shape = self._observed_shape(decl, target_shape, "target", "targets")
         variable = Variable(name, shape, decl.name.span)
         self._declare(decl.name, Symbol("target", Value(shape, batched=True), lambda env, n=name: env[n]))
         return variable

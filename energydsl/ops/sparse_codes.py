@@ -116,11 +116,11 @@ class _SampledProduct(torch.autograd.Function):
     """(vectors @ rows.T) at the pattern's entries only, (B, k), and its gradient."""
 
     @staticmethod
-    def forward(ctx, rows, vectors, pattern: Pattern):
+    def forward(ctx, rows, vectors, pattern: Pattern, known: torch.Tensor | None):
         dense_rows = rows.contiguous()  # a copy only for an encoder stored transposed
         ctx.save_for_backward(dense_rows, vectors)
         ctx.pattern = pattern
-        return pattern.sampled_dots(vectors, dense_rows)
+        return known.clone() if known is not None else pattern.sampled_dots(vectors, dense_rows)
 
     @staticmethod
     def backward(ctx, grad):
@@ -128,7 +128,7 @@ class _SampledProduct(torch.autograd.Function):
         pattern = ctx.pattern
         grad_rows = pattern.scattered_sums(grad, vectors) if ctx.needs_input_grad[0] else None
         grad_vectors = pattern.gathered_sums(grad, dense_rows) if ctx.needs_input_grad[1] else None
-        return grad_rows, grad_vectors, None
+        return grad_rows, grad_vectors, None, None
 
 
 class Affine:
@@ -164,11 +164,13 @@ class Affine:
         bias = torch.as_tensor(self.bias, dtype=vector.dtype, device=vector.device).detach()
         return torch.addmm(bias.expand(weight.shape[0]), vector, weight.T)
 
-    def at(self, pattern: Pattern) -> torch.Tensor:
+    def at(self, pattern: Pattern, known: torch.Tensor | None = None) -> torch.Tensor:
         """The values at the entries of ``pattern`` (nnz,), with their gradient, at the cost of one row of W
-        per entry."""
-        values = _SampledProduct.apply(self.weight, self.vector, pattern)
-        return values + self._bias_at(pattern.columns)
+        per entry in the backward pass.  ``known``: those values already computed (without a gradient),
+        so that the forward pass does not compute them again."""
+        bias = self._bias_at(pattern.columns)
+        products = None if known is None else known - bias
+        return _SampledProduct.apply(self.weight, self.vector, pattern, products) + bias
 
     def columns(self, units: torch.Tensor) -> torch.Tensor:
         """The values of the units ``units`` (a 1-D index) for every sample, with their gradient."""
@@ -187,12 +189,11 @@ def top_k_codes(pre: Affine, k: int, relu: bool) -> SparseCodes:
 
     The winners are chosen on the dense value without a gradient: the one product as wide as the
     dictionary.  relu is monotone, so the k largest of relu(pre) are the k largest of pre (where
-    fewer than k are positive, the others are 0 either way); their values are then recomputed with a
-    gradient at the cost of k units.
+    fewer than k are positive, the others are 0 either way); their gradient costs k units.
     """
-    k = min(k, pre.width)
-    indices = pre.detached_dense().topk(k, dim=1, sorted=False).indices.sort(dim=1).values
-    return _codes_at(pre, Pattern.from_rows(indices, pre.width), relu)
+    dense = pre.detached_dense()
+    indices = dense.topk(min(k, pre.width), dim=1, sorted=False).indices.sort(dim=1).values
+    return _codes_at(pre, Pattern.from_rows(indices, pre.width), relu, dense)
 
 
 def batch_top_k_codes(pre: Affine, count: int, relu: bool) -> SparseCodes:
@@ -200,7 +201,7 @@ def batch_top_k_codes(pre: Affine, count: int, relu: bool) -> SparseCodes:
     codes: a sample may keep more or fewer than count / B."""
     dense = pre.detached_dense()
     flat = dense.flatten().topk(min(count, dense.numel()), sorted=False).indices.sort().values
-    return _codes_at(pre, Pattern.from_flat(flat, dense.shape[0], pre.width), relu)
+    return _codes_at(pre, Pattern.from_flat(flat, dense.shape[0], pre.width), relu, dense)
 
 
 def codes_above(pre: Affine, threshold: torch.Tensor, relu: bool, inclusive: bool = False) -> SparseCodes:
@@ -211,11 +212,13 @@ def codes_above(pre: Affine, threshold: torch.Tensor, relu: bool, inclusive: boo
     if relu:
         kept &= dense > 0
     flat = kept.flatten().nonzero().squeeze(1)  # in order: sorted by sample, then unit
-    return _codes_at(pre, Pattern.from_flat(flat, dense.shape[0], pre.width), relu)
+    return _codes_at(pre, Pattern.from_flat(flat, dense.shape[0], pre.width), relu, dense)
 
 
-def _codes_at(pre: Affine, pattern: Pattern, relu: bool) -> SparseCodes:
-    values = pre.at(pattern)
+def _codes_at(pre: Affine, pattern: Pattern, relu: bool, dense: torch.Tensor) -> SparseCodes:
+    """The codes at ``pattern``, their values read off the ``dense`` product that chose them."""
+    known = dense.flatten()[pattern.rows() * pre.width + pattern.columns]
+    values = pre.at(pattern, known)
     return SparseCodes(torch.relu(values) if relu else values, pattern)
 
 
