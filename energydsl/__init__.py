@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below i
 # public name -> the module that defines it
 _EXPORTS = {
     "compile_program": "energydsl.api",
+    "gap_run": "energydsl.api",
     "load": "energydsl.api",
     "load_run": "energydsl.api",
     "train": "energydsl.api",
@@ -49,6 +50,7 @@ __all__ = [
     "UserError",
     "compile_program",
     "export",
+    "gap_run",
     "load",
     "load_run",
     "train",

@@ -17,6 +17,7 @@ from energydsl.building import compile_program, dataset_footprint, load_dataset,
 from energydsl.data import Dataset
 from energydsl.errors import RunError
 from energydsl.model import EnergyModel
+from energydsl.reporting.amortisation import GAP_FILE, GAP_PICTURE, GAP_SAMPLES, amortisation_gap, gap_png
 from energydsl.reporting.analysis import run_metrics
 from energydsl.reporting.recovery import recovery_metrics
 from energydsl.reporting.report import REPORT_FILE, write_report
@@ -29,7 +30,7 @@ from energydsl.training.loop import check_enough_data, initial_state
 from energydsl.training.loop import train as _train_loop
 from energydsl.training.metrics import held_out
 
-__all__ = ["compile_program", "evaluate_run", "load", "load_dataset", "load_run", "plot_run", "read_spec",
+__all__ = ["compile_program", "evaluate_run", "gap_run", "load", "load_dataset", "load_run", "plot_run", "read_spec",
            "run_dataset", "train"]
 
 DEFAULT_CHECKPOINT_EVERY = 200  # steps; a checkpoint also follows every epoch
@@ -246,8 +247,28 @@ def plot_run(directory: str | Path, data: str | Dataset | None = None) -> list[P
     """Rewrite a run's pictures and report.html (``energydsl plot``); returns the files written."""
     directory = Path(directory)
     model = load_run(directory)
-    metrics_file = directory / checkpoint.METRICS_FILE
-    history = [json.loads(line) for line in metrics_file.read_text().splitlines() if line] if metrics_file.exists() else []
     source = checkpoint.read_meta(directory)["spec_source"]
-    _final_metrics(model, run_dataset(directory, model, data), directory, history, source)
+    _final_metrics(model, run_dataset(directory, model, data), directory, _history(directory), source)
     return sorted(directory.glob("*.png")) + [directory / REPORT_FILE]
+
+
+def _history(directory: Path) -> list[dict]:
+    metrics_file = directory / checkpoint.METRICS_FILE
+    return [json.loads(line) for line in metrics_file.read_text().splitlines() if line] if metrics_file.exists() else []
+
+
+def gap_run(directory: str | Path, data: str | Dataset | None = None, samples: int = GAP_SAMPLES) -> dict:
+    """The amortisation gap of a trained run's encoder (``energydsl gap``, see
+    :mod:`energydsl.reporting.amortisation`): its figures, also written into the run directory
+    (``amortisation.json``, ``amortisation.png``) and as a section of its report.html."""
+    directory = Path(directory)
+    model = load_run(directory)
+    figures, energies = amortisation_gap(model, run_dataset(directory, model, data), samples)
+    checkpoint.atomic_write_json(directory / GAP_FILE, figures)
+    gap_png(energies, directory / GAP_PICTURE, bool(figures["amortisation.certified"]))
+    summary_file = directory / checkpoint.SUMMARY_FILE
+    if summary_file.exists():  # the report as the run left it, with the section added
+        summary = json.loads(summary_file.read_text())
+        pictures = [path for path in sorted(directory.glob("*.png")) if path.name != GAP_PICTURE]
+        write_report(directory, summary, _history(directory), pictures, checkpoint.read_meta(directory)["spec_source"])
+    return figures

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from energydsl._version import __version__
-from energydsl.errors import UserError
+from energydsl.errors import RunError, UserError
 
 if TYPE_CHECKING:
     import torch
@@ -46,6 +46,13 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
             raise UserError(f"--set {pair}: expected NAME=VALUE, e.g. --set lam=0.05")
         values[name.strip()] = value.strip()
     return values
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def _device(name: str | None) -> torch.device | None:
@@ -158,9 +165,27 @@ def cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(metrics, sort_keys=True))
     else:
-        width = max(map(len, metrics))
-        for key, value in metrics.items():
-            print(f"{key:<{width}}  {value:.6g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+        _print_table(metrics)
+    return 0
+
+
+def _print_table(metrics: dict) -> None:
+    width = max(map(len, metrics))
+    for key, value in metrics.items():
+        print(f"{key:<{width}}  {value:.6g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+
+
+def cmd_gap(args) -> int:
+    from energydsl import api
+
+    try:
+        metrics = api.gap_run(args.run, data=args.data, samples=args.samples)
+    except ValueError as error:  # a run whose energy has no gap to measure (no encoder, no certificate)
+        raise RunError(f"{args.run}: {error}") from None
+    if args.json:
+        print(json.dumps(metrics, sort_keys=True))
+    else:
+        _print_table(metrics)
     return 0
 
 
@@ -355,6 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     evaluate.add_argument("--data", metavar="SOURCE", help=RUN_DATA_HELP)
     evaluate.set_defaults(handler=cmd_eval)
+
+    gap = commands.add_parser("gap", help="the amortisation gap of a trained encoder: its codes against the optimal "
+                              "codes of the same energy, on held-out samples (adds a section to report.html)")
+    gap.add_argument("run", help="run directory")
+    gap.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    gap.add_argument("--samples", type=_positive, default=2048, metavar="N", help="held-out samples measured (2048)")
+    gap.add_argument("--data", metavar="SOURCE", help=RUN_DATA_HELP)
+    gap.set_defaults(handler=cmd_gap)
 
     plot = commands.add_parser("plot", help="rewrite the pictures and report.html of a trained run")
     plot.add_argument("run", help="run directory")

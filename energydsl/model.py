@@ -14,6 +14,7 @@ import math
 import warnings
 from collections.abc import Iterable
 from contextlib import contextmanager
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -24,7 +25,8 @@ from energydsl.errors import InferenceCapWarning
 from energydsl.expr.compiler import Across, Env
 from energydsl.ops.sparse_codes import as_dense
 from energydsl.solvers import Batch, Convergence, Problem
-from energydsl.solvers.prox import make_prox
+from energydsl.solvers.certificate import Certificate, certify
+from energydsl.solvers.prox import make_prox, uncertified
 from energydsl.solvers.stepsize import FEW_SAMPLES, PowerIteration, uses_power_iteration
 from energydsl.terms import BoundTerm
 
@@ -224,25 +226,42 @@ class EnergyModel(nn.Module):
         with torch.no_grad():
             return as_dense(self.program.encoder(self.env(xp, None, None)))
 
-    def infer(self, x, y=None, *, target=None, steps: int | None = None, tol: float | None = None) -> torch.Tensor:
+    def infer(self, x, y=None, *, target=None, steps: int | None = None, tol: float | None = None,
+              gap: float | None = None, certify: bool = False) -> torch.Tensor | Certificate:  # fmt: skip
         """z* for a batch of raw samples, by the spec's inference method.
 
         A transcoder's inference that minimises the energy (not its encoder alone) needs the
         samples' ``target``, which the energy reads.  ``steps`` and ``tol`` override those of
-        the spec's FISTA/ISTA stage (``lars`` is exact and has neither, so they leave it unchanged).
-        Where the method stops at its step cap before its tolerance on some samples, one
-        :class:`~energydsl.errors.InferenceCapWarning` says how many and how far.
+        the spec's FISTA/ISTA stage (``lars`` is exact and has neither, so they leave it unchanged);
+        ``gap`` makes that stage stop once each sample's relative duality gap is at most ``gap``
+        (a certified distance to the optimum), whatever the spec says.  Where the method stops at
+        its step cap first on some samples, one :class:`~energydsl.errors.InferenceCapWarning` says
+        how many and how far.  With ``certify``, the result is a :class:`Certificate`: the codes,
+        their energy and an upper bound on each sample's distance to the optimal energy
+        (:meth:`certificate`).
         """
         reports: list[Convergence] = []
         with torch.no_grad():  # not a decorator: the warning's stacklevel points at the caller
-            z = self.infer_prepared(self.preprocess(x), y, None, steps=steps, tol=tol, convergence=reports,
+            z = self.infer_prepared(self.preprocess(x), y, None, steps=steps, tol=tol, gap=gap, convergence=reports,
                                     target=self.preprocess_target(target))  # fmt: skip
         messages = [message for message in (report.warning() for report in reports) if message is not None]
         if messages:
             warnings.warn("; ".join(messages), InferenceCapWarning, stacklevel=2)
-        return as_dense(z)
+        z = as_dense(z)
+        return self.certificate(x, z, y, target=target) if certify else z
 
-    def infer_prepared(self, xp, y=None, names=None, *, differentiable=False, steps=None, tol=None,
+    def certificate(self, x, z, y=None, *, target=None, names=None) -> Certificate:
+        """How far the codes ``z`` of raw samples ``x`` are from the optimum of the energy inference minimises
+        (the terms ``names``, default: the spec's inference terms; those needing a label left out without ``y``):
+        a :class:`~energydsl.solvers.certificate.Certificate` with each sample's energy and duality gap.
+        Raises ``ValueError`` with the reason where that energy has no duality gap (an inhibition or
+        classification term, an encoder-only energy with a term that is not a sum of squares)."""
+        xp = self.preprocess(x)
+        problem = self.problem(xp, y, names, self.preprocess_target(target))
+        z = torch.as_tensor(z, dtype=self.dtype, device=self.device).reshape((xp.shape[0],) + self.program.latent.shape)
+        return certify(problem, z)
+
+    def infer_prepared(self, xp, y=None, names=None, *, differentiable=False, steps=None, tol=None, gap=None,
                        convergence: list[Convergence] | None = None, target=None) -> torch.Tensor:  # fmt: skip
         """Inference on preprocessed inputs ``xp`` (and targets), with the terms ``names`` active (None: all).
 
@@ -265,7 +284,9 @@ class EnergyModel(nn.Module):
         for method in self.program.methods:
             if not method.solver.runs_encoder:  # an iterative method refines a dense code
                 z = None if z is None else as_dense(z)
-            z = method.solver.solve(batch, z, steps or method.steps, method.tol if tol is None else tol)
+            target_gap = gap if gap is not None else 0.0 if tol is not None else method.gap
+            z = method.solver.solve(replace(batch, gap=target_gap), z, steps or method.steps,
+                                    method.tol if tol is None else tol)  # fmt: skip
         if convergence is not None:
             convergence.extend(batch.reports)
         return z
@@ -287,6 +308,10 @@ class EnergyModel(nn.Module):
 
         smooth_energy = smooth_of(xp, y, target)
 
+        def nonsmooth_energy(z):
+            env = self.env(xp, z, y, detach=True, target=target)
+            return sum((t.energy(env) for t in nonsmooth), z.new_zeros(z.shape[0]))
+
         fixed = self.env(xp, None, y, detach=True, target=target)  # the nonsmooth terms' other arguments (S)
         parts = [(t, tuple(arg(fixed) for arg in t.args[1:])) for t in nonsmooth]
         prox, curvature = make_prox(parts, self.program.nonneg)
@@ -295,7 +320,8 @@ class EnergyModel(nn.Module):
         if quadratic and uses_power_iteration(self.program.latent):  # large code maps: no Gram matrix
             few = smooth_of(*(None if v is None else v[:FEW_SAMPLES] for v in (xp, y, target)))
             L = self.step_size_estimate(smooth_energy, few, xp.new_zeros((xp.shape[0],) + self.program.latent.shape))
-        return Problem(smooth_energy, prox, quadratic, curvature, lipschitz=L)
+        return Problem(smooth_energy, prox, quadratic, curvature, lipschitz=L, nonsmooth=nonsmooth_energy,
+                       uncertified=uncertified(smooth, nonsmooth, self.program.latent.name))  # fmt: skip
 
     # ------------------------------------------------------------ classification
 

@@ -7,6 +7,7 @@ from energydsl.compiler.program import DEFAULT_STEPS, DEFAULT_TOL, Method, Varia
 from energydsl.errors import SpecError, did_you_mean, one_of
 from energydsl.lang import spec as S
 from energydsl.solvers import SOLVERS
+from energydsl.solvers.prox import uncertified
 from energydsl.terms import BoundTerm
 
 
@@ -28,7 +29,20 @@ class InferenceStage:
                             hint=f"add 'encoder {latent.name} = ...'")  # fmt: skip
         for method in methods:
             method.solver.check(terms, latent, self.nonneg, method.span)
+        for node, method in zip(decl.methods if decl else (), methods):
+            if method.gap > 0:
+                self._check_certified(node, terms, latent)
         return methods
+
+    def _check_certified(self, node: S.MethodDecl, terms: list[BoundTerm], latent: Variable) -> None:
+        """``fista(gap = ...)`` needs a duality gap for the energy inference minimises (without a label)."""
+        chosen = self._inference_terms(terms)
+        active = [t for t in terms if t.degree > 0 and not t.term.needs_label and (chosen is None or t.name in chosen)]
+        reason = uncertified([t for t in active if t.term.smooth], [t for t in active if not t.term.smooth],
+                             latent.name)  # fmt: skip
+        if reason is not None:
+            span = next(kw.span for kw in node.kwargs if kw.name == "gap")
+            raise SpecError(f"no duality gap to stop on: {reason}", span, hint="stop on tol = ... instead")
 
     def _inference_terms(self, terms: list[BoundTerm]) -> tuple[str, ...] | None:
         """The terms named by ``infer ... terms a, b``, in energy order."""
@@ -63,4 +77,10 @@ class InferenceStage:
         tol = options.get("tol", DEFAULT_TOL)
         if tol < 0:
             raise SpecError(f"tol must be >= 0, got {tol:g}", spans["tol"])
-        return Method(kind, int(steps), tol, node.span, tuple(options.items()))
+        gap = options.get("gap", 0.0)
+        if "gap" in options and not 0 < gap < 1:
+            raise SpecError(f"gap is a relative duality gap, above 0 and below 1, got {gap:g}", spans["gap"])
+        if "gap" in options and "tol" in options:
+            raise SpecError("give tol or gap, not both: gap stops on the certified distance to the optimum, "
+                            "tol on the step", spans["tol"])  # fmt: skip
+        return Method(kind, int(steps), tol, node.span, tuple(options.items()), gap)

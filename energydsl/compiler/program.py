@@ -67,6 +67,7 @@ class Method:
     tol: float = DEFAULT_TOL
     span: Span | None = None
     options: tuple[tuple[str, float], ...] = ()  # every option as written (a plugin solver's own too)
+    gap: float = 0.0  # stop on this relative duality gap instead of tol (0: on tol)
 
     @property
     def solver(self) -> Solver:
@@ -75,6 +76,8 @@ class Method:
     def __str__(self) -> str:
         if not self.solver.options:
             return self.kind
+        if self.gap > 0:
+            return f"{self.kind}(steps = {self.steps}, gap = {self.gap:g})"
         return f"{self.kind}(steps = {self.steps}, tol = {self.tol:g})"
 
 

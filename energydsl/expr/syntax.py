@@ -19,6 +19,12 @@ def names_read(node: S.Expr) -> set[str]:
     return set().union(*map(names_read, children(node)))
 
 
+def functions_called(node: S.Expr) -> set[str]:
+    """The names of every function an expression calls."""
+    called = {node.func} if isinstance(node, S.Call) else set()
+    return called.union(*map(functions_called, children(node)))
+
+
 def _reads(node: S.Expr, name: str) -> bool:
     if isinstance(node, S.Name):
         return node.id == name

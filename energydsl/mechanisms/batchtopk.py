@@ -84,6 +84,7 @@ class BatchTopK(Mechanism):
     """
 
     name = "batchtopk"
+    l0 = True
     signature = "batchtopk(v, k, rate = 0.01)"
 
     @classmethod

@@ -107,6 +107,7 @@ class JumpReLU(Mechanism):
     """
 
     name = "jumprelu"
+    l0 = True
     signature = "jumprelu(v, theta, bandwidth = 0.05)"
 
     @classmethod

@@ -30,6 +30,7 @@ class Step(Mechanism):
     """
 
     name = "step"
+    l0 = True
     signature = "step(v, theta, bandwidth = 0.05)"
 
     @classmethod

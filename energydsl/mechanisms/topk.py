@@ -43,6 +43,7 @@ class TopK(Mechanism):
     """
 
     name = "topk"
+    l0 = True
     signature = "topk(v, k)"
 
     @classmethod

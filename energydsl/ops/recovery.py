@@ -23,6 +23,10 @@ convention, so a flipped column is the same feature.
   the number of samples in which each fires; each is 0 where its denominator is.
   **Feature F1**: for each true feature f, the best F1 of any unit as its detector,
   max_u 2 TP(u, f) / (n_u + n_f).
+- **Code MCC** (the MCC of codes in identifiability work, e.g. O'Neill et al. 2025): the mean
+  |Pearson correlation| between the code of a unit and that of a true feature over samples,
+  over the one-to-one matching of units and features that maximises it; a unit or feature
+  that never varies correlates 0 with everything.
 
 Codes may be dense tensors, sparse ones (COO or CSR) or firing matrices
 (:mod:`energydsl.ops.firing`): only where they are nonzero matters, and that is all that is
@@ -39,7 +43,8 @@ from scipy.optimize import linear_sum_assignment
 
 from energydsl.ops.firing import firing_matrix, firings_per_unit
 
-__all__ = ["Detection", "Matches", "abs_cosines", "best_matches", "bounded_mcc", "detection", "mcc", "mmcs"]
+__all__ = ["Detection", "Matches", "abs_cosines", "best_matches", "bounded_mcc", "code_mcc", "detection", "mcc",
+           "mmcs"]  # fmt: skip
 
 _BLOCK_ENTRIES = 1 << 24  # the largest (rows x columns) block of cosines or co-firing counts at once
 
@@ -104,6 +109,20 @@ def bounded_mcc(learned: torch.Tensor, true: torch.Tensor, max_entries: int) -> 
     if s * len(candidates) > max_entries:
         return None
     return _matched_mean((small.T @ large[:, candidates]).abs().cpu().numpy())
+
+
+def code_mcc(codes: torch.Tensor, true_codes: torch.Tensor, max_entries: int = 1 << 25) -> float | None:
+    """The code MCC (module docstring) of dense codes ``(samples, U)`` against true codes ``(samples, F)``;
+    None where the U × F correlations would pass ``max_entries``."""
+    if codes.shape[1] * true_codes.shape[1] > max_entries:
+        return None
+    return bounded_mcc(_standardised(codes), _standardised(true_codes), max_entries)
+
+
+def _standardised(codes: torch.Tensor) -> torch.Tensor:
+    """Each column centred and scaled to unit norm (0 where it never varies): its inner products are correlations."""
+    centred = codes.double() - codes.double().mean(dim=0)
+    return centred / centred.norm(dim=0).clamp_min(1e-300)
 
 
 def _candidates(small: torch.Tensor, large: torch.Tensor, count: int) -> torch.Tensor:

@@ -24,6 +24,9 @@ CAPTIONS = {
     "tree.png": "The tree, each unit coloured by its activation frequency (at most its 256 units nearest the root).",
     "firing.png": "Log-density histogram of unit firing: log10 of each unit's firing frequency on the held-out "
                   "set; units that never fired there in the red bin; dense units right of the dashed line (10 %).",
+    "amortisation.png": "Each held-out sample's energy under the encoder's codes (red) and after a few steps "
+                        "of inference from them (blue), against the optimal energy of the same terms "
+                        "(energydsl gap); the black line is the optimum.",
     "angles.png": "Angle between each unit's encoder row and decoder column: part units (< 0.5 rad) "
                   "and categorical units (> 0.7 rad).",
 }  # fmt: skip
@@ -50,12 +53,23 @@ def write_report(directory: Path, summary: dict, history: list[dict], pictures: 
         parts += ["<h2>Epochs</h2>", _epoch_table(history)]
     parts.append("<h2>Pictures</h2>")
     parts += [_figure(path) for path in pictures]
+    parts += _amortisation_section(directory)
     parts += ["<h2>Spec</h2>", f"<pre>{html.escape(source)}</pre>"]
     page = (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")  # fmt: skip
     path = directory / REPORT_FILE
     atomic_write(path, page.encode())
     return path
+
+
+def _amortisation_section(directory: Path) -> list[str]:
+    """The amortisation gap that ``energydsl gap`` measured on this run, if it has."""
+    figures, picture = directory / "amortisation.json", directory / "amortisation.png"
+    if not figures.exists():
+        return []
+    part = ["<h2>Amortisation gap</h2>", "<p>The encoder's codes against the optimal codes of the same energy, "
+            "as <code>energydsl gap</code> measured them on held-out samples.</p>", _key_values(json.loads(figures.read_text()))]
+    return part + ([_figure(picture)] if picture.exists() else [])
 
 
 def _key_values(values: dict) -> str:

@@ -29,9 +29,10 @@ class Convergence:
 
     method: str  # as the user knows it: "fista", "ista", "fista (by ADMM)"
     capped: torch.Tensor  # (B,) bool: ran all ``steps`` iterations without reaching ``tol``
-    step: torch.Tensor  # (B,) the last relative step measured (ADMM: the larger relative residual)
+    step: torch.Tensor  # (B,) the last relative step measured (ADMM: the larger relative residual; "gap": the gap)
     steps: int
     tol: float
+    criterion: str = "tol"  # "gap": stopped on the relative duality gap (``fista(gap = ...)``), ``tol`` its target
 
     @property
     def count(self) -> int:
@@ -44,10 +45,10 @@ class Convergence:
         if count == 0:
             return None
         worst = float(self.step[self.capped].max())
-        measure = "residual" if "ADMM" in self.method else "step"
+        measure = "gap" if self.criterion == "gap" else "residual" if "ADMM" in self.method else "step"
         return (f"{self.method} stopped at its {self.steps}-step cap on {count} of {total} samples "
-                f"({count / total:.1%}) before reaching tol {self.tol:g} (worst relative {measure} {worst:.2g}); "
-                "raise 'steps' in the spec's infer line or pass steps= to infer")
+                f"({count / total:.1%}) before reaching {self.criterion} {self.tol:g} (worst relative {measure} "
+                f"{worst:.2g}); raise 'steps' in the spec's infer line or pass steps= to infer")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Batch:
     zeros: Callable[[], torch.Tensor]  # a code of zeros, (B, m)
     steps: int | None = None  # the caller's overrides of an iterative method's options
     tol: float | None = None
+    gap: float = 0.0  # the method's target relative duality gap (0: none; stop on tol), override included
     reports: list[Convergence] = field(default_factory=list)  # how each iterative method ended
 
     def report(self, convergence: Convergence) -> None:

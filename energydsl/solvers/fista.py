@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from energydsl.errors import NumericalError
 from energydsl.solvers.admm import _admm_if_overlapping
 from energydsl.solvers.base import Batch, Convergence, Solver
+from energydsl.solvers.certificate import GAP_EVERY, AffineGap, certify
 from energydsl.solvers.problem import (
     CURVATURE_NOT_FINITE,
     SAFETY,
@@ -19,27 +22,35 @@ from energydsl.solvers.problem import (
 from energydsl.solvers.prox import ExactProx, check_proximable
 
 
-def fista(problem: Problem, z0: torch.Tensor, steps: int, tol: float, accelerate: bool = True) -> torch.Tensor:
+def fista(problem: Problem, z0: torch.Tensor, steps: int, tol: float, accelerate: bool = True,
+          gap: float = 0.0) -> torch.Tensor:  # fmt: skip
     """FISTA with gradient-based adaptive restart (O'Donoghue & Candès 2015).
 
-    Stops when every sample's step ‖z_{k+1} − z_k‖ is at most ``tol·‖z_{k+1}‖``.
+    Stops when every sample's step ‖z_{k+1} − z_k‖ is at most ``tol·‖z_{k+1}‖``; or, with ``gap`` > 0,
+    when every sample's duality gap is at most ``gap`` times its energy, a certified distance to the
+    optimum (:mod:`energydsl.solvers.certificate`, measured every :data:`GAP_EVERY` iterations).
     A quadratic smooth part with a shared Hessian uses its Gram matrix; another
     quadratic one a power-iteration step size; a non-quadratic one backtracks
     each sample's own L.  A group term over overlapping pools hands the whole
     problem to :func:`admm` instead (see the module docstring).  :func:`fista_report`
     also says which samples stopped at ``steps`` before ``tol``.
     """
-    return fista_report(problem, z0, steps, tol, accelerate)[0]
+    return fista_report(problem, z0, steps, tol, accelerate, gap)[0]
 
 
 def fista_report(problem: Problem, z0: torch.Tensor, steps: int, tol: float,
-                 accelerate: bool = True) -> tuple[torch.Tensor, Convergence]:  # fmt: skip
+                 accelerate: bool = True, gap: float = 0.0) -> tuple[torch.Tensor, Convergence]:  # fmt: skip
     """:func:`fista`'s code, and how it ended on each sample (:class:`Convergence`)."""
     method = "fista" if accelerate else "ista"
     z = z0.detach()
-    solved = _admm_if_overlapping(problem, z, steps, tol, accelerate)
+    if gap > 0 and problem.uncertified is not None:
+        raise ValueError(f"no duality gap to stop on: {problem.uncertified}")
+    solved = _admm_if_overlapping(problem, z, steps, 0.0 if gap > 0 else tol, accelerate)
     if solved is not None:
         z, capped, residual, admm_tol = solved
+        if gap > 0:  # ADMM ran to its finest residual: the certificate says how close that came
+            relative = certify(problem, z).relative
+            return z, Convergence(f"{method} (by ADMM)", relative > gap, relative, steps, gap, "gap")
         return z, Convergence(f"{method} (by ADMM)", capped, residual, steps, admm_tol)
     y = z
     t = z.new_ones(z.shape[0], 1)
@@ -56,6 +67,10 @@ def fista_report(problem: Problem, z0: torch.Tensor, steps: int, tol: float,
     if affine is not None and isinstance(problem.prox, ExactProx):
         prox = problem.prox.at_fixed_step(1 / float(L[0, 0]))
         if prox is not None:
+            if gap > 0:
+                z, capped, relative = _fista_affine_to_gap(H, c, float(L[0, 0]), prox, z, steps,
+                                                           AffineGap(problem, H, c), gap, accelerate)  # fmt: skip
+                return z, Convergence(method, capped, relative, steps, gap, "gap")
             z, capped, step = _fista_affine(H, c, float(L[0, 0]), prox, z, steps, tol, accelerate)
             return z, Convergence(method, capped, step, steps, tol)
     previous = z
@@ -75,10 +90,16 @@ def fista_report(problem: Problem, z0: torch.Tensor, steps: int, tol: float,
             y = z_next + momentum * (z_next - z)
         else:
             y = z_next
-        converged = tol > 0 and k % 5 == 4 and bool(((z_next - z).norm(dim=1) <= tol * z_next.norm(dim=1)).all())
+        if gap > 0:
+            converged = k % GAP_EVERY == GAP_EVERY - 1 and bool((certify(problem, z_next).relative <= gap).all())
+        else:
+            converged = tol > 0 and k % 5 == 4 and bool(((z_next - z).norm(dim=1) <= tol * z_next.norm(dim=1)).all())
         previous, z = z, z_next
         if converged:
             break
+    if gap > 0:
+        relative = certify(problem, z).relative
+        return z, Convergence(method, relative > gap, relative, steps, gap, "gap")
     moved, norm = (z - previous).flatten(1).norm(dim=1), z.flatten(1).norm(dim=1)  # the last step, once
     return z, Convergence(method, _capped(moved, norm, tol), _relative(moved, norm), steps, tol)
 
@@ -148,6 +169,41 @@ def _fista_affine(H, c, L: float, prox, z, steps: int, tol: float, accelerate: b
     return result, capped, last
 
 
+def _fista_affine_to_gap(H, c, L: float, prox, z, steps: int, certificate: AffineGap, target: float,
+                         accelerate: bool):  # fmt: skip
+    """:func:`_fista_affine` with a certified stopping rule: each sample leaves once its relative duality gap
+    is at most ``target``.  The iteration is the same; only the test differs (see :func:`_fista_affine`)."""
+    step = 1 / L
+    M = torch.eye(H.shape[0], dtype=z.dtype, device=z.device).sub_(H, alpha=step)
+    rows, result = torch.arange(z.shape[0], device=z.device), torch.empty_like(z)
+    last = z.new_full((z.shape[0],), math.inf)
+    shift = c * -step
+    y, t = z.clone(), z.new_ones(z.shape[0], 1)
+    for k in range(steps):
+        z_next = prox(torch.addmm(shift, y, M))
+        if accelerate:
+            difference = z_next - z
+            restart = torch.linalg.vecdot(y.sub_(z_next), difference).unsqueeze(1) > 0
+            t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
+            momentum = torch.where(restart, 0.0, (t - 1) / t_next)
+            t = torch.where(restart, 1.0, t_next)
+            y = torch.addcmul(z_next, momentum, difference)
+        else:
+            y = z_next
+        z = z_next
+        if k % GAP_EVERY == GAP_EVERY - 1 or k == steps - 1:
+            relative = certificate.relative(z, rows)
+            done = relative <= target
+            last[rows] = relative.to(last.dtype)
+            result[rows[done]] = z[done]
+            keep = ~done
+            rows, z, y, t, shift = rows[keep], z[keep], y[keep], t[keep], shift[keep]
+            if rows.numel() == 0:
+                break
+    result[rows] = z
+    return result, last > target, last
+
+
 def _backtrack(problem, y, f_y, grad, z_next, L):
     """Double L where the quadratic upper bound fails, until it holds everywhere."""
     for _ in range(60):
@@ -168,12 +224,13 @@ class Fista(Solver):
     description = ("Proximal gradient with momentum and adaptive restart, through the exact prox of the nonsmooth "
                    "terms; stops when every sample's step is at most tol times its code's norm")
     uses_prox = True
+    options = ("steps", "tol", "gap")
     summary = "FISTA: proximal gradient steps with momentum and adaptive restart"
 
     def check(self, terms, latent, nonneg, span):
         check_proximable(terms, latent, nonneg, accelerated=True)
 
     def solve(self, batch: Batch, z, steps, tol):
-        z, convergence = fista_report(batch.problem(), batch.start(z), steps, tol, accelerate=True)
+        z, convergence = fista_report(batch.problem(), batch.start(z), steps, tol, accelerate=True, gap=batch.gap)
         batch.report(convergence)
         return z

@@ -34,6 +34,9 @@ class Problem:
     # the smooth part's L per sample (B, 1), when the caller has estimated it (large latents:
     # see energydsl/stepsize.py); None: FISTA finds it itself
     lipschitz: torch.Tensor | None = None
+    nonsmooth: Callable[[torch.Tensor], torch.Tensor] | None = None  # (B, m) -> (B,): the nonsmooth part's energy
+    # why no duality gap bounds a code's distance to the optimum (solvers/certificate.py); None: one does
+    uncertified: str | None = "the problem was built without its nonsmooth energy"
 
 
 def smooth_and_grad(problem: Problem, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -101,6 +101,22 @@ class Splitting:
     nonneg: bool
 
 
+def uncertified(smooth: list[BoundTerm], nonsmooth: list[BoundTerm], latent: str) -> str | None:
+    """Why the energy of these terms has no duality gap (see :mod:`energydsl.solvers.certificate`), or None:
+    the smooth terms must be sums of squares with positive weights, the nonsmooth ones norms with a dual."""
+    for term in smooth:
+        if not (term.term.squares and term.quadratic and term.weight > 0):
+            return f"the smooth term '{term.name}' is not a positively weighted sum of squares affine in the latent"
+    for term in nonsmooth:
+        if term.weight <= 0:
+            return f"the term '{term.name}' has weight {term.weight:g}, not above 0"
+        if term.first_arg != latent:
+            return f"the term '{term.name}' is not applied to '{latent}' itself"
+        if not (term.term.lasso or term.term.prox_kind == "group"):
+            return f"the term '{term.name}' is not a norm whose dual norm energydsl computes (l1, group_l2, tree_group)"
+    return None
+
+
 def check_proximable(terms: list[BoundTerm], latent, nonneg: bool, accelerated: bool) -> None:
     """FISTA (and ISTA) need the exact prox of the sum of the nonsmooth terms in z."""
     groups, nonsmooth = [], []

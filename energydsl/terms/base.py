@@ -65,6 +65,8 @@ class Term(ABC):
     prox_kind: ClassVar[str] = "smooth"
     convex: ClassVar[bool] = True  # FISTA's momentum needs it; ISTA also takes nonconvex terms
     lasso: ClassVar[bool] = False  # exactly ‖v‖₁: the homotopy (lars) and the two-pass soft-threshold take it
+    # a sum of squares, so when quadratic in the latent it is ½‖Az − b‖² + κ, κ ≥ 0: a duality gap bounds it
+    squares: ClassVar[bool] = False
     # what analysis and pictures look for: "reconstruction" (its decoder), "classifier" (its logits)
     role: ClassVar[str | None] = None
     pictured: ClassVar[tuple[str, ...]] = ()  # arguments drawn as a matrix when they are parameters

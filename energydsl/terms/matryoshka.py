@@ -32,6 +32,7 @@ class matryoshka(Term):
     arguments = ("x", "D", "z", "b")
     kinds = ("value", "value", "value", "value")
     role = "reconstruction"
+    squares = True
     decoder_argument = "D"
     options = {"prefixes": Option(None, "wholes", "the sizes m of the nested prefixes, increasing", required=True)}
 

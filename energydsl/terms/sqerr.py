@@ -18,6 +18,7 @@ class sqerr(Term):
     arguments = ("a", "b")
     kinds = ("value", "value")
     role = "reconstruction"
+    squares = True
 
     def check(self, values, node):
         a, b = values
