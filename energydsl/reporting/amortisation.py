@@ -41,12 +41,12 @@ from energydsl.expr.syntax import functions_called, names_read
 from energydsl.mechanisms import MECHANISMS
 from energydsl.model import EnergyModel
 from energydsl.ops.recovery import best_matches, code_mcc, detection
+from energydsl.reporting.viz import _figure, _save
 from energydsl.solvers.certificate import certify
 from energydsl.solvers.fista import fista_report
 from energydsl.solvers.lars import lars_report
 from energydsl.solvers.problem import Problem, affine_gradient
 from energydsl.solvers.stepsize import DENSE_GRAM_MAX_UNITS
-from energydsl.reporting.viz import _figure, _save
 
 GAP_SAMPLES = 2048  # held-out samples measured
 REFINE_STEPS = 5  # FISTA steps from the encoder's codes
