@@ -229,7 +229,7 @@ class EnergyModel(nn.Module):
 
         A transcoder's inference that minimises the energy (not its encoder alone) needs the
         samples' ``target``, which the energy reads.  ``steps`` and ``tol`` override those of
-        the spec's FISTA/ISTA stage (``lars`` is exact and has neither, so they leave it unchanged).
+        the spec's FISTA/ISTA stage (``lars`` and ``omp`` have neither, so they leave them unchanged).
         Where the method stops at its step cap before its tolerance on some samples, one
         :class:`~energydsl.errors.InferenceCapWarning` says how many and how far.
         """
@@ -265,7 +265,8 @@ class EnergyModel(nn.Module):
         for method in self.program.methods:
             if not method.solver.runs_encoder:  # an iterative method refines a dense code
                 z = None if z is None else as_dense(z)
-            z = method.solver.solve(batch, z, steps or method.steps, method.tol if tol is None else tol)
+            z = method.solver.solve(batch, z, steps or method.steps, method.tol if tol is None else tol,
+                                    **method.own_options)  # fmt: skip
         if convergence is not None:
             convergence.extend(batch.reports)
         return z

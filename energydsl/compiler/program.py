@@ -18,6 +18,7 @@ from energydsl.solvers import SOLVERS, Solver
 from energydsl.terms import BoundTerm
 
 DEFAULT_STEPS, DEFAULT_TOL = 200, 1e-4
+COMMON_OPTIONS = ("steps", "tol")  # the iterative methods' options, which the compiler checks and callers override
 
 
 # ---------------------------------------------------------------- the program
@@ -72,10 +73,18 @@ class Method:
     def solver(self) -> Solver:
         return SOLVERS[self.kind]
 
+    @property
+    def own_options(self) -> dict[str, float]:
+        """The options of the method's own (all but steps and tol), as written: what its solve receives."""
+        return {name: value for name, value in self.options if name not in COMMON_OPTIONS}
+
     def __str__(self) -> str:
         if not self.solver.options:
             return self.kind
-        return f"{self.kind}(steps = {self.steps}, tol = {self.tol:g})"
+        common = {"steps": f"{self.steps}", "tol": f"{self.tol:g}"}
+        shown = {name: common[name] for name in COMMON_OPTIONS if name in self.solver.options}
+        shown |= {name: f"{value:g}" for name, value in self.own_options.items()}
+        return f"{self.kind}({', '.join(f'{name} = {value}' for name, value in shown.items())})"
 
 
 @dataclass(frozen=True)
