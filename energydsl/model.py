@@ -232,7 +232,7 @@ class EnergyModel(nn.Module):
 
         A transcoder's inference that minimises the energy (not its encoder alone) needs the
         samples' ``target``, which the energy reads.  ``steps`` and ``tol`` override those of
-        the spec's FISTA/ISTA stage (``lars`` is exact and has neither, so they leave it unchanged);
+        the spec's FISTA/ISTA stage (``lars`` and ``omp`` have neither, so they leave them unchanged);
         ``gap`` makes that stage stop once each sample's relative duality gap is at most ``gap``
         (a certified distance to the optimum), whatever the spec says.  Where the method stops at
         its step cap first on some samples, one :class:`~energydsl.errors.InferenceCapWarning` says
@@ -286,7 +286,7 @@ class EnergyModel(nn.Module):
                 z = None if z is None else as_dense(z)
             target_gap = gap if gap is not None else 0.0 if tol is not None else method.gap
             z = method.solver.solve(replace(batch, gap=target_gap), z, steps or method.steps,
-                                    method.tol if tol is None else tol)  # fmt: skip
+                                    method.tol if tol is None else tol, **method.own_options)  # fmt: skip
         if convergence is not None:
             convergence.extend(batch.reports)
         return z

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from energydsl.compiler.common import _options
-from energydsl.compiler.program import DEFAULT_STEPS, DEFAULT_TOL, Method, Variable
+from energydsl.compiler.program import COMMON_OPTIONS, DEFAULT_STEPS, DEFAULT_TOL, Method, Variable
 from energydsl.errors import SpecError, did_you_mean, one_of
 from energydsl.lang import spec as S
 from energydsl.solvers import SOLVERS
@@ -22,7 +22,7 @@ class InferenceStage:
             if decl.target.name != latent.name:
                 raise SpecError(f"'{decl.target.name}' is not the latent", decl.target.span,
                                 hint=f"infer {latent.name} by ...")  # fmt: skip
-            methods = tuple(self._method(m, i) for i, m in enumerate(decl.methods))
+            methods = tuple(self._method(m, i, latent) for i, m in enumerate(decl.methods))
         if any(m.solver.runs_encoder for m in methods) and encoder is None:
             span = next(m.span for m in methods if m.solver.runs_encoder) if decl else None
             raise SpecError("inference by encoder, but the spec declares no encoder", span,
@@ -60,7 +60,7 @@ class InferenceStage:
         chosen = {ident.name for ident in decl.terms}
         return tuple(name for name in names if name in chosen)
 
-    def _method(self, node: S.MethodDecl, position: int) -> Method:
+    def _method(self, node: S.MethodDecl, position: int, latent: Variable) -> Method:
         kind = node.name.name
         if kind not in SOLVERS:
             raise SpecError(f"unknown inference method '{kind}'", node.name.span,
@@ -71,6 +71,8 @@ class InferenceStage:
         if not solver.options:
             return Method(kind, span=node.span)
         options, spans = _options(self.consts, node, solver.options, kind)
+        own = {name: value for name, value in options.items() if name not in COMMON_OPTIONS}
+        solver.check_options(own, spans, latent, node.span)
         steps = options.get("steps", DEFAULT_STEPS)
         if steps != int(steps) or steps < 1:
             raise SpecError(f"steps must be a whole number >= 1, got {steps:g}", spans["steps"])

@@ -18,6 +18,7 @@ from energydsl.solvers import SOLVERS, Solver
 from energydsl.terms import BoundTerm
 
 DEFAULT_STEPS, DEFAULT_TOL = 200, 1e-4
+COMMON_OPTIONS = ("steps", "tol", "gap")  # the iterative methods' options, which the compiler checks and callers override
 
 
 # ---------------------------------------------------------------- the program
@@ -73,12 +74,19 @@ class Method:
     def solver(self) -> Solver:
         return SOLVERS[self.kind]
 
+    @property
+    def own_options(self) -> dict[str, float]:
+        """The options of the method's own (all but steps and tol), as written: what its solve receives."""
+        return {name: value for name, value in self.options if name not in COMMON_OPTIONS}
+
     def __str__(self) -> str:
         if not self.solver.options:
             return self.kind
-        if self.gap > 0:
-            return f"{self.kind}(steps = {self.steps}, gap = {self.gap:g})"
-        return f"{self.kind}(steps = {self.steps}, tol = {self.tol:g})"
+        common = {"steps": f"{self.steps}", "tol": f"{self.tol:g}", "gap": f"{self.gap:g}"}
+        hidden = "tol" if self.gap > 0 else "gap"  # the method stops on one of them
+        shown = {name: common[name] for name in COMMON_OPTIONS if name in self.solver.options and name != hidden}
+        shown |= {name: f"{value:g}" for name, value in self.own_options.items()}
+        return f"{self.kind}({', '.join(f'{name} = {value}' for name, value in shown.items())})"
 
 
 @dataclass(frozen=True)

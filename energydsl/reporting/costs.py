@@ -29,9 +29,9 @@ def fista_method(program: Program) -> Method | None:
     return next((m for m in program.methods if m.solver.uses_prox), None)
 
 
-def by_exact_path(program: Program) -> bool:
-    """Whether inference follows an exact solution path (lars)."""
-    return any(m.solver.exact for m in program.methods)
+def gram_method(program: Program) -> Method | None:
+    """The method of the inference chain that solves from the Gram matrix (lars, omp), if there is one."""
+    return next((m for m in program.methods if m.solver.gram), None)
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def inference_flops(program: Program, encoder: int | None, solver: SolverCost | 
 
 def _solver_cost(model: EnergyModel, xp, y, names, target=None) -> SolverCost | None:
     """One FISTA/ISTA solve's FLOPs, by running its pieces as :func:`energydsl.solvers.fista.fista` does."""
-    if by_exact_path(model.program):
+    if gram_method(model.program) is not None:
         problem = model.problem(xp, y, names, target)
         z = xp.new_zeros((xp.shape[0],) + model.program.latent.shape)
         setup, _ = _flops(lambda: affine_gradient(problem, z))

@@ -30,7 +30,7 @@ from energydsl.lang import spec as S
 from energydsl.mechanisms import MECHANISMS
 from energydsl.model import EnergyModel
 from energydsl.ops.pools import memberships_text, nesting_text
-from energydsl.reporting.costs import Costs, SolverCost, by_exact_path, fista_method, measure, stand_in_model
+from energydsl.reporting.costs import Costs, SolverCost, fista_method, gram_method, measure, stand_in_model
 from energydsl.solvers.stepsize import DENSE_GRAM_MAX_UNITS
 from energydsl.terms import TERMS, BoundTerm
 
@@ -42,8 +42,8 @@ COUNTING_RULE = (
     "batch of {batch}; backward passes are measured too (one product per operand that needs a gradient, "
     "so about 2× the forward). Not counted: elementwise work (activations, soft-thresholds, the dual "
     "prox's iterations), eigenvalue solves and the optimizer's update. Inference counts are upper "
-    "bounds: FISTA/ISTA stop early once tol is met (checked every 5 steps). The lars homotopy runs outside "
-    "torch (numba kernels); only its Gram matrix is counted."
+    "bounds: FISTA/ISTA stop early once tol is met (checked every 5 steps). The lars homotopy (numba "
+    "kernels) and orthogonal matching pursuit are not counted; only their Gram matrix is."
 )
 
 
@@ -283,10 +283,9 @@ def _handling(program: Program, term: BoundTerm) -> str:
     label = "; left out of inference when the label is unknown (always at test time)" if term.term.needs_label else ""
     if term.degree == 0:
         return f"constant in {z}: shapes learning only, no part in inference{label}"
-    if by_exact_path(program):
-        if term.term.smooth:
-            return f"smooth, quadratic in {z}: its Gram matrix H and linear part enter the homotopy{label}"
-        return "nonsmooth: the l1 penalty whose solution path the homotopy follows exactly"
+    gram = gram_method(program)
+    if gram is not None:
+        return gram.solver.explain_term(term, z) + (label if term.term.smooth else "")
     if fista_method(program) is None:
         kind = "smooth" if term.term.smooth else "nonsmooth"
         return f"{kind} in {z}; inference is by the encoder, so the term shapes learning only"
@@ -317,27 +316,17 @@ def _inference(program: Program, costs: Costs) -> list[str]:
     method = fista_method(program)
     if method is not None:
         lines += _solver_lines(program, method, costs.solver)
-    if by_exact_path(program):
-        lines += _lars_lines(program)
+    gram = gram_method(program)
+    if gram is not None:
+        lines += _gram_lines(program, gram)
     return lines
 
 
-def _lars_lines(program: Program) -> list[str]:
-    z = program.latent.name
+def _gram_lines(program: Program, method: Method) -> list[str]:
+    """How a method that works on the Gram matrix (lars, omp) runs, as the method tells it."""
     active = [t for t in program.terms if t.degree > 0]
-    lam = " + ".join(t.weight_text() for t in active if not t.term.smooth)
-    if not any(t.varying for t in active):
-        lam = f"{sum(t.weight for t in active if not t.term.smooth):g}"
-    path = (f"LARS-lasso homotopy: the exact solution path from {z} = 0 (where the penalty is max|c|) down to "
-            f"λ = {lam}, one step per unit that joins or leaves the active set, each a solve with the "
-            "active block of H through a Cholesky factor updated in place; float64, in numba kernels on "
-            "the CPU, samples shared among threads; exact, so it has no steps or tol")  # fmt: skip
-    lines = _wrapped(path, "    ", "  ")
-    smooth = ", ".join(t.name for t in active if t.term.smooth)
-    lines.append(f"  ½{z}H{z}ᵀ + c·{z} from: {smooth} (H read off the energy once per batch, then checked)")
-    if program.nonneg:
-        lines.append(f"  {z} ≥ 0: units join the path only with positive coefficients")
-    return lines
+    paragraphs = method.solver.explain(program.latent.name, active, program.nonneg, method.own_options)
+    return [line for paragraph in paragraphs for line in _wrapped(paragraph, "    ", "  ")]
 
 
 def _encoder_lines(program: Program) -> list[str]:
@@ -461,8 +450,9 @@ def _costs(program: Program, costs: Costs) -> list[str]:
 
 
 def _solver_rows(program: Program, solver: SolverCost) -> list[tuple[str, int]]:
-    if by_exact_path(program):
-        return [("lars setup, once per batch (Gram matrix)", solver.setup)]
+    gram = gram_method(program)
+    if gram is not None:
+        return [(f"{gram.kind} setup, once per batch (Gram matrix)", solver.setup)]
     method = fista_method(program)
     name = method.kind
     rows = [(f"{name} setup, once per batch" + (" (Gram matrix)" if solver.gram else " (step size)"), solver.setup)]

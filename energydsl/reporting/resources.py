@@ -305,4 +305,5 @@ def _entries_memory(program: Program, batch: int, size: int) -> list[tuple[str, 
     prox = _uses_prox(program)
     added = [item for term in program.terms for item in term.term.memory(batch, size, prox).items()]
     units = program.latent.shape[0]
-    return added + [item for method in program.methods for item in method.solver.memory(units, size).items()]
+    own = [method.solver.memory(units, size, **method.own_options) for method in program.methods]
+    return added + [item for memory in own for item in memory.items()]

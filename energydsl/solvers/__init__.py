@@ -9,11 +9,13 @@ from energydsl.solvers.encoder import Encoder
 from energydsl.solvers.fista import Fista
 from energydsl.solvers.ista import Ista
 from energydsl.solvers.lars import Lars
+from energydsl.solvers.omp import Omp
 from energydsl.solvers.problem import Problem
 
 SOLVERS.register(Fista())
 SOLVERS.register(Ista())
 SOLVERS.register(Lars())
+SOLVERS.register(Omp())
 SOLVERS.register(Encoder())
 
 __all__ = ["SOLVERS", "Batch", "Convergence", "Problem", "Solver"]

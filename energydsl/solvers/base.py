@@ -5,6 +5,11 @@ carries everything the rest of the system asks of it: the options it takes, wher
 stand in an ``a then b`` chain, its spec-level checks (with their one-line errors), how
 it solves a batch, the memory it adds beyond one step, and its line in the reference.
 Solvers reach the energy only through :class:`Batch` and the terms' prox interface.
+
+A solver's options are ``steps`` and ``tol``, which the compiler checks and every caller
+may override (``model.infer(x, steps=...)``), and its own (``omp(k = 32)``): those it
+checks itself (:meth:`Solver.check_options`), and :meth:`Solver.solve` and
+:meth:`Solver.memory` receive them as keywords, as the spec wrote them.
 """
 
 from __future__ import annotations
@@ -77,10 +82,13 @@ class Solver:
 
     name: ClassVar[str]
     description: ClassVar[str]  # one line for the language reference
-    options: ClassVar[tuple[str, ...]] = ("steps", "tol")  # what ``name(...)`` accepts
+    options: ClassVar[tuple[str, ...]] = ("steps", "tol")  # what ``name(...)`` accepts (see the module docstring)
     uses_prox: ClassVar[bool] = False  # proximal steps through the terms' prox (the memory estimate, explain)
     runs_encoder: ClassVar[bool] = False  # the spec's encoder: training backpropagates through its code
     exact: ClassVar[bool] = False  # the optimum in finitely many steps (the lasso homotopy)
+    # solves from the Gram matrix H and the linear part c read off the energy once per batch
+    # (lars, omp): explain asks it how it treats each term, and counts that setup only
+    gram: ClassVar[bool] = False
     summary: ClassVar[str] = ""  # what one step does, for ``energydsl explain``
 
     def check_place(self, node, position: int, previous: str | None) -> None:
@@ -89,15 +97,32 @@ class Solver:
             raise SpecError("only the encoder can be followed by 'then'", node.span,
                             hint="write 'by fista(...)' or 'by encoder then fista(...)'")  # fmt: skip
 
+    def check_options(self, options: dict[str, float], spans: dict, latent, span) -> None:
+        """Raise :class:`SpecError` where the method's options as written (``spans`` says where
+        each was, ``span`` where the method was) do not suit it or the latent (a ``Variable``).
+        The compiler checks ``steps`` and ``tol`` itself; a method with options of its own
+        checks them here, a required one included."""
+
     def check(self, terms, latent, nonneg: bool, span) -> None:
         """Raise :class:`SpecError` where the energy's terms (``BoundTerm``) or the latent (a
         ``Variable``, bounded below by 0 when ``nonneg``) do not suit the method."""
 
-    def solve(self, batch: Batch, z: torch.Tensor | None, steps: int, tol: float) -> torch.Tensor:
-        """The code for the batch, from the previous method's code ``z`` (None: nothing before).
-        An iterative method also gives :meth:`Batch.report` its :class:`Convergence`."""
+    def solve(self, batch: Batch, z: torch.Tensor | None, steps: int, tol: float, **options) -> torch.Tensor:
+        """The code for the batch, from the previous method's code ``z`` (None: nothing before);
+        ``options``: the method's own, as written.  An iterative method also gives
+        :meth:`Batch.report` its :class:`Convergence`."""
         raise NotImplementedError  # every registered solver defines it
 
-    def memory(self, units: int, size: int) -> dict[str, int]:
+    def memory(self, units: int, size: int, **options) -> dict[str, int]:
         """Bytes the method holds beyond one step's tensors, by part of the memory estimate."""
         return {}
+
+    def explain_term(self, term, latent: str) -> str:
+        """How a method with ``gram`` treats one term (``BoundTerm``) that depends on the latent,
+        for ``energydsl explain`` (a label-only term's note is added after)."""
+        return ""
+
+    def explain(self, latent: str, terms, nonneg: bool, options: dict[str, float]) -> list[str]:
+        """Paragraphs on how a method with ``gram`` runs, for ``energydsl explain``: ``terms`` are
+        the energy's terms that depend on the latent, ``options`` the method's own."""
+        return []

@@ -61,6 +61,7 @@ class Lars(Solver):
                    "leaves the active set; for l1 terms (and z >= 0) beside a reconstruction, no options")
     options = ()
     exact = True
+    gram = True
     summary = "LARS-lasso homotopy"
 
     def check_place(self, node, position, previous):
@@ -90,6 +91,26 @@ class Lars(Solver):
         if l1_terms == 0:
             raise SpecError(f"lars follows the lasso path down to the l1 weight, but no term is l1({latent.name})",
                             span, hint="infer by fista(...)")  # fmt: skip
+
+    def explain_term(self, term, latent):
+        if term.term.smooth:
+            return f"smooth, quadratic in {latent}: its Gram matrix H and linear part enter the homotopy"
+        return "nonsmooth: the l1 penalty whose solution path the homotopy follows exactly"
+
+    def explain(self, latent, terms, nonneg, options):
+        lam = " + ".join(t.weight_text() for t in terms if not t.term.smooth)
+        if not any(t.varying for t in terms):
+            lam = f"{sum(t.weight for t in terms if not t.term.smooth):g}"
+        path = (f"LARS-lasso homotopy: the exact solution path from {latent} = 0 (where the penalty is max|c|) down "
+                f"to λ = {lam}, one step per unit that joins or leaves the active set, each a solve with the "
+                "active block of H through a Cholesky factor updated in place; float64, in numba kernels on "
+                "the CPU, samples shared among threads; exact, so it has no steps or tol")  # fmt: skip
+        smooth = ", ".join(t.name for t in terms if t.term.smooth)
+        lines = [path, f"½{latent}H{latent}ᵀ + c·{latent} from: {smooth} (H read off the energy once per batch, "
+                 "then checked)"]  # fmt: skip
+        if nonneg:
+            lines.append(f"{latent} ≥ 0: units join the path only with positive coefficients")
+        return lines
 
     def solve(self, batch: Batch, z, steps, tol):
         z, convergence = lars_report(batch.problem(), batch.start(z))
