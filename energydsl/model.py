@@ -313,7 +313,8 @@ class EnergyModel(nn.Module):
             return sum((t.energy(env) for t in nonsmooth), z.new_zeros(z.shape[0]))
 
         fixed = self.env(xp, None, y, detach=True, target=target)  # the nonsmooth terms' other arguments (S)
-        parts = [(t, tuple(arg(fixed) for arg in t.args[1:])) for t in nonsmooth]
+        parts = [(t, (t.unit_weights(fixed).abs(),) if t.unit_weights else tuple(arg(fixed) for arg in t.args[1:]))
+                 for t in nonsmooth]  # fmt: skip
         prox, curvature = make_prox(parts, self.program.nonneg)
         quadratic = all(t.quadratic for t in smooth)
         L = None

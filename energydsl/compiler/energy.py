@@ -57,9 +57,26 @@ class EnergyStage:
         term.check(values, call)
         degree = max((v.degree for v in values), default=0)
         first_arg = slots[0].id if isinstance(slots[0], S.Name) else None
+        unit_weights = self._unit_weights(slots[0], latent, model) if cls.lasso and first_arg is None else None
+        if unit_weights is not None:
+            first_arg = latent.name
         self._check_weight_sign(decl.name.name, weight, varying, decl.value.span)
         return BoundTerm(decl.name.name, term, weight, tuple(closures), degree,
-                         term.is_quadratic(values), first_arg, decl.span, varying)  # fmt: skip
+                         term.is_quadratic(values), first_arg, decl.span, varying, unit_weights)  # fmt: skip
+
+    @staticmethod
+    def _unit_weights(node, latent, model: ExprCompiler):
+        """For ``l1(z * w)`` or ``l1(w * z)``, w free of the latent and one value per unit (or one for all,
+        e.g. ``col_norm(D)``): the closure of w, so that the l1 norm is a per-unit threshold |wᵢ| on z
+        itself (FISTA's prox, the certificate); else None."""
+        if not (isinstance(node, S.BinOp) and node.op == "*"):
+            return None
+        for this, other in ((node.left, node.right), (node.right, node.left)):
+            if isinstance(this, S.Name) and this.id == latent.name:
+                value, fn = model.compile(other)
+                if value.degree == 0 and not value.batched and (value.is_scalar or value.shape == latent.shape):
+                    return fn
+        return None
 
     def _term_options(self, cls, call: S.Call) -> dict:
         """The term's keyword options (:class:`~energydsl.terms.base.Option`), each evaluated as a

@@ -17,14 +17,19 @@ An encoder (DrSAE, LISTA, PSD, a sparse auto-encoder) is a fast approximation of
   encoder's code has (``omp``), stated as **not certified**, and the refined codes take their
   projected gradient steps on the encoder's own support, so they keep its L0.
 
-Figures (``amortisation.*`` keys): the largest certified relative gap of the optimal codes
-(``optimal.certified_gap``) and the mean certified bound on the encoder's own, (E_enc − E*) / E_enc ≤
-gap / E_enc, which needs no optimal codes (``encoder.duality_gap``); the relative energy gap (E_enc − E*) / E* per sample (mean and
-90th percentile) and each code's mean energy and reconstruction error; the support precision and
-recall of the encoder's codes against the optimal ones; the codes refined by :data:`REFINE_STEPS`
-FISTA steps from the encoder's (``infer z by encoder then fista(...)``) and the share of the gap
-they close; where the data know the true codes, feature recovery of each code (the F1 of
-:mod:`energydsl.reporting.recovery` and the code MCC of :func:`~energydsl.ops.recovery.code_mcc`).
+Figures (``amortisation.*`` keys):
+
+- ``optimal.certified_gap``, the largest certified relative gap of the optimal codes, and
+  ``encoder.duality_gap``, the mean certified bound on the encoder's own, (E_enc − E*) / E_enc ≤
+  gap / E_enc, which needs no optimal codes;
+- the relative energy gap (E_enc − E*) / E* per sample, mean and 90th percentile (E* no less than
+  :data:`RELATIVE_FLOOR` of its mean there: an input near 0 would swamp the mean);
+- each code's mean energy and reconstruction error, and its mean L0;
+- the support precision and recall of the encoder's codes against the optimal ones;
+- the codes refined by :data:`REFINE_STEPS` FISTA steps from the encoder's (``infer z by encoder
+  then fista(...)``) and the share of the gap they close (``refined.closed``);
+- where the data know the true codes, feature recovery of each code: the F1 of
+  :mod:`energydsl.reporting.recovery` and the code MCC of :func:`~energydsl.ops.recovery.code_mcc`.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ GAP_SAMPLES = 2048  # held-out samples measured
 REFINE_STEPS = 5  # FISTA steps from the encoder's codes
 OPTIMAL_GAP = 1e-6  # the certified relative gap the optimal codes are solved to
 OPTIMAL_STEPS = 100_000
+RELATIVE_FLOOR = 0.01  # of the mean optimal energy: the least denominator of a sample's relative gap
 PREFIX = "amortisation."
 GAP_FILE = "amortisation.json"  # in a run directory, written by ``energydsl gap``; report.html shows it
 GAP_PICTURE = "amortisation.png"
@@ -187,6 +193,9 @@ def _support_steps(H: torch.Tensor, c: torch.Tensor, z: torch.Tensor, steps: int
 def _compare(coded: dict[str, Measured], model: EnergyModel, xp, target) -> dict:
     """The energy gaps, errors and supports of the three codes."""
     optimal = coded["optimal"].energy
+    # a sample whose optimal energy is near 0 (an input near 0) is measured against a floor of 1 % of the
+    # mean optimal energy, or its ratio would swamp the mean
+    scale = optimal.clamp_min(RELATIVE_FLOOR * float(optimal.mean()))
     figures = {}
     for name, measured in coded.items():
         figures[f"{PREFIX}{name}.energy"] = float(measured.energy.mean())
@@ -194,7 +203,7 @@ def _compare(coded: dict[str, Measured], model: EnergyModel, xp, target) -> dict
         if error is not None:
             figures[f"{PREFIX}{name}.recon_error"] = error
         if name != "optimal":
-            relative = ((measured.energy - optimal) / optimal.abs().clamp_min(1e-30)).cpu().numpy()
+            relative = ((measured.energy - optimal) / scale).cpu().numpy()
             figures[f"{PREFIX}{name}.gap.mean"] = float(relative.mean())
             figures[f"{PREFIX}{name}.gap.p90"] = float(np.quantile(relative, 0.9))
     encoder_gap = float((coded["encoder"].energy - optimal).mean())

@@ -387,7 +387,7 @@ def _solver_lines(program: Program, method: Method, solver: SolverCost) -> list[
     start = "the encoder's code" if program.methods[0].solver.runs_encoder else f"{z} = 0"
     lines = [
         f"  {method.solver.summary}, from {start}",
-        f"  at most {method.steps} steps; {_stopping_rule(z, method.tol)}",
+        f"  at most {method.steps} steps; {_stopping_rule(z, method.tol, method.gap)}",
         f"  smooth part (gradient step): {smooth}; nonsmooth part (one exact prox): {nonsmooth}",
     ]
     labelled = [t.name for t in program.terms if t.degree > 0 and t.term.needs_label]
@@ -401,7 +401,10 @@ def _solver_lines(program: Program, method: Method, solver: SolverCost) -> list[
     return lines
 
 
-def _stopping_rule(z: str, tol: float) -> str:
+def _stopping_rule(z: str, tol: float, gap: float = 0.0) -> str:
+    if gap > 0:
+        return (f"stops when every sample's duality gap (an upper bound on E({z}ₖ) − E*) is at most {gap:g}·E({z}ₖ), "
+                "measured every 10 steps")  # fmt: skip
     return f"stops when every sample's ‖{z}ₖ₊₁ − {z}ₖ‖ ≤ {tol:g}·‖{z}ₖ₊₁‖"
 
 

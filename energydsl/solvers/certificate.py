@@ -4,8 +4,9 @@ The problems of this module are min_z f(z) + Ω(z) where
 
 - f is the smooth part, a convex quadratic that is a weighted sum of squares (``sqerr`` terms
   with positive weights): f(z) = ½‖Az − b‖² + κ for some A, b and κ ≥ 0;
-- Ω is positively homogeneous and convex: l1 terms, one group term (disjoint, nested,
-  overlapping or tree-structured pools) and the indicator of z ≥ 0, in any combination.
+- Ω is positively homogeneous and convex: l1 terms (``l1(z * w)``, with a weight per unit, too),
+  one group term (disjoint, nested, overlapping or tree-structured pools) and the indicator of
+  z ≥ 0, in any combination (weights per unit beside a group term excepted).
 
 Fenchel duality gives, for any code z and the dual point θ = s·(b − Az) scaled into the dual
 feasible set, the duality gap P(z) − D(θ) ≥ P(z) − P*.  Written with f's value and gradient
@@ -125,10 +126,10 @@ def gauge(prox: ExactProx, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     u = u.double()
     if prox.nonneg:
         u = u.clamp(min=0)
-    if prox.group is None:
-        lam = prox.l1_weight()
-        largest = u.abs().amax(dim=1)
-        return largest / lam if lam > 0 else torch.where(largest > 0, math.inf, 0.0)
+    if prox.group is None:  # Σᵢ λᵢ|zᵢ|: maxᵢ |uᵢ| / λᵢ
+        thresholds = torch.as_tensor(prox.unit_thresholds(), dtype=u.dtype, device=u.device).expand(u.shape[1:])
+        ratios = torch.where(thresholds > 0, u.abs() / thresholds.clamp_min(1e-300), torch.where(u != 0, math.inf, 0))
+        return ratios.amax(dim=1)
     if prox.group.term.needs_dual():
         return _decomposed(prox, u, z.double())
     return _bisect(prox, u)

@@ -222,7 +222,9 @@ def _backtrack(problem, y, f_y, grad, z_next, L):
 class Fista(Solver):
     name = "fista"
     description = ("Proximal gradient with momentum and adaptive restart, through the exact prox of the nonsmooth "
-                   "terms; stops when every sample's step is at most tol times its code's norm")
+                   "terms; stops when every sample's step is at most tol times its code's norm, or, with gap, when "
+                   "its duality gap (a certified bound on its distance to the optimal energy) is at most gap times "
+                   "its energy")
     uses_prox = True
     options = ("steps", "tol", "gap")
     summary = "FISTA: proximal gradient steps with momentum and adaptive restart"

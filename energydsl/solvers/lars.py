@@ -87,6 +87,9 @@ class Lars(Solver):
                 if not term.term.lasso or term.first_arg != latent.name:
                     raise SpecError(f"lars solves l1 penalties of '{latent.name}' only, not '{term.name}'",
                                     term.span, hint="infer by fista(...)")  # fmt: skip
+                if term.unit_weights is not None:
+                    raise SpecError(f"lars follows one l1 weight for every unit, and '{term.name}' weighs each "
+                                    "unit on its own", term.span, hint="infer by fista(...)")  # fmt: skip
                 l1_terms += 1
         if l1_terms == 0:
             raise SpecError(f"lars follows the lasso path down to the l1 weight, but no term is l1({latent.name})",

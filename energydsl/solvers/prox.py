@@ -62,15 +62,22 @@ class ExactProx:
 
     def l1_weight(self) -> float | None:
         """λ when the nonsmooth part is λ‖z‖₁ (the l1 terms' weights summed), else None."""
-        if not all(term.term.lasso for term, _ in self.separable):
+        if not all(term.term.lasso and not args for term, args in self.separable):
             return None
         return float(sum(term.weight for term, _ in self.separable))
+
+    def unit_thresholds(self) -> torch.Tensor | float | None:
+        """λᵢ per unit when the nonsmooth part is Σᵢ λᵢ|zᵢ| (l1 terms, ``l1(z * w)`` among them), else None."""
+        if not all(term.term.lasso for term, _ in self.separable):
+            return None
+        return sum((term.weight * term.term.threshold(None, *args) for term, args in self.separable), 0.0)
 
     def at_fixed_step(self, step: float) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """v ↦ prox(v) for one step size, when no threshold depends on the point (l1 terms,
         a group term); None otherwise (inhibition).  For l1 alone (+ z ≥ 0) the
-        soft-threshold takes two passes over memory: v − clamp(v, −θ, θ), or max(v − θ, 0)."""
-        lam = self.l1_weight()
+        soft-threshold takes two passes over memory: v − clamp(v, −θ, θ), or max(v − θ, 0)
+        (θ per unit for ``l1(z * w)``)."""
+        lam = self.unit_thresholds()
         if lam is None:
             return None
         theta = step * lam
@@ -85,7 +92,7 @@ class ExactProx:
         the dual solve (overlapping or weighted pools), beside l1 terms only."""
         if self.group is None or self.group.term.prox_kind != "group" or not self.group.term.needs_dual():
             return None
-        if not all(term.term.lasso for term, _ in self.separable):
+        if self.l1_weight() is None:
             return None
         return Splitting(self.group.term.norms, self.group.weight,
                          sum(term.weight for term, _ in self.separable), self.nonneg)  # fmt: skip
@@ -112,6 +119,8 @@ def uncertified(smooth: list[BoundTerm], nonsmooth: list[BoundTerm], latent: str
             return f"the term '{term.name}' has weight {term.weight:g}, not above 0"
         if term.first_arg != latent:
             return f"the term '{term.name}' is not applied to '{latent}' itself"
+        if term.unit_weights is not None and any(t.term.prox_kind == "group" for t in nonsmooth):
+            return f"the term '{term.name}' weighs its units beside a group term"
         if not (term.term.lasso or term.term.prox_kind == "group"):
             return f"the term '{term.name}' is not a norm whose dual norm energydsl computes (l1, group_l2, tree_group)"
     return None

@@ -256,6 +256,8 @@ class BoundTerm:
     first_arg: str | None  # the first argument's name, when it is a plain name
     span: Span
     varying: VaryingWeight | None = None
+    # l1(z * w): the per-unit weights w (free of the latent), so that the term is Σᵢ |wᵢ||zᵢ| of z itself
+    unit_weights: Closure | None = None
 
     @property
     def weight(self) -> float:

@@ -25,8 +25,9 @@ class l1(SeparableTerm):
     def energy(self, v):
         return _per_sample_sum(v.abs())
 
-    def threshold(self, z):
-        return 1.0
+    def threshold(self, z, weights=1.0):
+        """1 per unit; for ``l1(z * w)`` the prox is given |w| (:attr:`BoundTerm.unit_weights`)."""
+        return weights
 
     def prox_text(self, tau, inside):
         return f"soft-threshold sign(v)·max(|v| − {tau}, 0) per unit{inside}"

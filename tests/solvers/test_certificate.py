@@ -1,6 +1,7 @@
 """Certified inference: the duality gap bounds the true distance to the optimum, found by cvxpy.
 
-For every structure the certificate covers (the lasso, with and without z ≥ 0; disjoint,
+For every structure the certificate covers (the lasso, with and without z ≥ 0, and with a weight
+per unit, ``l1(z * s)``; disjoint,
 nested, overlapping and tree-structured pools beside an l1 term), codes at several stages
 of FISTA are certified, and each sample's bound is compared with its true gap E(z) − E*,
 E* from cvxpy in float64: never below it, and down to 1e-9 of the energy at convergence.
@@ -34,6 +35,7 @@ infer z by fista(steps = 20000, gap = 1e-9)
 STRUCTURES = {
     "lasso": ("", "sparse : lam * l1(z)", "", 40),
     "nonneg lasso": ("", "sparse : lam * l1(z)", "", 40),
+    "weighted lasso": ("param s[40] init uniform(2) learn fixed", "sparse : lam * l1(z * s)", "", 40),
     "disjoint pools": ("pools P = blocks(z, 4)", "sparse : lam * l1(z)", "  group : 0.1 * group_l2(z, P)", 40),
     "nested pools": ("pools A = blocks(z, 4)\npools B = blocks(z, 8)\npools P = [A, B]", "sparse : lam * l1(z)",
                      "  group : 0.1 * group_l2(z, P)", 40),
@@ -59,7 +61,8 @@ def optimum(model, x: torch.Tensor) -> np.ndarray:
     best = []
     for xi in x.numpy():
         u = cp.Variable(units)
-        objective = 0.5 * cp.sum_squares(xi - W @ u) + terms["sparse"].weight * cp.norm1(u)
+        scale = model.params["s"].detach().double().abs().numpy() if "s" in model.params else 1.0
+        objective = 0.5 * cp.sum_squares(xi - W @ u) + terms["sparse"].weight * cp.norm1(cp.multiply(scale, u))
         for name in ("group", "tree"):
             if name in terms:
                 family = terms[name].term.norms.family
