@@ -84,8 +84,9 @@ Run by hand::
     python benchmarks/amortisation.py --paper-draw  # the paper's own data, 3 initialisations
     python benchmarks/amortisation.py --quick       # a smoke run: 1 seed, 300 steps, nothing written
 
-Each seed trains for about a minute on an idle core (the training loop's per-step overhead: the
-steps are of 1,024 samples of 8 values).  Prints a markdown table and writes
+Each seed trains for about a minute on an idle core (20,000 steps at about 2.5 ms, mostly the
+training loop's own work: a step is of 1,024 samples of 8 values); on a shared, busy 2-core machine
+the default run took 11.5 minutes.  Prints a markdown table and writes
 ``benchmarks/results/amortisation.json`` (``amortisation_paper_draw.json`` with ``--paper-draw``):
 the setting, and per method and metric ``[mean, std]`` over the seeds (``summary``) and each seed's
 values (``runs``).
