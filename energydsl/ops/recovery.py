@@ -16,6 +16,10 @@ convention, so a flipped column is the same feature.
   larger side (if a were matched outside its s best, one of those is free — the others take at
   most s − 1 — and no worse), so only the union of those lists, at most s² columns, is needed:
   a 65,536-unit dictionary against 64 features is a 64 × ≤4,096 problem.
+- **Code MCC** (the MCC of identifiability studies, e.g. O'Neill et al. 2025): the codes
+  themselves compared, not the dictionaries; ``code_mcc(z, c)`` = the mean |Pearson correlation|
+  over samples between a column of ``z`` and one of ``c``, over the one-to-one matching of
+  columns that maximises it; a column constant over the samples correlates 0 with every other.
 - **Detection** (SAELens's classification metrics): unit u is matched to the feature
   m(u) = argmax_f |cos(W_u, D_f)|, and "z_u ≠ 0" is read as a prediction of "c_m(u) ≠ 0"
   over the samples.  With TP, FP, FN counted over samples, precision = TP / (TP + FP),
@@ -23,10 +27,6 @@ convention, so a flipped column is the same feature.
   the number of samples in which each fires; each is 0 where its denominator is.
   **Feature F1**: for each true feature f, the best F1 of any unit as its detector,
   max_u 2 TP(u, f) / (n_u + n_f).
-- **Code MCC** (the MCC of codes in identifiability work, e.g. O'Neill et al. 2025): the mean
-  |Pearson correlation| between the code of a unit and that of a true feature over samples,
-  over the one-to-one matching of units and features that maximises it; a unit or feature
-  that never varies correlates 0 with everything.
 
 Codes may be dense tensors, sparse ones (COO or CSR) or firing matrices
 (:mod:`energydsl.ops.firing`): only where they are nonzero matters, and that is all that is
@@ -44,7 +44,7 @@ from scipy.optimize import linear_sum_assignment
 from energydsl.ops.firing import firing_matrix, firings_per_unit
 
 __all__ = ["Detection", "Matches", "abs_cosines", "best_matches", "bounded_mcc", "code_mcc", "detection", "mcc",
-           "mmcs"]  # fmt: skip
+           "mmcs"]
 
 _BLOCK_ENTRIES = 1 << 24  # the largest (rows x columns) block of cosines or co-firing counts at once
 
@@ -111,20 +111,6 @@ def bounded_mcc(learned: torch.Tensor, true: torch.Tensor, max_entries: int) -> 
     return _matched_mean((small.T @ large[:, candidates]).abs().cpu().numpy())
 
 
-def code_mcc(codes: torch.Tensor, true_codes: torch.Tensor, max_entries: int = 1 << 25) -> float | None:
-    """The code MCC (module docstring) of dense codes ``(samples, U)`` against true codes ``(samples, F)``;
-    None where the U × F correlations would pass ``max_entries``."""
-    if codes.shape[1] * true_codes.shape[1] > max_entries:
-        return None
-    return bounded_mcc(_standardised(codes), _standardised(true_codes), max_entries)
-
-
-def _standardised(codes: torch.Tensor) -> torch.Tensor:
-    """Each column centred and scaled to unit norm (0 where it never varies): its inner products are correlations."""
-    centred = codes.double() - codes.double().mean(dim=0)
-    return centred / centred.norm(dim=0).clamp_min(1e-300)
-
-
 def _candidates(small: torch.Tensor, large: torch.Tensor, count: int) -> torch.Tensor:
     """The columns of ``large`` among the ``count`` best |cos| of some column of ``small``, a block of
     ``large`` at a time (memory: small × (count + block) cosines)."""
@@ -137,6 +123,39 @@ def _candidates(small: torch.Tensor, large: torch.Tensor, count: int) -> torch.T
         best, order = torch.cat([best, cosines], dim=1).topk(min(count, best.shape[1] + cosines.shape[1]), dim=1)
         where = torch.cat([where, columns], dim=1).gather(1, order)
     return where.unique().cpu()
+
+
+def code_mcc(codes: torch.Tensor, true_codes: torch.Tensor) -> float:
+    """The mean |Pearson correlation| over samples of the one-to-one matching of the columns of
+    ``codes`` ``(samples, U)`` and ``true_codes`` ``(samples, F)`` that maximises it (module docstring).
+
+    Dense or sparse (COO, CSR) tensors, made dense: memory samples × (U + F) and U × F, time up to
+    cubic in min(U, F).
+    """
+    if codes.shape[0] != true_codes.shape[0]:
+        raise ValueError(f"codes of {codes.shape[0]} samples but true codes of {true_codes.shape[0]}")
+    return _matched_mean(_abs_correlations(codes, true_codes).numpy())
+
+
+def _abs_correlations(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|corr| of every column of ``a`` with every column of ``b`` over the rows, float64; 0 for a
+    column constant over the rows."""
+    (a, constant_a), (b, constant_b) = _standardised(a), _standardised(b)
+    correlations = (a.T @ b).abs()
+    correlations[constant_a] = 0.0
+    correlations[:, constant_b] = 0.0
+    return correlations
+
+
+def _standardised(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The columns of ``codes`` centred and scaled to unit norm (float64, dense), and which are constant:
+    those whose variance is below 1e-12 of the largest column's (all of them when every one is 0)."""
+    codes = codes.detach().cpu()
+    codes = (codes if codes.layout == torch.strided else codes.to_dense()).to(torch.float64)
+    centred = codes - codes.mean(dim=0)
+    norms = centred.norm(dim=0)
+    constant = norms <= 1e-6 * norms.max().clamp_min(1e-300)
+    return centred / norms.clamp_min(1e-300), constant
 
 
 def _matched_mean(cosines: np.ndarray) -> float:

@@ -29,7 +29,8 @@ Figures (``amortisation.*`` keys):
 - the codes refined by :data:`REFINE_STEPS` FISTA steps from the encoder's (``infer z by encoder
   then fista(...)``) and the share of the gap they close (``refined.closed``);
 - where the data know the true codes, feature recovery of each code: the F1 of
-  :mod:`energydsl.reporting.recovery` and the code MCC of :func:`~energydsl.ops.recovery.code_mcc`.
+  :mod:`energydsl.reporting.recovery` and the code MCC of :func:`~energydsl.ops.recovery.code_mcc`
+  (left out above :data:`CODE_MCC_MAX_ENTRIES` correlations).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ OPTIMAL_GAP = 1e-6  # the certified relative gap the optimal codes are solved to
 OPTIMAL_STEPS = 100_000
 RELATIVE_FLOOR = 0.01  # of the mean optimal energy: the least denominator of a sample's relative gap
 PREFIX = "amortisation."
+CODE_MCC_MAX_ENTRIES = 1 << 24  # units × features correlations at most (a Hungarian matching of 4096 × 4096)
 GAP_FILE = "amortisation.json"  # in a run directory, written by ``energydsl gap``; report.html shows it
 GAP_PICTURE = "amortisation.png"
 
@@ -244,9 +246,8 @@ def _recovery(model: EnergyModel, dataset: Dataset, coded: dict[str, Measured], 
     for name, measured in coded.items():
         codes = measured.codes.cpu()
         figures[f"{PREFIX}{name}.f1"] = float(detection(codes, true_codes, match).f1.mean())
-        mcc = code_mcc(codes, true_codes)
-        if mcc is not None:
-            figures[f"{PREFIX}{name}.code_mcc"] = mcc
+        if codes.shape[1] * true_codes.shape[1] <= CODE_MCC_MAX_ENTRIES:
+            figures[f"{PREFIX}{name}.code_mcc"] = code_mcc(codes, true_codes)
     return figures
 
 

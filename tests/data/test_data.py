@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import inspect
+import math
 import struct
 import zipfile
 from importlib.resources import files
@@ -186,6 +187,27 @@ def test_synthetic_is_deterministic_given_the_seed():
     assert torch.equal(a.x_train, b.x_train)
     assert torch.equal(a.extras["dictionary"], b.extras["dictionary"])
     assert not torch.equal(a.x_train, load_data("synthetic", kwargs={"seed": 2}).x_train)
+
+
+def test_synthetic_halfnormal_magnitudes_are_the_absolute_values_of_standard_normals():
+    data = load_data("synthetic", kwargs={"atoms": 16, "dim": 8, "k": 3, "count": 20000, "nonneg": True,
+                                          "values": "halfnormal"})  # fmt: skip
+    codes = data.extras["codes_train"]
+    assert ((codes != 0).sum(dim=1) == 3).all() and (codes >= 0).all()
+    active = codes[codes != 0].double()
+    # |N(0, 1)|: mean sqrt(2/pi) = 0.798, second moment 1, and a fifth of its values below 0.25 (2 Phi(0.25) - 1)
+    assert active.mean().item() == pytest.approx(math.sqrt(2 / math.pi), abs=0.01)
+    assert (active**2).mean().item() == pytest.approx(1.0, abs=0.02)
+    assert (active < 0.25).double().mean().item() == pytest.approx(0.1974, abs=0.01)
+    signed = load_data("synthetic", kwargs={"count": 4000, "values": "halfnormal"}).extras["codes_train"]
+    assert (signed < 0).any() and (signed > 0).any()
+
+
+def test_synthetic_rejects_an_unknown_way_of_drawing_values():
+    with pytest.raises(DataError) as excinfo:
+        load_data("synthetic", kwargs={"values": "gaussian"})
+    text = error_text(excinfo)
+    assert "'values'" in text and "'halfnormal'" in text and "'gaussian'" in text
 
 
 def test_synthetic_rejects_more_nonzeros_than_atoms():

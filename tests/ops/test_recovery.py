@@ -70,6 +70,36 @@ def test_mcc_is_the_best_one_to_one_matching_found_by_enumeration():
     assert mcc(learned, true[:, :3]) == pytest.approx(best, abs=1e-12)
 
 
+def brute_code_mcc(codes: np.ndarray, true_codes: np.ndarray) -> float:
+    """The best one-to-one matching of columns by enumeration, |Pearson correlation| by numpy (0 for a
+    constant column)."""
+    def corr(a, b):
+        return 0.0 if a.std() == 0 or b.std() == 0 else abs(np.corrcoef(a, b)[0, 1])
+
+    table = np.array([[corr(codes[:, u], true_codes[:, f]) for f in range(true_codes.shape[1])]
+                      for u in range(codes.shape[1])])  # fmt: skip
+    if codes.shape[1] >= true_codes.shape[1]:
+        orders = itertools.permutations(range(codes.shape[1]), true_codes.shape[1])
+        return max(np.mean([table[u, f] for f, u in enumerate(order)]) for order in orders)
+    orders = itertools.permutations(range(true_codes.shape[1]), codes.shape[1])
+    return max(np.mean([table[u, f] for u, f in enumerate(order)]) for order in orders)
+
+
+def test_code_mcc_is_the_best_matching_of_pearson_correlations_found_by_enumeration():
+    g = torch.Generator().manual_seed(6)
+    true_codes = torch.rand(200, 5, generator=g, dtype=torch.float64).clamp_min(0.6) - 0.6  # sparse, nonneg
+    codes = true_codes[:, [3, 0, 4, 1, 2]] * torch.tensor([2.0, -1.0, 0.5, 3.0, 1.0], dtype=torch.float64)
+    codes = codes + 0.05 * torch.randn(200, 5, generator=g, dtype=torch.float64)
+    codes[:, 2] = 0.0  # a unit that never fires correlates with nothing
+    expected = brute_code_mcc(codes.numpy(), true_codes.numpy())
+    assert expected < 0.85  # the dead unit costs a fifth
+    assert recovery.code_mcc(codes, true_codes) == pytest.approx(expected, abs=1e-12)
+    assert recovery.code_mcc(codes[:, :3], true_codes) == pytest.approx(brute_code_mcc(codes[:, :3].numpy(),
+                                                                                        true_codes.numpy()), abs=1e-12)  # fmt: skip
+    # shifted and rescaled copies correlate exactly; a sparse tensor is read like its dense form
+    assert recovery.code_mcc(3 * true_codes.flip(1) + 1, true_codes.to_sparse()) == pytest.approx(1.0, abs=1e-12)
+
+
 def test_bounded_mcc_is_the_hungarian_matching_of_the_whole_matrix_from_the_candidates_alone(monkeypatch):
     monkeypatch.setattr(recovery, "_BLOCK_ENTRIES", 50)  # candidate lists merged over blocks of 10 columns
     for seed, (units, features) in enumerate([(300, 5), (7, 120), (40, 6), (12, 12)]):
