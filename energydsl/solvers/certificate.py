@@ -19,7 +19,13 @@ the optimum −∇f(z) ∈ ∂Ω(z), so s = 1 and ⟨−∇f(z), z⟩ = Ω(z): t
 z converges.  γ is computed so that it is never below the true value (the bound stays an upper
 bound): in closed form for l1 alone, else as the least t at which the exact prox of t·Ω sends
 −∇f(z) to 0, by bisection; for overlapping pools, whose prox is itself an iterative dual solve,
-the dual point found is completed into an exact decomposition before γ is read off it.
+from an exact decomposition of −∇f(z) over the pools (:func:`_decomposed`).
+
+Stopping on the gap: FISTA and ISTA measure it every :data:`GAP_EVERY` iterations and let each
+sample leave once it is small enough.  ADMM (overlapping pools) stops on its residuals, run to the
+finest its float type resolves; its codes are then certified once, and the samples still above the
+target are reported as capped: the certificate of overlapping pools costs a dual solve, too much to
+take every few iterations.
 """
 
 from __future__ import annotations
