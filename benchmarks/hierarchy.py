@@ -60,7 +60,7 @@ SAELens's ``mean_correlation_coefficient``), L0 (mean nonzero codes per held-out
 
 Prints a markdown table (mean ± std over seeds) and writes ``benchmarks/results/hierarchy.json``::
 
-    python benchmarks/hierarchy.py             # the world above, 3 seeds (about 15 minutes on 2 shared cores)
+    python benchmarks/hierarchy.py             # the world above, 3 seeds (10 minutes on 2 shared cores)
     python benchmarks/hierarchy.py --quick     # a smoke run: a tiny world, 1 seed, 1 epoch (seconds)
     python benchmarks/hierarchy.py --seeds 1 --models tree,batchtopk --lam 0.8
 """
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"MCC {result['mcc']:.3f}  L0 {result['l0']:.2f}  {result['seconds']:.0f} s")  # fmt: skip
     summary = summarise(runs)
     print(markdown_table(summary))
-    report = {"world": world_args, "units": units, "k": k, "epochs": args.epochs, "lam": lam,
+    report = {"world": world_args, "units": units, "k": k, "epochs": args.epochs, "lam": lam, "variant_lam": VARIANT_LAM,
               "calibration": calibration, "tree_units": TREE_UNITS, "threads": torch.get_num_threads(),
               "summary": summary, "runs": runs}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
