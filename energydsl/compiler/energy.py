@@ -8,6 +8,7 @@ from energydsl.expr.compiler import Closure, ExprCompiler
 from energydsl.expr.functions import FUNCTIONS
 from energydsl.lang import spec as S
 from energydsl.ops.pools import PoolFamily
+from energydsl.ops.structures import TREE_KINDS
 from energydsl.terms import TERMS, VaryingWeight
 
 
@@ -44,7 +45,7 @@ class EnergyStage:
                 static["pools"] = self._pool_argument(node, pools)
                 self._pooled.append((static["pools"], node, call.func))
             elif kind == "structure":
-                static["structure"] = self.structure_argument(node, f"{call.func}()", ("tree",))
+                static["structure"] = self.structure_argument(node, f"{call.func}()", TREE_KINDS)
             elif kind == "label":
                 closures.append(self._label_argument(node, label))
                 static["classes"] = label.shape[0]

@@ -274,7 +274,7 @@ class TreeInhibition(Initialiser):
     def compile(cls, compiler, node, target):
         slots = compiler.arguments(node, 1, ("tree",))
         compiler.required(node, slots, 1)
-        return _matrix(st.tree_inhibition(target.structure_argument(slots[0], node.func, ("tree",))))
+        return _matrix(st.tree_inhibition(target.structure_argument(slots[0], node.func, st.TREE_KINDS)))
 
 
 class GridInhibition(Initialiser):

@@ -121,7 +121,7 @@ class Subtrees(PoolFamilyKind):
 
     @classmethod
     def build(cls, stage, name, node, slots, latent):
-        structure = stage.structure_argument(slots[0], "subtrees()", ("tree",))
+        structure = stage.structure_argument(slots[0], "subtrees()", st.TREE_KINDS)
         return _structured(name, structure, st.subtrees(structure))
 
 

@@ -1,4 +1,4 @@
-"""Structures: graphs built with networkx (grids, tori, chains, trees), one registry entry each.
+"""Structures: graphs built with networkx (grids, tori, chains, trees, forests), one registry entry each.
 
 ``graph T = tree(2, 5)`` looks ``tree`` up in :data:`STRUCTURES`; the entry reads the
 arguments, checks them and builds the :class:`~energydsl.ops.structures.Structure` with
@@ -113,10 +113,26 @@ class Tree(StructureKind):
         return edges
 
 
+class Forest(StructureKind):
+    name = "forest"
+    arguments = ("trees", "branching", "depth")
+    forms = (("forest(trees, branching, depth)", st.forest),)
+
+    @classmethod
+    def build(cls, stage, name, node, slots, latent):
+        integer = stage.consts.integer
+        stage.consts.required(node, slots, 3)
+        trees, branching = integer(slots[0], "the number of trees", 1), integer(slots[1], "the branching", 1)
+        depth = integer(slots[2], "the depth", 0)
+        _check_structure_size(node, trees * st.tree_units(branching, depth), latent)
+        return st.forest(name, trees, branching, depth)
+
+
 STRUCTURES.register(Grid)
 STRUCTURES.register(Torus)
 STRUCTURES.register(Chain)
 STRUCTURES.register(Tree)
+STRUCTURES.register(Forest)
 
 
 class StructuresStage:

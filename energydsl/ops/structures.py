@@ -1,8 +1,9 @@
-"""Structures over latent units, built with networkx: grids, tori, chains, trees.
+"""Structures over latent units, built with networkx: grids, tori, chains, trees, forests.
 
 Unit ``i`` of the latent is node ``i`` of the structure.  Grids and tori number
 their nodes row by row (unit ``r * w + c`` sits at row r, column c); trees number
-theirs from 0 at the root, and a given tree must use the nodes 0..n-1.
+theirs from 0 at the root, and a given tree must use the nodes 0..n-1; a forest
+numbers its roots first, then their children, level by level.
 
 From a structure come pool families (``windows``, ``neighborhoods``,
 ``subtrees``) and matrices (``tree_inhibition``, ``grid_inhibition``).
@@ -23,6 +24,7 @@ from energydsl.errors import UserError
 # The most units a structure may have: a structure is built, and its pools and matrices
 # computed, when the spec is checked, so its size is checked before it is built.
 MAX_UNITS = 1_000_000
+TREE_KINDS = ("tree", "forest")  # the structures with parents, subtrees and branches
 
 
 class StructureError(UserError):
@@ -49,14 +51,29 @@ def tree_units(branching: int, depth: int) -> int:
 @dataclass(frozen=True, eq=False)
 class Structure:
     name: str
-    kind: str  # grid | torus | chain | tree
-    graph: nx.Graph  # undirected; for trees, every edge joins a parent and a child
+    kind: str  # grid | torus | chain | tree | forest
+    graph: nx.Graph  # undirected; for trees and forests, every edge joins a parent and a child
     shape: tuple[int, ...] | None = None  # (h, w) for grids and tori
     root: int | None = None  # trees
+    forest_roots: tuple[int, ...] = ()  # forests: the root of each tree
 
     @property
     def size(self) -> int:
         return self.graph.number_of_nodes()
+
+    @property
+    def roots(self) -> tuple[int, ...]:
+        """The root of every tree: one for a tree, one per tree for a forest."""
+        return self.forest_roots or (self.root,)
+
+    @cached_property
+    def directed(self) -> nx.DiGraph:
+        """The edges pointing from each parent to its children."""
+        directed = nx.DiGraph()
+        directed.add_nodes_from(range(self.size))
+        for root in self.roots:
+            directed.add_edges_from(nx.bfs_edges(self.graph, root))
+        return directed
 
     @cached_property
     def distances(self) -> np.ndarray:
@@ -70,22 +87,24 @@ class Structure:
 
     @cached_property
     def parents(self) -> np.ndarray:
-        """Each node's parent (-1 at the root); trees only."""
+        """Each node's parent (-1 at a root); trees and forests only."""
         parents = np.full(self.size, -1)
-        for parent, child in nx.bfs_edges(self.graph, self.root):
+        for parent, child in self.directed.edges:
             parents[child] = parent
         return parents
 
     @cached_property
     def depths(self) -> np.ndarray:
-        lengths = nx.single_source_shortest_path_length(self.graph, self.root)
-        return np.array([lengths[i] for i in range(self.size)])
+        """Each node's distance from the root of its tree."""
+        depths = np.zeros(self.size, dtype=np.int64)
+        for parent, child in nx.edge_bfs(self.directed, self.roots):  # parents before their children
+            depths[child] = depths[parent] + 1
+        return depths
 
     @cached_property
     def descendants(self) -> tuple[tuple[int, ...], ...]:
         """Each node's subtree: the node and all its descendants, sorted."""
-        tree = nx.bfs_tree(self.graph, self.root)
-        return tuple(tuple(sorted({i} | nx.descendants(tree, i))) for i in range(self.size))
+        return tuple(tuple(sorted({i} | nx.descendants(self.directed, i))) for i in range(self.size))
 
     @cached_property
     def related(self) -> np.ndarray:
@@ -137,6 +156,24 @@ def balanced_tree(name: str, branching: int, depth: int) -> Structure:
     return _checked_tree(name, nx.balanced_tree(branching, depth), root=0)
 
 
+def forest(name: str, trees: int, branching: int, depth: int) -> Structure:
+    """``trees`` complete trees side by side, each of ``branching`` children per node down to ``depth``.
+
+    Numbered level by level across the forest, as the ``features`` data source numbers its
+    hierarchy: the roots are 0..trees-1, then come the roots' children (root 0's first), then
+    theirs.  So node i of level ℓ ≥ 1 has parent first(ℓ−1) + (i − first(ℓ)) // branching.
+    ``forest(64, 2, 2)`` has 64 · 7 = 448 units.
+    """
+    _check_units("forest()", trees * tree_units(branching, depth))
+    graph = nx.empty_graph(trees)
+    first, width = 0, trees  # the first node and the size of the level above
+    for _ in range(depth):
+        children = np.arange(first + width, first + width + width * branching)
+        graph.add_edges_from(zip((first + (children - first - width) // branching).tolist(), children.tolist()))
+        first, width = first + width, width * branching
+    return Structure(name, "forest", graph, forest_roots=tuple(range(trees)))
+
+
 def tree_from_edges(name: str, edges: list[tuple[int, int]], root: int = 0) -> Structure:
     """A tree given by its (parent, child) edges over the nodes 0..n-1."""
     graph = nx.Graph()
@@ -179,7 +216,7 @@ def _checked_tree(name: str, graph: nx.Graph, root: int) -> Structure:
 
 def _tree_layout(structure: Structure) -> dict[int, tuple[float, float]]:
     """Leaves spread evenly along x; each parent centred over its children."""
-    tree = nx.bfs_tree(structure.graph, structure.root)
+    tree = structure.directed
     x: dict[int, float] = {}
     next_leaf = [0]
 
@@ -192,7 +229,8 @@ def _tree_layout(structure: Structure) -> dict[int, tuple[float, float]]:
             x[node] = sum(place(child) for child in children) / len(children)
         return x[node]
 
-    place(structure.root)
+    for root in structure.roots:  # a forest's trees side by side
+        place(root)
     return {i: (x[i], -float(structure.depths[i])) for i in range(structure.size)}
 
 
@@ -230,7 +268,7 @@ def neighborhoods(structure: Structure, radius: int) -> list[tuple[int, ...]]:
 
 
 def subtrees(structure: Structure) -> list[tuple[int, ...]]:
-    """For every node of a tree, the node and all its descendants."""
+    """For every node of a tree or a forest, the node and all its descendants."""
     return list(structure.descendants)
 
 
@@ -239,7 +277,8 @@ def subtrees(structure: Structure) -> list[tuple[int, ...]]:
 
 def tree_inhibition(structure: Structure) -> np.ndarray:
     """1 between units on different branches; 0 between a unit and its ancestors,
-    its descendants and itself."""
+    its descendants and itself.  In a forest, units of different trees are on different
+    branches (as if the roots hung from one unit that is not there)."""
     return (~structure.related).astype(np.float32)
 
 

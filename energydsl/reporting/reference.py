@@ -146,7 +146,7 @@ def matrix_builders() -> dict[str, type]:
     return {name: entry for name, entry in INITIALISERS.items() if entry.from_structure}
 
 
-_ARGUMENT_KINDS = {"value": "an expression", "affine": "an expression", "label": "the label", "pools": "a pool family", "structure": "a tree"}
+_ARGUMENT_KINDS = {"value": "an expression", "affine": "an expression", "label": "the label", "pools": "a pool family", "structure": "a tree or a forest"}
 _OPTION_KINDS = {"number": "a {positive}number", "whole": "a {positive}whole number",
                  "wholes": "a list of {positive}whole numbers"}  # fmt: skip
 

@@ -13,6 +13,7 @@ import math
 import networkx as nx
 import numpy as np
 import pytest
+import torch
 
 import energydsl
 from energydsl.ops import structures as st
@@ -146,6 +147,57 @@ def test_tree_file_errors(tmp_path):
         st.tree_from_file("T", forest)
     # a StructureError is a user error: the CLI shows it without a traceback
     assert issubclass(StructureError, energydsl.UserError)
+
+
+def forest_parents(trees: int, branching: int, depth: int) -> list[int]:
+    """Level-by-level numbering across the forest: level l starts at first(l), and its node i has
+    parent first(l - 1) + (i - first(l)) // branching; roots have none."""
+    parents, first, width = [-1] * trees, 0, trees
+    for _ in range(depth):
+        parents += [first + i // branching for i in range(width * branching)]
+        first, width = first + width, width * branching
+    return parents
+
+
+@pytest.mark.parametrize(("trees", "branching", "depth"), [(3, 2, 2), (4, 3, 1), (5, 2, 0), (1, 2, 3)])
+def test_forest_parents_depths_and_subtrees(trees, branching, depth):
+    forest = st.forest("F", trees, branching, depth)
+    parents = forest_parents(trees, branching, depth)
+    assert forest.kind == "forest" and forest.roots == tuple(range(trees))
+    assert forest.size == trees * (branching ** (depth + 1) - 1) // (branching - 1)
+    assert forest.parents.tolist() == parents
+    assert forest.depths.tolist() == [len(ancestors(parents, i)) for i in range(forest.size)]
+    for i, pool in enumerate(st.subtrees(forest)):
+        assert list(pool) == sorted(j for j in range(forest.size) if j == i or i in ancestors(parents, j))
+    # one tree's forest is the balanced tree, numbered the same way
+    if trees == 1:
+        assert forest.parents.tolist() == balanced_parents(branching, depth)
+
+
+def test_forest_inhibition_crosses_trees_but_not_branches():
+    forest = st.forest("F", 2, 2, 1)  # roots 0, 1; children 2, 3 of 0 and 4, 5 of 1
+    S = st.tree_inhibition(forest)
+    parents = forest_parents(2, 2, 1)
+    for i, j in itertools.product(range(6), range(6)):
+        same_branch = i == j or i in ancestors(parents, j) or j in ancestors(parents, i)
+        assert S[i, j] == (0.0 if same_branch else 1.0), (i, j)
+    assert S[0, 1] == 1 and S[2, 3] == 1 and S[0, 4] == 1 and S[0, 2] == 0
+
+
+def test_forest_in_a_spec_makes_tree_group_pools():
+    source = TREE_SPEC.format(n=14, tree="forest(2, 2, 2)")
+    program = energydsl.compile_program(source)
+    assert program.structures["T"].parents.tolist() == forest_parents(2, 2, 2)
+    model = energydsl.load(source)
+    z = torch.zeros(1, 14)
+    z[0, [0, 2, 6]] = torch.tensor([3.0, 4.0, 12.0])  # root 0, its child 2, 2's child 6
+    # groups: 0 holds all three (13), 2 holds 2 and 6 (sqrt(160)), 6 holds 6 (12)
+    assert model.terms(torch.zeros(1, 8), z)["tree"].item() == pytest.approx(0.1 * (13 + math.sqrt(160) + 12))
+
+
+def test_forest_size_must_match_the_latent():
+    with pytest.raises(energydsl.SpecError, match="14 units.*'z' has 10"):
+        energydsl.compile_program(TREE_SPEC.format(n=10, tree="forest(2, 2, 2)"))
 
 
 # ---------------------------------------------------------------- trees in a spec
