@@ -72,15 +72,16 @@ def main() -> None:
     parser.add_argument("--specs", default=",".join(SPECS), help="comma-separated spec names")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "gap", help="where the runs are written")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the JSON file the figures are added to")
     args = parser.parse_args()
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results = json.loads(args.results.read_text()) if args.results.exists() else {}
     for spec in args.specs.split(","):
         results[spec] = []
         for seed in args.seeds:
             results[spec].append(measure(spec, seed, args.runs))
             print(f"{spec} seed {seed}: {results[spec][-1]}", flush=True)
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(results, indent=1, sort_keys=True))
     print(table({spec: results[spec] for spec in results}))
 
 
