@@ -223,6 +223,7 @@ def test_omp_refuses_a_hessian_that_differs_per_sample():
         model.infer(model.dataset.x_test[:8])
 
 
+@pytest.mark.slow  # several seconds of training
 def test_training_with_omp_lowers_the_energy():
     model = spec_model()
     x = model.dataset.x_test
