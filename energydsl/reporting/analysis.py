@@ -9,6 +9,8 @@
   matches the decoder, as in ISTA) and *categorical* units (> 0.7 rad), with the
   classifier weight each group carries (Rolfe & LeCun 2013, section 4).
 - For every spec: how often each unit is active (units that never fire are neither part nor categorical).
+- With filters that are image patches on a 2-D map: the orientation map's pinwheels, column
+  spacing and smoothness (energydsl.reporting.orientation_map).
 
 Bounded in the number of units: the codes are read as where they fire (a sparse matrix, memory
 samples × k for a TopK code) and no (units × units) matrix is ever formed — co-activation on a
@@ -29,6 +31,7 @@ from energydsl.errors import InferenceCapWarning
 from energydsl.model import EnergyModel
 from energydsl.ops.firing import firing_matrix, firings_per_unit
 from energydsl.ops.structures import Structure
+from energydsl.reporting.orientation_map import orientation_maps, orientation_metrics
 from energydsl.training.metrics import eval_rows
 
 EXACT_PAIRS_UNITS = 4096  # above, the mean |cos| over all pairs of units is estimated from random pairs
@@ -192,6 +195,7 @@ def run_metrics(model: EnergyModel, z, notes: list[str] | None = None) -> dict[s
             if structure.size > EXACT_PAIRS_UNITS:
                 notes.append(f"{name}.neighbour_cosine_ratio: the mean |cos| of all pairs of the {structure.size:,} "
                              f"units estimated on {PAIR_SAMPLES:,} random pairs")  # fmt: skip
+    metrics.update(orientation_metrics(orientation_maps(model)))
     fired = firings_per_unit(active) > 0  # (units.dead, .unused and .dense: training/metrics.py)
     metrics.update(unit_kinds(model, alive=torch.from_numpy(fired)))
     return metrics

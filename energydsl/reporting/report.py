@@ -27,6 +27,11 @@ CAPTIONS = {
     "amortisation.png": "Each held-out sample's energy under the encoder's codes (red) and after a few steps "
                         "of inference from them (blue), against the optimal energy of the same terms "
                         "(energydsl gap); the black line is the optimum.",
+    "orientation.png": "Orientation map: each filter's preferred orientation (hue; from its Fourier energy) at its "
+                       "place on the map, paler the less oriented the filter; white and black dots mark pinwheels "
+                       "of charge +1/2 and -1/2, where the orientation turns by 180 degrees around a plaquette. "
+                       "Their count, density (per squared orientation period) and the map's smoothness are in the "
+                       "summary.",
     "angles.png": "Angle between each unit's encoder row and decoder column: part units (< 0.5 rad) "
                   "and categorical units (> 0.7 rad).",
 }  # fmt: skip

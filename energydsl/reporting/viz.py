@@ -9,7 +9,9 @@
 - ``firing.png``: the log-density histogram of unit firing (log10 of each unit's firing frequency on
   the held-out set), the units that never fired there in a bin of their own;
 - ``tree.png``: the spec's tree drawn with networkx, units coloured by activation frequency;
-- ``angles.png``: DrSAE's encoder/decoder angle per unit (part vs categorical units).
+- ``angles.png``: DrSAE's encoder/decoder angle per unit (part vs categorical units);
+- ``orientation.png``: each orientation map of the filters (energydsl.reporting.orientation_map),
+  hue the preferred orientation, pinwheels marked.
 
 A picture draws at most :data:`PICTURED_UNITS` units one by one (a tile, a node, a row and
 column of a matrix), whatever the width: beyond, ``filters.png`` shows the most used units (by
@@ -34,10 +36,13 @@ import torch
 from energydsl.ops.firing import firing_matrix, firings_per_unit
 from energydsl.ops.structures import Structure
 from energydsl.reporting.analysis import CATEGORICAL_ABOVE, PART_BELOW, unit_angles
+from energydsl.reporting.orientation_map import OrientationMap, orientation_maps
 from energydsl.reporting.selection import map_window, most_used, nearest_root, part_of_tree
 from energydsl.training.metrics import DENSE_ABOVE
 
 PICTURED_UNITS = 256  # the most units a picture draws one by one
+MAP_PIXELS = 128 * 128  # the most units of one orientation map drawn (one pixel each)
+MAP_PANELS = 16  # the most orientation maps drawn (a locally connected kernel's first maps)
 
 
 def write_pictures(model, directory: Path, history: list[dict] | None = None, z=None, density=None) -> list[Path]:
@@ -81,6 +86,9 @@ def write_pictures(model, directory: Path, history: list[dict] | None = None, z=
     angles = unit_angles(model)
     if angles is not None:
         written.append(angles_png(angles.cpu().numpy(), directory / "angles.png"))
+    maps = orientation_maps(model)
+    if maps:
+        written.append(orientation_png([m for family in maps.values() for m in family], directory / "orientation.png"))
     return written
 
 
@@ -182,6 +190,48 @@ def angles_png(angles: np.ndarray, path: Path) -> Path:
         axes.text(threshold, axes.get_ylim()[1] * 0.95, f" {label}", ha="left" if label != "part" else "right")
     axes.set_xlabel("angle between encoder row and decoder column (rad)")
     axes.set_ylabel("units")
+    _save(figure, path)
+    return path
+
+
+def orientation_png(maps: list[OrientationMap], path: Path) -> Path:
+    """Orientation maps side by side: hue the preferred orientation, saturation the selectivity
+    (full from the map's 95th percentile up), pinwheels of charge +½ (white) and −½ (black)
+    at the centres of their plaquettes.  At most :data:`MAP_PANELS` maps of :data:`MAP_PIXELS` units."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize, hsv_to_rgb
+
+    shown = maps[:MAP_PANELS]
+    cols = min(len(shown), 4)
+    rows = math.ceil(len(shown) / cols)
+    figure, axes = _figure(rows, cols, figsize=(3.6 * cols + 1.2, 3.6 * rows), squeeze=False)
+    for ax, orientation in zip(axes.flat, shown):
+        window = map_window(orientation.theta.shape, None, MAP_PIXELS)
+        rows_, cols_ = slice(window.top, window.top + window.rows), slice(window.left, window.left + window.cols)
+        theta, selectivity = orientation.theta[rows_, cols_], orientation.selectivity[rows_, cols_]
+        strong = float(np.quantile(orientation.selectivity, 0.95)) or 1.0  # not one outlier's: the rest stay seen
+        saturation = np.clip(selectivity / strong, 0, 1)
+        ax.imshow(hsv_to_rgb(np.stack([theta / math.pi, saturation, np.ones_like(theta)], axis=-1)),
+                  interpolation="nearest")  # fmt: skip
+        windings = orientation.measured.windings[rows_, cols_]
+        for sign, colour in ((1, "white"), (-1, "black")):
+            r, c = np.nonzero(windings == sign)
+            label = f"{'+' if sign > 0 else '−'}½ ({len(r)})"
+            # unclipped: a torus's plaquettes across the seam have their centres on the picture's edge
+            ax.scatter(c + 0.5, r + 0.5, s=30, c=colour, edgecolors="0.3", linewidths=0.8, clip_on=False, label=label)
+        count = orientation.measured.count
+        words = f"{count} pinwheel{'' if count == 1 else 's'}, density {orientation.measured.density:.2f}"
+        ax.set_title(_titled(f"{orientation.title}: {words}", window.words), fontsize=9)
+        ax.set_xlim(-0.5, window.cols - 0.5)
+        ax.set_ylim(window.rows - 0.5, -0.5)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0), ncol=2, fontsize=7, frameon=False)
+    for ax in axes.flat[len(shown) :]:
+        ax.set_axis_off()
+    figure.colorbar(ScalarMappable(Normalize(0, 180), cmap="hsv"), ax=axes, label="preferred orientation (degrees)")
+    if len(maps) > len(shown):
+        figure.suptitle(f"the first {len(shown)} of {len(maps)} orientation maps")
     _save(figure, path)
     return path
 
