@@ -48,7 +48,7 @@ from energydsl.mechanisms import MECHANISMS
 from energydsl.model import EnergyModel
 from energydsl.ops.pursuit import omp_gram
 from energydsl.ops.recovery import best_matches, code_mcc, detection
-from energydsl.reporting.viz import _figure, _save
+from energydsl.reporting.viz import new_figure, save_figure
 from energydsl.solvers.certificate import certify
 from energydsl.solvers.fista import fista_report
 from energydsl.solvers.lars import lars_report
@@ -253,7 +253,7 @@ def _recovery(model: EnergyModel, dataset: Dataset, coded: dict[str, Measured], 
 
 def gap_png(energies: dict[str, np.ndarray], path, certified: bool) -> None:
     """Each sample's energy of the encoder's (and the refined) codes against its optimal energy."""
-    figure, axes = _figure(figsize=(5.5, 5))
+    figure, axes = new_figure(figsize=(5.5, 5))
     optimal = energies["optimal"]
     for name, colour in (("encoder", "tab:red"), ("refined", "tab:blue")):
         axes.scatter(optimal, energies[name], s=4, alpha=0.5, color=colour, label=f"{name} codes")
@@ -263,4 +263,4 @@ def gap_png(energies: dict[str, np.ndarray], path, certified: bool) -> None:
     axes.set_ylabel("energy of the codes")
     axes.set_title("Amortisation gap per held-out sample")
     axes.legend(loc="upper left")
-    _save(figure, path)
+    save_figure(figure, path)

@@ -98,7 +98,7 @@ def curves_png(history: list[dict], path: Path) -> Path:
     errors = [key for key in ("recon_error", "test_error") if key in history[-1]]
     from matplotlib.ticker import MaxNLocator
 
-    figure, axes = _figure(1, 1 + bool(errors), figsize=(11 if errors else 6, 4), squeeze=False)
+    figure, axes = new_figure(1, 1 + bool(errors), figsize=(11 if errors else 6, 4), squeeze=False)
     left = axes[0, 0]
     for key in ["energy"] + [k for k in history[-1] if k.startswith("term.")]:
         left.plot(epochs, [m.get(key, np.nan) for m in history], marker=".", label=key.removeprefix("term."))
@@ -113,14 +113,14 @@ def curves_png(history: list[dict], path: Path) -> Path:
         right.set_xlabel("epoch")
         right.set_title("errors")
         right.legend()
-    _save(figure, path)
+    save_figure(figure, path)
     return path
 
 
 def sparsity_png(active, path: Path) -> Path:
     """How many units each sample uses, and how often each unit is used; ``active``: where the
     codes of some samples fire (dense 0/1 or a sparse matrix)."""
-    figure, (left, right) = _figure(1, 2, figsize=(11, 4))
+    figure, (left, right) = new_figure(1, 2, figsize=(11, 4))
     l0 = np.asarray(active.sum(axis=1)).ravel()
     left.hist(l0, bins=min(50, max(int(l0.max()) + 1, 1)), color="C0")
     left.set_xlabel("active units per sample (L0)")
@@ -130,7 +130,7 @@ def sparsity_png(active, path: Path) -> Path:
     right.set_ylim(bottom=0)
     right.set_xlabel("unit (sorted)")
     right.set_title(f"activation frequency ({int((frequency == 0).sum())} units never active)")
-    _save(figure, path)
+    save_figure(figure, path)
     return path
 
 
@@ -139,7 +139,7 @@ def firing_png(density: np.ndarray, path: Path, dead: int | None = None) -> Path
     fired in a red bin of their own, left of the others; the dense line (10 %) dashed."""
     from matplotlib.ticker import MaxNLocator
 
-    figure, axes = _figure(figsize=(7, 4))
+    figure, axes = new_figure(figsize=(7, 4))
     fired = density[density > 0]
     never = int((density == 0).sum())
     low = math.floor(np.log10(fired.min())) if fired.size else -1
@@ -155,7 +155,7 @@ def firing_png(density: np.ndarray, path: Path, dead: int | None = None) -> Path
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_title(f"unit firing density ({dead} dead in training)" if dead is not None else "unit firing density")
     axes.legend()
-    _save(figure, path)
+    save_figure(figure, path)
     return path
 
 
@@ -168,7 +168,7 @@ def tree_png(tree: Structure, frequency: np.ndarray, path: Path) -> Path:
     tree, kept = nearest_root(whole, PICTURED_UNITS, frequency)
     frequency = np.asarray(frequency)[kept]  # the subtree's unit i is the tree's kept[i]
     positions = tree.positions()
-    figure, axes = _figure(figsize=(min(24, 0.3 * tree.size + 3), 4))
+    figure, axes = new_figure(figsize=(min(24, 0.3 * tree.size + 3), 4))
     # drawn here rather than with networkx's drawing functions, which import pyplot
     axes.add_collection(LineCollection([(positions[a], positions[b]) for a, b in tree.graph.edges], colors="0.6"))
     units = list(tree.graph)
@@ -177,20 +177,20 @@ def tree_png(tree: Structure, frequency: np.ndarray, path: Path) -> Path:
     figure.colorbar(nodes, ax=axes, label="activation frequency")
     axes.set_axis_off()
     axes.set_title(f"tree {tree.name}" + part_of_tree(tree.size, whole.size))
-    _save(figure, path)
+    save_figure(figure, path)
     return path
 
 
 def angles_png(angles: np.ndarray, path: Path) -> Path:
     """Histogram of encoder/decoder angles with the part / categorical thresholds."""
-    figure, axes = _figure(figsize=(6, 4))
+    figure, axes = new_figure(figsize=(6, 4))
     axes.hist(angles, bins=40, color="C2")
     for threshold, label in ((PART_BELOW, "part"), (CATEGORICAL_ABOVE, "categorical")):
         axes.axvline(threshold, color="k", linestyle="--", linewidth=0.8)
         axes.text(threshold, axes.get_ylim()[1] * 0.95, f" {label}", ha="left" if label != "part" else "right")
     axes.set_xlabel("angle between encoder row and decoder column (rad)")
     axes.set_ylabel("units")
-    _save(figure, path)
+    save_figure(figure, path)
     return path
 
 
@@ -204,7 +204,7 @@ def orientation_png(maps: list[OrientationMap], path: Path) -> Path:
     shown = maps[:MAP_PANELS]
     cols = min(len(shown), 4)
     rows = math.ceil(len(shown) / cols)
-    figure, axes = _figure(rows, cols, figsize=(3.6 * cols + 1.2, 3.6 * rows), squeeze=False)
+    figure, axes = new_figure(rows, cols, figsize=(3.6 * cols + 1.2, 3.6 * rows), squeeze=False)
     for ax, orientation in zip(axes.flat, shown):
         window = map_window(orientation.theta.shape, None, MAP_PIXELS)
         rows_, cols_ = slice(window.top, window.top + window.rows), slice(window.left, window.left + window.cols)
@@ -232,7 +232,7 @@ def orientation_png(maps: list[OrientationMap], path: Path) -> Path:
     figure.colorbar(ScalarMappable(Normalize(0, 180), cmap="hsv"), ax=axes, label="preferred orientation (degrees)")
     if len(maps) > len(shown):
         figure.suptitle(f"the first {len(shown)} of {len(maps)} orientation maps")
-    _save(figure, path)
+    save_figure(figure, path)
     return path
 
 
@@ -298,11 +298,11 @@ def _tile_figure(tiles: list[np.ndarray], rows: int, cols: int, title: str, path
     for unit, tile in enumerate(tiles):
         r, c = divmod(unit, cols)
         canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = tile
-    figure, axes = _figure(figsize=(min(16, 0.4 * cols + 1), min(16, 0.4 * rows + 1)))
+    figure, axes = new_figure(figsize=(min(16, 0.4 * cols + 1), min(16, 0.4 * rows + 1)))
     axes.imshow(canvas, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
     axes.set_axis_off()
     axes.set_title(title)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def _titled(title: str, words: str) -> str:
@@ -349,18 +349,18 @@ def kernel_png(kernel: np.ndarray, path: Path, title: str) -> None:
     for r in range(rows):
         for c in range(cols):
             canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = grid[r, c]
-    figure, axes = _figure(figsize=(min(16, 0.12 * cols * (w + 1) + 1), min(16, 0.12 * rows * (h + 1) + 1)))
+    figure, axes = new_figure(figsize=(min(16, 0.12 * cols * (w + 1) + 1), min(16, 0.12 * rows * (h + 1) + 1)))
     axes.imshow(canvas, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
     axes.set_axis_off()
     axes.set_title(title)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def _tree_figure(tiles, tree: Structure, path: Path, title: str) -> None:
     positions = tree.positions()
     xs = [p[0] for p in positions.values()]
     depth = int(tree.depths.max())
-    figure, axes = _figure(figsize=(min(24, 0.45 * (max(xs) + 2)), 1.2 * (depth + 1) + 0.5))
+    figure, axes = new_figure(figsize=(min(24, 0.45 * (max(xs) + 2)), 1.2 * (depth + 1) + 0.5))
     for parent, child in ((int(tree.parents[i]), i) for i in range(tree.size) if tree.parents[i] >= 0):
         (x0, y0), (x1, y1) = positions[parent], positions[child]
         axes.plot([x0, x1], [y0, y1], color="0.7", linewidth=0.8, zorder=0)
@@ -371,7 +371,7 @@ def _tree_figure(tiles, tree: Structure, path: Path, title: str) -> None:
     axes.set_ylim(-depth - 0.6, 0.6)
     axes.set_axis_off()
     axes.set_title(title)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def unit_matrix_png(matrix: torch.Tensor, path: Path, title: str, density=None) -> None:
@@ -387,14 +387,14 @@ def unit_matrix_png(matrix: torch.Tensor, path: Path, title: str, density=None) 
 
 
 def matrix_png(matrix: np.ndarray, path: Path, title: str, aspect: str | None = None) -> None:
-    figure, axes = _figure(figsize=(6, 5))
+    figure, axes = new_figure(figsize=(6, 5))
     image = axes.imshow(matrix, cmap="viridis", interpolation="nearest", aspect=aspect)
     figure.colorbar(image, ax=axes)
     axes.set_title(title)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
-def _figure(rows: int = 1, cols: int = 1, figsize=None, squeeze: bool = True):
+def new_figure(rows: int = 1, cols: int = 1, figsize=None, squeeze: bool = True):
     """A figure and its axes, like ``pyplot.subplots`` but without pyplot's global state."""
     from matplotlib.figure import Figure
 
@@ -402,7 +402,7 @@ def _figure(rows: int = 1, cols: int = 1, figsize=None, squeeze: bool = True):
     return figure, figure.subplots(rows, cols, squeeze=squeeze)
 
 
-def _save(figure, path: Path) -> None:
+def save_figure(figure, path: Path) -> None:
     """Draw with Agg and write through a temporary file, so a run directory never holds half a picture."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
