@@ -196,9 +196,9 @@ def _completed_ratio(norms, u, xi, eta, group_weight: float, l1_weight: float) -
     unit (the largest weight's) or, for a unit in no pool, to η: an exact decomposition, so a bound on γ(u)."""
     xi, eta = xi.clone(), eta.clone()
     rest = u - norms.units(xi) - eta
-    slot, scale = _home_slots(norms)
+    slot, scale = (table.to(u.device) for table in _home_slots(norms))
     housed = slot >= 0
-    xi.index_add_(1, slot[housed].to(u.device), rest[:, housed] / scale[housed].to(u))
+    xi.index_add_(1, slot[housed], rest[:, housed] / scale[housed].to(u))
     if l1_weight > 0:
         eta[:, ~housed] += rest[:, ~housed]
     elif bool((rest[:, ~housed] != 0).any()):
