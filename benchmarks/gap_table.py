@@ -50,7 +50,7 @@ def cell(values: list[float]) -> str:
     if not values:
         return "–"
     mean = statistics.fmean(values)
-    spread = f" ± {statistics.stdev(values):.3g}" if len(values) > 1 else ""
+    spread = f" ± {statistics.stdev(values):.1g}" if len(values) > 1 else ""
     return f"{mean:.3g}{spread}"
 
 
