@@ -26,6 +26,7 @@ from energydsl.expr.compiler import Across, Env
 from energydsl.ops.sparse_codes import as_dense
 from energydsl.solvers import Batch, Convergence, Problem
 from energydsl.solvers.certificate import Certificate, certify
+from energydsl.solvers.problem import GramCache, Stamp
 from energydsl.solvers.prox import make_prox, uncertified
 from energydsl.solvers.stepsize import FEW_SAMPLES, PowerIteration, uses_power_iteration
 from energydsl.terms import BoundTerm
@@ -48,6 +49,7 @@ class EnergyModel(nn.Module):
         self.learning = False  # inside a training step: the functions of the spec may update their state
         self._across: Across | None = None  # inside a training step shared by several workers: the global batch
         self._shared: dict | None = None  # inside a batch scope: the latent-free values computed so far
+        self._grams: dict[tuple, GramCache] = {}  # the Hessians of quadratic smooth parts, by terms (see _gram)
         for slot in program.states:  # buffers: they follow the model's device and dtype
             self.register_buffer(STATE_PREFIX + slot.name, torch.full(slot.shape, float(slot.fill)))
         generator = torch.Generator().manual_seed(program.training.seed if seed is None else seed)
@@ -87,6 +89,7 @@ class EnergyModel(nn.Module):
         # keep the masks (plain tensors, not buffers) on the parameters' device
         super()._apply(fn, recurse)
         self.masks = {name: [fn(m) for m in masks] for name, masks in self.masks.items()}
+        self._grams.clear()  # stale anyway (the parameters' addresses changed); frees the old Hessians now
         return self
 
     # ------------------------------------------------------------ basics
@@ -321,8 +324,16 @@ class EnergyModel(nn.Module):
         if quadratic and uses_power_iteration(self.program.latent):  # large code maps: no Gram matrix
             few = smooth_of(*(None if v is None else v[:FEW_SAMPLES] for v in (xp, y, target)))
             L = self.step_size_estimate(smooth_energy, few, xp.new_zeros((xp.shape[0],) + self.program.latent.shape))
+        gram = self._gram(smooth, xp) if quadratic and L is None else None
         return Problem(smooth_energy, prox, quadratic, curvature, lipschitz=L, nonsmooth=nonsmooth_energy,
-                       uncertified=uncertified(smooth, nonsmooth, self.program.latent.name))  # fmt: skip
+                       uncertified=uncertified(smooth, nonsmooth, self.program.latent.name), gram=gram)  # fmt: skip
+
+    def _gram(self, smooth: list[BoundTerm], xp: torch.Tensor):
+        """Where the Hessian of the smooth terms ``smooth`` is kept across batches: valid while no parameter
+        or state buffer has changed (a :class:`~energydsl.solvers.problem.Stamp` of them all, taken now)."""
+        key = (tuple((t.name, t.weight) for t in smooth), xp.dtype, xp.device, self.learning)  # a weight may ramp
+        cache = self._grams.setdefault(key, GramCache())
+        return cache.at(Stamp([*self.parameters(), *self.buffers()]))
 
     # ------------------------------------------------------------ classification
 

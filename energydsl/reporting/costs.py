@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from energydsl.compiler import Method, Program
 from energydsl.model import EnergyModel
-from energydsl.solvers.problem import affine_gradient, lipschitz, smooth_and_grad
+from energydsl.solvers.problem import Problem, affine_gradient, lipschitz, smooth_and_grad
 
 # Random samples that stand in for the training data: ``samples(x)`` initialisers draw from them.
 STAND_IN_SAMPLES = 64
@@ -85,6 +85,12 @@ def _warm_starts_kept(program: Program):
             norms.warm_start = dual
 
 
+def _uncached(problem: Problem) -> Problem:
+    """The problem reading its Hessian afresh: a batch's full setup, whatever earlier batches left in the
+    model's cache (the first batch's cost, the same on every measurement)."""
+    return replace(problem, gram=None)
+
+
 def _flops(fn: Callable[[], object]) -> tuple[int, object]:
     with FlopCounterMode(display=False) as counter:
         result = fn()
@@ -135,14 +141,14 @@ def inference_flops(program: Program, encoder: int | None, solver: SolverCost | 
 def _solver_cost(model: EnergyModel, xp, y, names, target=None) -> SolverCost | None:
     """One FISTA/ISTA solve's FLOPs, by running its pieces as :func:`energydsl.solvers.fista.fista` does."""
     if gram_method(model.program) is not None:
-        problem = model.problem(xp, y, names, target)
+        problem = _uncached(model.problem(xp, y, names, target))
         z = xp.new_zeros((xp.shape[0],) + model.program.latent.shape)
         setup, _ = _flops(lambda: affine_gradient(problem, z))
         return SolverCost(True, True, setup, 0, 0, 0, 0)
     if fista_method(model.program) is None:
         return None
     # code maps estimate L inside _problem (a few samples' power iteration): counted as it runs
-    problem_setup, problem = _flops(lambda: model.problem(xp, y, names, target))
+    problem_setup, problem = _flops(lambda: _uncached(model.problem(xp, y, names, target)))
     generator = torch.Generator().manual_seed(MEASURE_SEED)
     z = torch.randn((xp.shape[0],) + model.program.latent.shape, generator=generator)
     autograd, _ = _flops(lambda: smooth_and_grad(problem, z))

@@ -418,7 +418,8 @@ GRAM_RULE = (
 def _gradient_verdict(solver: SolverCost) -> str:
     if solver.gram:
         return ("Gram fast path: ∇ = c + z·H, one (batch × m)·(m × m) product per step, with H read off the "
-                "energy once per batch; step size 1/λ_max(H). It applied on a random batch; a batch where "
+                "energy once while the parameters are unchanged (kept across batches); step size 1/λ_max(H). "
+                "It applied on a random batch; a batch where "
                 "the check fails falls back to autograd.")  # fmt: skip
     if solver.quadratic:
         return ("autograd (forward and backward of the smooth energy): the smooth part is quadratic, but "

@@ -86,8 +86,8 @@ class Solver:
     uses_prox: ClassVar[bool] = False  # proximal steps through the terms' prox (the memory estimate, explain)
     runs_encoder: ClassVar[bool] = False  # the spec's encoder: training backpropagates through its code
     exact: ClassVar[bool] = False  # the optimum in finitely many steps (the lasso homotopy)
-    # solves from the Gram matrix H and the linear part c read off the energy once per batch
-    # (lars, omp): explain asks it how it treats each term, and counts that setup only
+    # solves from the Gram matrix H and the linear part c read off the energy, H kept across batches while the
+    # parameters are unchanged (lars, omp): explain asks it how it treats each term, and counts that setup only
     gram: ClassVar[bool] = False
     summary: ClassVar[str] = ""  # what one step does, for ``energydsl explain``
 

@@ -15,9 +15,9 @@ from energydsl.solvers.problem import (
     SAFETY,
     Problem,
     affine_gradient,
-    largest_eigenvalue,
     lipschitz,
     smooth_and_grad,
+    top_eigenvalue,
 )
 from energydsl.solvers.prox import ExactProx, check_proximable
 
@@ -58,7 +58,7 @@ def fista_report(problem: Problem, z0: torch.Tensor, steps: int, tol: float,
     affine = affine_gradient(problem, z) if problem.quadratic and problem.lipschitz is None else None
     if affine is not None:
         H, c = affine
-        L = largest_eigenvalue(H).expand(z.shape[0], 1)
+        L = top_eigenvalue(problem, H).expand(z.shape[0], 1)
     else:
         L = problem.lipschitz if problem.lipschitz is not None else lipschitz(problem, z) * SAFETY
     L = (L + problem.curvature).clamp_min(1e-12)

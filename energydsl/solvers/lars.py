@@ -14,7 +14,7 @@ from energydsl.solvers.problem import (
     SAFETY,
     Problem,
     affine_gradient,
-    largest_eigenvalue,
+    top_eigenvalue,
 )
 from energydsl.solvers.stepsize import DENSE_GRAM_MAX_UNITS
 
@@ -45,7 +45,7 @@ def lars_report(problem: Problem, z: torch.Tensor) -> tuple[torch.Tensor, Conver
     z, finished = lasso_homotopy(H, c, lam, problem.prox.nonneg)
     if bool(finished.all()):
         return z, None
-    L = float(largest_eigenvalue(H)) * SAFETY
+    L = float(top_eigenvalue(problem, H)) * SAFETY
     rest, steps, tol = ~finished, 20_000, ADMM_FINEST_TOL.get(z.dtype, 1e-5)
     capped, last = torch.zeros_like(finished, dtype=torch.bool), z.new_zeros(z.shape[0])
     z[rest], capped[rest], last[rest] = _fista_affine(H, c[rest], L, problem.prox.at_fixed_step(1 / L), z[rest],
@@ -109,8 +109,8 @@ class Lars(Solver):
                 "active block of H through a Cholesky factor updated in place; float64, in numba kernels on "
                 "the CPU, samples shared among threads; exact, so it has no steps or tol")  # fmt: skip
         smooth = ", ".join(t.name for t in terms if t.term.smooth)
-        lines = [path, f"½{latent}H{latent}ᵀ + c·{latent} from: {smooth} (H read off the energy once per batch, "
-                 "then checked)"]  # fmt: skip
+        lines = [path, f"½{latent}H{latent}ᵀ + c·{latent} from: {smooth} (H read off the energy once while the "
+                 "parameters are unchanged, kept across batches and checked on each)"]  # fmt: skip
         if nonneg:
             lines.append(f"{latent} ≥ 0: units join the path only with positive coefficients")
         return lines

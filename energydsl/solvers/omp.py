@@ -67,8 +67,8 @@ class Omp(Solver):
                    "stops early when no unit can lower its energy; greedy, so its codes are good k-sparse ones, "
                    "not certified optimal")  # fmt: skip
         smooth = ", ".join(t.name for t in terms if t.term.smooth)
-        lines = [pursuit, f"½{latent}H{latent}ᵀ + c·{latent} from: {smooth} (H read off the energy once per batch, "
-                 "then checked)"]  # fmt: skip
+        lines = [pursuit, f"½{latent}H{latent}ᵀ + c·{latent} from: {smooth} (H read off the energy once while the "
+                 "parameters are unchanged, kept across batches and checked on each)"]  # fmt: skip
         if nonneg:
             lines.append(f"{latent} ≥ 0: units join with positive correlations only; a unit whose coefficient "
                          "would turn negative leaves the support (Lawson–Hanson)")  # fmt: skip
