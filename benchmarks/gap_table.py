@@ -14,12 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
 
-import energydsl
-from energydsl.api import gap_run
+# One numba thread: once the lasso homotopy (numba, parallel over samples) has run in a process, its
+# idle worker threads spin, and on a 2-core machine every later training step in that process took
+# about 20 times longer (DrSAE: 50 s an epoch against 2.9 s).  Issue 20 is about making the package
+# immune; until then this script, which trains after each measurement, keeps numba to one thread.
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+
+import energydsl  # noqa: E402  (after the environment above)
+from energydsl.api import gap_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "gap_table.json"
