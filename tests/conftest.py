@@ -1,9 +1,17 @@
 """Shared fixtures: small specs as source text, so tests need no files."""
 
-import pytest
-import torch
+import os
 
-import energydsl
+# One numba thread, as one torch thread below: once the lasso homotopy (numba, parallel over samples)
+# has run, its idle workers spin, and every later torch operation in the process waits for a core
+# (tests/solvers and tests/reporting took 60 s with numba's default 2 threads, 43 s with one).  The
+# package's own immunity to this is issue 20's; numba reads the variable when it is first imported.
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import energydsl  # noqa: E402
 
 SPARSE_CODING = """
 model sc
