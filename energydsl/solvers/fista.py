@@ -140,14 +140,7 @@ def _fista_affine(H, c, L: float, prox, z, steps: int, tol: float, accelerate: b
     for k in range(steps):
         z_next = prox(torch.addmm(shift, y, M))
         difference = z_next - z
-        if accelerate:
-            restart = torch.linalg.vecdot(y.sub_(z_next), difference).unsqueeze(1) > 0  # y is not needed again
-            t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
-            momentum = torch.where(restart, 0.0, (t - 1) / t_next)
-            t = torch.where(restart, 1.0, t_next)
-            y = torch.addcmul(z_next, momentum, difference)
-        else:
-            y = z_next
+        y, t = _momentum(y, z_next, difference, t) if accelerate else (z_next, t)
         z = z_next
         measured = None
         if tol > 0 and k % 5 == 4:
@@ -169,6 +162,15 @@ def _fista_affine(H, c, L: float, prox, z, steps: int, tol: float, accelerate: b
     return result, capped, last
 
 
+def _momentum(y, z_next, difference, t):
+    """FISTA's next point and t, with the adaptive restart (O'Donoghue & Candès) per sample; y, the
+    previous point, is overwritten (it is not needed again)."""
+    restart = torch.linalg.vecdot(y.sub_(z_next), difference).unsqueeze(1) > 0
+    t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
+    momentum = torch.where(restart, 0.0, (t - 1) / t_next)
+    return torch.addcmul(z_next, momentum, difference), torch.where(restart, 1.0, t_next)
+
+
 def _fista_affine_to_gap(H, c, L: float, prox, z, steps: int, certificate: AffineGap, target: float,
                          accelerate: bool):  # fmt: skip
     """:func:`_fista_affine` with a certified stopping rule: each sample leaves once its relative duality gap
@@ -181,15 +183,7 @@ def _fista_affine_to_gap(H, c, L: float, prox, z, steps: int, certificate: Affin
     y, t = z.clone(), z.new_ones(z.shape[0], 1)
     for k in range(steps):
         z_next = prox(torch.addmm(shift, y, M))
-        if accelerate:
-            difference = z_next - z
-            restart = torch.linalg.vecdot(y.sub_(z_next), difference).unsqueeze(1) > 0
-            t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
-            momentum = torch.where(restart, 0.0, (t - 1) / t_next)
-            t = torch.where(restart, 1.0, t_next)
-            y = torch.addcmul(z_next, momentum, difference)
-        else:
-            y = z_next
+        y, t = _momentum(y, z_next, z_next - z, t) if accelerate else (z_next, t)
         z = z_next
         if k % GAP_EVERY == GAP_EVERY - 1 or k == steps - 1:
             relative = certificate.relative(z, rows)
